@@ -1,0 +1,1 @@
+"""The handshake and record layer: sans-I/O state machines, no reactor."""

@@ -1,0 +1,1 @@
+"""One-time passwords: the application carried inside the secure channel."""

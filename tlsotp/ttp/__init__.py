@@ -1,0 +1,1 @@
+"""The trusted third party: a certificate authority served over netstrings."""
