@@ -1,0 +1,163 @@
+"""Verifying a peer's certificate chain against the pinned TTP root.
+
+Path validation is ``cryptography.x509.verification``; names are checked with
+``service_identity``. This module closes the verifier's known gaps itself (see
+shared/NOTES.md): it requires ExtendedKeyUsage and checks the role's purpose in the validator,
+bounds leaf key strength, matches client names, and checks revocation against a CRL whose own
+signature and freshness it verifies first. Every refusal is an ``AlertError`` with the alert a
+TLS peer would send.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Callable, Collection, Sequence
+
+import service_identity
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.x509 import verification
+from service_identity.cryptography import verify_certificate_hostname
+
+from tlsotp.alerts import Alert, AlertError
+from tlsotp.pki.keys import UnacceptableKey, check_public_key
+from tlsotp.pki.roles import Role
+
+Clock = Callable[[], datetime.datetime]
+
+# root -> leaf: tlsotp's TTP signs end-entity certificates directly.
+MAX_CHAIN_DEPTH = 2
+
+
+def utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def verify_crl(
+    crl: x509.CertificateRevocationList, root: x509.Certificate, now: datetime.datetime
+) -> x509.CertificateRevocationList:
+    """Return ``crl`` if the root signed it and it is current; a stale CRL is no CRL."""
+    if crl.issuer != root.subject or not crl.is_signature_valid(root.public_key()):  # type: ignore[arg-type]
+        raise AlertError(Alert.certificate_unknown, "CRL is not signed by the pinned root")
+    if crl.next_update_utc is None or crl.next_update_utc < now:
+        raise AlertError(Alert.certificate_unknown, "CRL is out of date; fetch a fresh one")
+    if crl.last_update_utc > now + datetime.timedelta(minutes=10):
+        raise AlertError(Alert.certificate_unknown, "CRL is dated in the future")
+    return crl
+
+
+def _issued_by(leaf: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        leaf.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+class PeerVerifier:
+    """Validates a leaf-first chain for a peer in ``peer_role``; call it with the chain.
+
+    ``expected_names`` is the server name the client dials (exactly one), or the client names a
+    server accepts (``None``: any client the TTP certified). ``crl``, when given, must be the
+    pinned root's; it is verified on every call so that a stale CRL fails closed.
+    """
+
+    def __init__(
+        self,
+        root: x509.Certificate,
+        peer_role: Role,
+        *,
+        expected_names: Collection[str] | None = None,
+        crl: x509.CertificateRevocationList | None = None,
+        clock: Clock = utcnow,
+    ) -> None:
+        if peer_role is Role.SERVER and (expected_names is None or len(expected_names) != 1):
+            raise ValueError("a server is verified against exactly one expected name")
+        self.root = root
+        self.peer_role = peer_role
+        self.expected_names = None if expected_names is None else frozenset(expected_names)
+        self.crl = crl
+        self._clock = clock
+
+    def __call__(self, chain: Sequence[x509.Certificate]) -> None:
+        self.verify(chain)
+
+    def verify(self, chain: Sequence[x509.Certificate]) -> x509.Certificate:
+        """Return the verified leaf, or raise ``AlertError``."""
+        if not chain:
+            raise AlertError(Alert.certificate_required, f"the {self.peer_role.value} sent no certificate")
+        leaf, intermediates = chain[0], list(chain[1:])
+        now = self._clock()
+        if now.tzinfo is None:
+            raise ValueError("verification time must be timezone-aware UTC")
+        subject = leaf.subject.rfc4514_string()
+        if not any(_issued_by(leaf, ca) for ca in [self.root, *intermediates]):
+            raise AlertError(Alert.unknown_ca, f"{subject} is not issued by the pinned TTP root")
+        if not leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc:
+            raise AlertError(
+                Alert.certificate_expired,
+                f"{subject} is valid {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} to "
+                f"{leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC, not now",
+            )
+        try:
+            check_public_key(leaf.public_key())
+        except UnacceptableKey as exc:
+            raise AlertError(Alert.bad_certificate, f"{subject}: {exc}") from None
+        self._validate_path(leaf, intermediates, now)
+        self._check_names(leaf)
+        if self.crl is not None:
+            verify_crl(self.crl, self.root, now)
+            revoked = self.crl.get_revoked_certificate_by_serial_number(leaf.serial_number)
+            if revoked is not None:
+                raise AlertError(
+                    Alert.certificate_revoked, f"{subject} (serial {leaf.serial_number:x}) is revoked"
+                )
+        return leaf
+
+    def _validate_path(
+        self, leaf: x509.Certificate, intermediates: list[x509.Certificate], now: datetime.datetime
+    ) -> None:
+        wanted = self.peer_role.eku
+
+        def require_role_eku(
+            policy: verification.Policy, cert: x509.Certificate, eku: x509.ExtendedKeyUsage | None
+        ) -> None:
+            # This callback replaces the verifier's own EKU check: test the purpose here.
+            if eku is None or wanted not in eku:
+                raise ValueError(f"certificate lacks the {self.peer_role.value} ExtendedKeyUsage")
+
+        ee_policy = verification.ExtensionPolicy.webpki_defaults_ee().require_present(
+            x509.ExtendedKeyUsage, verification.Criticality.AGNOSTIC, require_role_eku
+        )
+        builder = (
+            verification.PolicyBuilder()
+            .store(verification.Store([self.root]))
+            .time(now)
+            .max_chain_depth(MAX_CHAIN_DEPTH)
+            .extension_policies(ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee_policy)
+        )
+        try:
+            if self.peer_role is Role.SERVER:
+                assert self.expected_names is not None
+                (name,) = self.expected_names
+                builder.build_server_verifier(x509.DNSName(name)).verify(leaf, intermediates)
+            else:
+                builder.build_client_verifier().verify(leaf, intermediates)
+        except verification.VerificationError as exc:
+            message = str(exc)
+            alert = Alert.unsupported_certificate if "ExtendedKeyUsage" in message else Alert.bad_certificate
+            raise AlertError(alert, f"{leaf.subject.rfc4514_string()}: {message}") from None
+
+    def _check_names(self, leaf: x509.Certificate) -> None:
+        if self.expected_names is None:
+            return
+        for name in sorted(self.expected_names):
+            try:
+                verify_certificate_hostname(leaf, name)
+            except (service_identity.VerificationError, service_identity.CertificateError, ValueError):
+                continue
+            return
+        wanted = ", ".join(sorted(self.expected_names))
+        raise AlertError(
+            Alert.bad_certificate, f"{leaf.subject.rfc4514_string()} is not for {wanted}"
+        )
