@@ -1,0 +1,77 @@
+"""The server's OTP authority: issues and confirms OTPs off the reactor thread.
+
+Runs the SQL of ``tlsotp.otp.store`` on a ``SQLiteWorker`` (one connection, one thread), so
+database work never blocks the reactor and every read-modify-write is serialised.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorFromThreads
+
+from tlsotp.otp import store
+from tlsotp.otp.messages import otp_message
+from tlsotp.sqlite_worker import SQLiteWorker
+
+DATABASE_FILE = "otp.sqlite3"
+PEPPER_FILE = "otp-pepper.bin"
+
+
+@dataclass(frozen=True)
+class OTPPolicy:
+    digits: int = 6
+    ttl_seconds: int = 300
+    max_attempts: int = 3
+
+    def __post_init__(self) -> None:
+        store.generate_code(self.digits)  # raises on an unsupported length
+        if self.ttl_seconds < 1:
+            raise ValueError("an OTP lifetime is at least one second")
+        if not 1 <= self.max_attempts <= 100:
+            raise ValueError("allowed wrong guesses are between 1 and 100")
+
+
+class OTPAuthority:
+    def __init__(
+        self,
+        reactor: IReactorFromThreads,
+        data_dir: Path,
+        policy: OTPPolicy,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.policy = policy
+        self._clock = clock
+        self._pepper = store.load_or_create_pepper(data_dir / PEPPER_FILE)
+        self._worker = SQLiteWorker(reactor, data_dir / DATABASE_FILE, store.configure_connection, "otp-db")
+
+    def issue(self, client: str, transaction: str) -> "Deferred[tuple[store.IssuedOTP, str]]":
+        """Issue an OTP; fires with it and the sentence to show the client."""
+        d = self._worker.run(
+            store.issue,
+            pepper=self._pepper,
+            client=client,
+            transaction=transaction,
+            digits=self.policy.digits,
+            ttl_seconds=self.policy.ttl_seconds,
+            now=int(self._clock()),
+        )
+        return d.addCallback(lambda issued: (issued, otp_message(transaction, issued.code)))
+
+    def confirm(self, client: str, transaction: str, code: str) -> "Deferred[store.Confirmation]":
+        return self._worker.run(
+            store.confirm,
+            pepper=self._pepper,
+            client=client,
+            transaction=transaction,
+            code=code,
+            max_attempts=self.policy.max_attempts,
+            now=int(self._clock()),
+        )
+
+    def close(self) -> None:
+        self._worker.close()

@@ -1,0 +1,62 @@
+"""One SQLite connection owned by one worker thread, driven from the reactor with Deferreds.
+
+SQLite work must not block the reactor, and read-modify-write sequences (spend a token, count
+a wrong guess) must not interleave: a single thread running one transaction at a time gives
+both, with no locking in Python.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Callable, Concatenate, ParamSpec, TypeVar
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class SQLiteWorker:
+    """Runs ``fn(cursor, ...)`` in a transaction on the worker thread; commit or roll back."""
+
+    def __init__(
+        self,
+        reactor: IReactorFromThreads,
+        path: Path,
+        configure: Callable[[sqlite3.Connection], None],
+        name: str = "sqlite",
+    ) -> None:
+        self._reactor = reactor
+        self._path = path
+        self._configure = configure
+        self._connection: sqlite3.Connection | None = None
+        self._pool = ThreadPool(minthreads=1, maxthreads=1, name=name)
+        self._pool.start()
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._connection is None:
+            connection = sqlite3.connect(self._path, timeout=10, check_same_thread=False)
+            self._configure(connection)
+            self._connection = connection
+        return self._connection
+
+    def _transact(self, fn: Callable[Concatenate[sqlite3.Cursor, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
+        connection = self._connect()
+        with connection:  # commits on success, rolls back on an exception
+            return fn(connection.cursor(), *args, **kwargs)
+
+    def run(
+        self, fn: Callable[Concatenate[sqlite3.Cursor, P], R], *args: P.args, **kwargs: P.kwargs
+    ) -> Deferred[R]:
+        return deferToThreadPool(self._reactor, self._pool, self._transact, fn, *args, **kwargs)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        """Stop the worker thread (after queued work) and close the connection."""
+        self._pool.stop()
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
