@@ -1,0 +1,115 @@
+"""Running a client and a server against each other in memory, frame by frame.
+
+``Pair`` holds both connections and everything that crossed between them, so tests can let
+the handshake run, stop it at a chosen state, or replace a frame in flight (a man in the
+middle) via the ``tamper`` hook.
+"""
+
+from __future__ import annotations
+
+import os
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tlsotp.handshake import (
+    ClientConfig,
+    ClientConnection,
+    Event,
+    ServerConfig,
+    ServerConnection,
+    Suite,
+    TraceRecord,
+    generate_ephemeral_key,
+)
+from tests.vectors import fixtures
+
+#: (direction "c2s"/"s2c", frame) -> replacement frame, or None to drop it.
+Tamper = Callable[[str, bytes], "bytes | None"]
+
+
+@dataclass
+class Pair:
+    client: ClientConnection
+    server: ServerConnection
+    client_events: list[Event] = field(default_factory=list)
+    server_events: list[Event] = field(default_factory=list)
+    wire: list[tuple[str, bytes]] = field(default_factory=list)
+    flights: int = 0
+    tamper: Tamper | None = None
+
+    def pump(self) -> None:
+        """Deliver queued frames both ways until neither side has anything to send."""
+        while True:
+            moved = self._deliver("c2s") + self._deliver("s2c")
+            if not moved:
+                return
+
+    def _deliver(self, direction: str) -> int:
+        sender, receiver, events = (
+            (self.client, self.server, self.server_events)
+            if direction == "c2s"
+            else (self.server, self.client, self.client_events)
+        )
+        frames = sender.frames_to_send()
+        if frames:
+            self.flights += 1
+        for frame in frames:
+            if self.tamper is not None:
+                replaced = self.tamper(direction, frame)
+                if replaced is None:
+                    continue
+                frame = replaced
+            self.wire.append((direction, frame))
+            events.extend(receiver.receive_frame(frame))
+        return len(frames)
+
+    def bytes_sent(self, direction: str) -> int:
+        return sum(len(f) for d, f in self.wire if d == direction)
+
+
+def make_configs(
+    suite_or_suites: Suite | tuple[Suite, ...],
+    *,
+    server_key: str = "ec-p256",
+    client_key: str = "ec-p256",
+    server_suites: tuple[Suite, ...] | None = None,
+    client_observer: Callable[[TraceRecord], None] | None = None,
+    server_observer: Callable[[TraceRecord], None] | None = None,
+    deterministic: bool = True,
+) -> tuple[ClientConfig, ServerConfig]:
+    client_suites = suite_or_suites if isinstance(suite_or_suites, tuple) else (suite_or_suites,)
+    client_id = fixtures.identity("client", client_key)
+    server_id = fixtures.identity("server", server_key)
+    client = ClientConfig(
+        certificate_chain=client_id.chain,
+        private_key=client_id.key,
+        validate_peer=fixtures.server_verifier(),
+        suites=client_suites,
+        random_bytes=fixtures.ScriptedRandom("client") if deterministic else os.urandom,
+        ephemeral_keys=fixtures.fixed_ephemeral_keys("client") if deterministic else generate_ephemeral_key,
+        observer=client_observer,
+    )
+    server = ServerConfig(
+        certificate_chain=server_id.chain,
+        private_key=server_id.key,
+        validate_peer=fixtures.client_verifier(),
+        suites=server_suites if server_suites is not None else client_suites,
+        random_bytes=fixtures.ScriptedRandom("server") if deterministic else os.urandom,
+        ephemeral_keys=fixtures.fixed_ephemeral_keys("server") if deterministic else generate_ephemeral_key,
+        observer=server_observer,
+    )
+    return client, server
+
+
+def connect(client_config: ClientConfig, server_config: ServerConfig, tamper: Tamper | None = None) -> Pair:
+    """Initiate and pump to quiescence: a finished handshake, or a failure on some side."""
+    pair = Pair(ClientConnection(client_config), ServerConnection(server_config), tamper=tamper)
+    pair.client.initiate()
+    pair.pump()
+    return pair
+
+
+def key_type_for(suite: Suite) -> str:
+    """A server certificate key type that can authenticate the suite."""
+    return "ec-p256" if suite.authentication.value == "ECDSA" else "rsa-2048"
