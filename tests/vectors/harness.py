@@ -11,6 +11,7 @@ import os
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from tlsotp.handshake import (
     ClientConfig,
@@ -21,6 +22,19 @@ from tlsotp.handshake import (
     Suite,
     TraceRecord,
     generate_ephemeral_key,
+)
+from tlsotp.handshake.frames import ContentType, encode_frame, split_frame
+from tlsotp.handshake.messages import (
+    Certificate,
+    CertificateVerify,
+    ClientHello,
+    Finished,
+    HandshakeMessage,
+    HandshakeType,
+    KeyTransport,
+    ServerHello,
+    encode_handshake,
+    split_handshake,
 )
 from tests.vectors import fixtures
 
@@ -113,3 +127,48 @@ def connect(client_config: ClientConfig, server_config: ServerConfig, tamper: Ta
 def key_type_for(suite: Suite) -> str:
     """A server certificate key type that can authenticate the suite."""
     return "ec-p256" if suite.authentication.value == "ECDSA" else "rsa-2048"
+
+
+def handshake_frame(message: HandshakeMessage) -> bytes:
+    """The frame a well-behaved peer would send for this message."""
+    return encode_frame(ContentType.handshake, encode_handshake(message))
+
+
+def parse_handshake_frame(frame: bytes) -> HandshakeMessage:
+    """Decode a captured handshake frame back into its message (for men in the middle)."""
+    content_type, body = split_frame(frame)
+    assert content_type is ContentType.handshake, content_type
+    msg_type, msg_body = split_handshake(body)
+    decoder: dict[HandshakeType, Callable[[bytes], HandshakeMessage]] = {
+        HandshakeType.client_hello: ClientHello.decode_body,
+        HandshakeType.server_hello: ServerHello.decode_body,
+        HandshakeType.certificate: Certificate.decode_body,
+        HandshakeType.certificate_verify: CertificateVerify.decode_body,
+        HandshakeType.key_transport: KeyTransport.decode_body,
+        HandshakeType.finished: Finished.decode_body,
+    }
+    return decoder[msg_type](msg_body)
+
+
+def handshake_type(frame: bytes) -> HandshakeType | None:
+    """The handshake message type of a frame, or None for alerts and application data."""
+    if frame[:1] != bytes([ContentType.handshake]):
+        return None
+    return HandshakeType(frame[1])
+
+
+def rewrite(direction: str, kind: type, change: Callable[[Any], HandshakeMessage]) -> Tamper:
+    """A man in the middle that rewrites the first message of one type going one way."""
+    done = False
+
+    def tamper(d: str, frame: bytes) -> bytes | None:
+        nonlocal done
+        if done or d != direction or handshake_type(frame) is None:
+            return frame
+        message = parse_handshake_frame(frame)
+        if not isinstance(message, kind):
+            return frame
+        done = True
+        return handshake_frame(change(message))
+
+    return tamper
