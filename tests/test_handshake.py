@@ -75,7 +75,8 @@ class FlowTests(unittest.TestCase):
         client, server = ClientConnection(client_config), ServerConnection(server_config)
         client.initiate()
         flights: list[list[str]] = []
-        sender, receiver = client, server
+        sender: ClientConnection | ServerConnection = client
+        receiver: ClientConnection | ServerConnection = server
         for _ in range(10):
             frames = sender.frames_to_send()
             self.assertTrue(frames, "protocol stalled")
@@ -89,7 +90,7 @@ class FlowTests(unittest.TestCase):
                     elif isinstance(event, ApplicationData) and receiver is client:
                         self.assertEqual(event.data, OTP)
                         return len(flights), flights
-            sender, receiver = receiver, sender  # type: ignore[assignment]
+            sender, receiver = receiver, sender
         self.fail("no OTP after 10 flights")
 
     def test_two_round_trips_to_the_otp_with_ecdhe(self) -> None:
@@ -230,7 +231,7 @@ class TraceTests(unittest.TestCase):
         # No private key, ephemeral key or shared secret appears anywhere in the trace.
         client_eph = fixtures.ephemeral_key("client", Group.X25519)
         server_eph = fixtures.ephemeral_key("server", Group.X25519)
-        shared = ecdh_shared_secret(client_eph, server_eph.public_key())  # type: ignore[arg-type]
+        shared = ecdh_shared_secret(client_eph, server_eph.public_key())
         secrets = [
             shared.hex(),
             client_eph.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()).hex(),
