@@ -7,6 +7,7 @@ with what the operator authorised, and checks the CSR's own signature (proof of 
 from __future__ import annotations
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.x509.oid import NameOID
 
 from tlsotp.pki.keys import PrivateKey, PublicKey, UnacceptableKey, check_public_key, signature_hash_for
@@ -16,6 +17,22 @@ MAX_CSR_BYTES = 16384
 
 class CSRRefused(ValueError):
     """A CSR that cannot be issued: garbage, bad signature, unacceptable key or names."""
+
+
+class CSRBadSignature(CSRRefused):
+    """The CSR's self-signature does not verify or uses a refused hash: no proof of possession."""
+
+
+class CSRWeakKey(CSRRefused):
+    """The CSR's key is outside tlsotp's key policy (weak RSA, an unoffered curve, ...)."""
+
+
+class CSRNameMismatch(CSRRefused):
+    """The CSR asks for other names than the one authorised, or for a non-DNS name."""
+
+
+# A CSR's self-signature is its proof of possession: refuse hashes that no longer prove it.
+ACCEPTED_CSR_HASHES = ("sha256", "sha384", "sha512")
 
 
 def build_csr(key: PrivateKey, name: str) -> x509.CertificateSigningRequest:
@@ -51,7 +68,7 @@ def requested_names(csr: x509.CertificateSigningRequest) -> set[str]:
         raise CSRRefused(f"malformed CSR contents: {exc}") from None
     for general_name in san:
         if not isinstance(general_name, x509.DNSName):
-            raise CSRRefused(f"only DNS names may be requested, not {type(general_name).__name__}")
+            raise CSRNameMismatch(f"only DNS names may be requested, not {type(general_name).__name__}")
         names.add(general_name.value)
     return names
 
@@ -59,18 +76,26 @@ def requested_names(csr: x509.CertificateSigningRequest) -> set[str]:
 def check_csr(csr: x509.CertificateSigningRequest, expected_name: str) -> PublicKey:
     """Return the CSR's public key if it may be certified for exactly ``expected_name``."""
     try:
-        signature_ok = csr.is_signature_valid
         public_key = csr.public_key()
     except (ValueError, TypeError, x509.UnsupportedGeneralNameType) as exc:
         raise CSRRefused(f"unreadable CSR: {exc}") from None
-    if not signature_ok:
-        raise CSRRefused("CSR signature does not verify (no proof of possession)")
+    # The key policy first: it bounds RSA sizes before any signature work is spent on them.
     try:
         checked = check_public_key(public_key)
     except UnacceptableKey as exc:
-        raise CSRRefused(f"weak or unsupported key: {exc}") from None
+        raise CSRWeakKey(f"weak or unsupported key: {exc}") from None
+    try:
+        signature_ok = csr.is_signature_valid
+        hash_algorithm = csr.signature_hash_algorithm
+    except (ValueError, TypeError, x509.UnsupportedGeneralNameType, UnsupportedAlgorithm) as exc:
+        raise CSRRefused(f"unreadable CSR: {exc}") from None
+    if not signature_ok:
+        raise CSRBadSignature("CSR signature does not verify (no proof of possession)")
+    if hash_algorithm is None or hash_algorithm.name not in ACCEPTED_CSR_HASHES:
+        used = "none" if hash_algorithm is None else hash_algorithm.name
+        raise CSRBadSignature(f"CSR is signed with {used}; use SHA-256 or stronger")
     names = requested_names(csr)
     if names != {expected_name}:
         asked = ", ".join(sorted(names)) or "no name"
-        raise CSRRefused(f"CSR asks for {asked}; this authorisation is for {expected_name} only")
+        raise CSRNameMismatch(f"CSR asks for {asked}; this authorisation is for {expected_name} only")
     return checked

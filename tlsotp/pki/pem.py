@@ -8,13 +8,15 @@ from the start (never chmod-ed after the fact, which would leave a window).
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 from typing import Sequence
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from tlsotp.pki.keys import PrivateKey, check_public_key
+from tlsotp.pki.keys import PrivateKey, UnacceptableKey, check_public_key
 
 KEY_MODE = 0o600
 PUBLIC_MODE = 0o644
@@ -29,7 +31,8 @@ def atomic_write(path: Path, data: bytes, mode: int, *, exclusive: bool = False)
     path = Path(path)
     if exclusive and path.exists():
         raise FileExistsError(f"{path} already exists; refusing to overwrite it")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # Unique per write: threads of one process, or a reused pid after a crash, never collide.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -80,9 +83,12 @@ def load_private_key(path: Path, passphrase: bytes | None = None) -> PrivateKey:
     except TypeError as exc:
         # cryptography says TypeError for "encrypted but no password" and the reverse.
         raise PEMError(f"{path}: {exc}") from None
-    except ValueError:
+    except (ValueError, UnsupportedAlgorithm):
         raise PEMError(f"{path}: not a PEM private key, or the passphrase is wrong") from None
-    check_public_key(key.public_key())
+    try:
+        check_public_key(key.public_key())
+    except UnacceptableKey as exc:
+        raise PEMError(f"{path}: {exc}") from None
     return key  # type: ignore[return-value]  # check_public_key limits it to EC or RSA
 
 
