@@ -1,0 +1,87 @@
+"""The requester's side of the TTP link: send one request, receive one reply, bounded in time.
+
+Only bytes move here. What the reply means, and whether to believe it, is decided by
+``tlsotp.ttp.enroll`` against the pinned root.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import clientFromString, connectProtocol
+from twisted.internet.error import ConnectError
+from twisted.internet.protocol import connectionDone
+from twisted.protocols.basic import NetstringReceiver
+from twisted.python.failure import Failure
+
+from tlsotp.alerts import Alert, AlertError
+from tlsotp.ttp import wire
+
+
+class TTPUnavailable(ConnectionError):
+    """The TTP could not be reached, did not answer in time, or hung up without a reply."""
+
+
+class EnrollmentClientProtocol(NetstringReceiver):
+    MAX_LENGTH = wire.MAX_REPLY_LENGTH
+
+    def __init__(self, request: bytes) -> None:
+        self._request = request
+        self.reply: Deferred[wire.Reply] = Deferred(lambda _: self._abort())
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            cast(Any, self.transport).abortConnection()
+
+    def connectionMade(self) -> None:
+        self.sendString(self._request)  # type: ignore[no-untyped-call]
+
+    def stringReceived(self, string: bytes) -> None:
+        if self.reply.called:
+            return
+        try:
+            reply = wire.decode_reply(string)
+        except AlertError as exc:
+            self._fail(AlertError(exc.alert, f"malformed reply from the TTP: {exc.detail}"))
+            return
+        self.reply.callback(reply)
+        cast(Any, self.transport).loseConnection()
+
+    def _handleParseError(self) -> None:
+        self.brokenPeer = 1
+        self._fail(AlertError(Alert.decode_error, "malformed framing from the TTP"))
+
+    def _fail(self, error: Exception) -> None:
+        if not self.reply.called:
+            self.reply.errback(error)
+        self._abort()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self.reply.called:
+            self.reply.errback(TTPUnavailable(f"the TTP closed the connection without replying ({reason.getErrorMessage()})"))
+
+
+def exchange(reactor: Any, ttp: str, request: wire.Request, timeout: float) -> Deferred[wire.Reply]:
+    """Connect to the TTP at endpoint string ``ttp``, send ``request``, return its one reply."""
+    try:
+        endpoint = clientFromString(reactor, ttp)  # type: ignore[no-untyped-call]
+    except (ValueError, TypeError, KeyError) as exc:
+        return defer.fail(TTPUnavailable(f"bad TTP endpoint {ttp!r}: {exc}"))
+    protocol = EnrollmentClientProtocol(wire.encode(request))
+
+    def connected(_: object) -> Deferred[wire.Reply]:
+        return protocol.reply
+
+    def failed(failure: Failure) -> Failure:
+        if isinstance(failure.value, defer.TimeoutError):
+            raise TTPUnavailable(f"no reply from the TTP at {ttp} within {timeout:g} s")
+        if isinstance(failure.value, ConnectError):
+            raise TTPUnavailable(f"cannot connect to the TTP at {ttp}: {failure.getErrorMessage()}")
+        return failure
+
+    d: Deferred[wire.Reply] = connectProtocol(endpoint, protocol).addCallback(connected)  # type: ignore[no-untyped-call]
+    d.addTimeout(timeout, reactor)
+    d.addErrback(failed)
+    return d

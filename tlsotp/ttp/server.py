@@ -1,0 +1,138 @@
+"""The TTP's network shell: netstrings in, one reply out, then close.
+
+The protocol only moves bytes: it hands the one request it accepts to ``handle`` (the Issuer,
+on the daemon's worker thread) and sends what comes back. Framing errors, oversized frames and
+idle peers are refused here, with a typed reply, one log line and a closed connection.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Any, Callable, cast
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IAddress
+from twisted.internet.protocol import Factory, connectionDone
+from twisted.logger import Logger
+from twisted.protocols.basic import NetstringReceiver
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+
+from tlsotp.ttp import wire
+from tlsotp.ttp.issuer import Outcome, refused
+from tlsotp.ttp.wire import Refusal
+
+DEFAULT_TIMEOUT = 30.0
+
+Handler = Callable[[bytes], "Deferred[Outcome]"]
+
+log = Logger(namespace="tlsotp.ttp")
+
+_LENGTH_PREFIX = re.compile(rb"^(\d*)")
+
+
+class _State(enum.Enum):
+    waiting = "waiting"  # for the one request
+    working = "working"  # the request is being decided
+    done = "done"  # replied or refused; everything further is ignored
+
+
+def describe_peer(address: IAddress) -> str:
+    host, port = getattr(address, "host", None), getattr(address, "port", None)
+    return f"{host}:{port}" if host is not None else str(address)
+
+
+class EnrollmentServerProtocol(NetstringReceiver, TimeoutMixin):
+    MAX_LENGTH = wire.MAX_REQUEST_LENGTH
+
+    def __init__(self, handle: Handler, timeout: float | None) -> None:
+        self._handle = handle
+        self._timeout = timeout
+        self._phase = _State.waiting
+        self._lost = False
+        self._peer = "?"
+
+    def connectionMade(self) -> None:
+        self._peer = describe_peer(cast(Any, self.transport).getPeer())
+        self._set_timeout(self._timeout)
+
+    def dataReceived(self, data: bytes) -> None:
+        # Data does not reset the timer: the whole request must arrive within the timeout, so a
+        # peer trickling one byte at a time cannot hold a connection open indefinitely.
+        if self._phase is not _State.waiting:
+            return
+        super().dataReceived(data)  # type: ignore[no-untyped-call]
+
+    def stringReceived(self, string: bytes) -> None:
+        if self._phase is not _State.waiting:
+            return
+        self._phase = _State.working
+        self._set_timeout(None)  # the wait is ours now, not the peer's
+        try:
+            deciding = self._handle(string)
+        except Exception as exc:
+            self._send(refused(Refusal.internal_error, f"could not start handling: {type(exc).__name__}"))
+            return
+        deciding.addErrback(self._handler_failed)
+        deciding.addCallback(self._send)
+
+    def _handler_failed(self, failure: Failure) -> Outcome:
+        outcome = refused(Refusal.internal_error, "the TTP failed to handle the request")
+        kind = failure.type.__name__ if failure.type is not None else "failure"
+        return Outcome(outcome.reply, f"{outcome.summary} ({kind}: {failure.getErrorMessage()})")
+
+    def _send(self, outcome: Outcome) -> None:
+        if self._phase is _State.done:
+            return
+        self._phase = _State.done
+        if outcome.refusal is None:
+            log.info("{peer}: {summary}", peer=self._peer, summary=outcome.summary)
+        else:
+            log.warn("{peer}: {summary}", peer=self._peer, summary=outcome.summary)
+        if not self._lost:
+            self.sendString(wire.encode(outcome.reply))  # type: ignore[no-untyped-call]
+            cast(Any, self.transport).loseConnection()
+
+    def _handleParseError(self) -> None:
+        # NetstringReceiver's hook for every framing error: say which, instead of a bare close.
+        self.brokenPeer = 1
+        match = _LENGTH_PREFIX.match(self._remainingData)
+        digits = match.group(1) if match else b""
+        too_long = len(digits) > len(str(self.MAX_LENGTH)) or (digits and int(digits) > self.MAX_LENGTH)
+        if too_long:
+            self._send(refused(Refusal.too_long, f"message longer than {self.MAX_LENGTH} bytes"))
+        else:
+            self._send(refused(Refusal.decode_error, "malformed netstring framing"))
+
+    def _set_timeout(self, seconds: float | None) -> None:
+        self.setTimeout(seconds)  # type: ignore[no-untyped-call]
+
+    def timeoutConnection(self) -> None:
+        if self._phase is _State.waiting:
+            self._send(refused(Refusal.timeout, f"no complete request within {self._timeout:g} s"))
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        # A decision under way still completes and is logged; only its reply goes nowhere.
+        self._lost = True
+        self._set_timeout(None)
+        if self._phase is _State.waiting:
+            self._phase = _State.done
+
+
+class EnrollmentServerFactory(Factory):
+    """Builds one protocol per connection; ``call_later`` lets tests drive the idle timeout."""
+
+    noisy = False  # the daemon logs its own line when it listens
+
+    def __init__(self, handle: Handler, *, timeout: float | None = DEFAULT_TIMEOUT, call_later: Any = None) -> None:
+        self.handle = handle
+        self.timeout = timeout
+        self.call_later = call_later
+
+    def buildProtocol(self, addr: IAddress | None) -> EnrollmentServerProtocol:
+        protocol = EnrollmentServerProtocol(self.handle, self.timeout)
+        protocol.factory = self
+        if self.call_later is not None:
+            protocol.callLater = self.call_later  # type: ignore[method-assign]
+        return protocol
