@@ -1,0 +1,154 @@
+"""A party's credentials and the files that hold them, and the pin on the TTP's root.
+
+Files in a party's data dir::
+
+    key.pem   the party's private key (mode 0600)
+    cert.pem  its certificate from the TTP (leaf first)
+    ca.pem    the TTP root it was verified against; renewal and CRL checks pin this
+    crl.pem   the last CRL fetched and verified (written by fetch_crl)
+
+``cert.pem`` is written last and marks the dir as enrolled. A new key is first written as
+``key.pem.next`` and renamed into place only after ``cert.pem``; if a crash falls between the
+two, loading finishes the rename, so a key and certificate that do not belong together are
+never used.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+
+from tlsotp.alerts import Alert, AlertError
+from tlsotp.pki import pem
+from tlsotp.pki.fingerprint import PREFIX, fingerprint, matches_fingerprint, parse_fingerprint
+from tlsotp.pki.keys import PrivateKey
+from tlsotp.pki.roles import Role
+
+KEY_FILE = "key.pem"
+NEXT_KEY_FILE = "key.pem.next"
+CERT_FILE = "cert.pem"
+CA_FILE = "ca.pem"
+CRL_FILE = "crl.pem"
+DIR_MODE = 0o700
+
+
+@dataclass(frozen=True)
+class RootPin:
+    """The TTP root a requester trusts, known by its SHA-256 fingerprint."""
+
+    sha256: bytes
+
+    @classmethod
+    def from_fingerprint(cls, text: str) -> RootPin:
+        return cls(parse_fingerprint(text))
+
+    @classmethod
+    def from_ca_file(cls, path: Path) -> RootPin:
+        return cls.from_certificate(pem.load_certificate(Path(path)))
+
+    @classmethod
+    def from_certificate(cls, root: x509.Certificate) -> RootPin:
+        return cls(parse_fingerprint(fingerprint(root)))
+
+    def check(self, root: x509.Certificate) -> None:
+        """Raise ``AlertError(unknown_ca)`` unless ``root`` is the pinned one (constant time)."""
+        if not matches_fingerprint(root, self.sha256):
+            raise AlertError(Alert.unknown_ca, f"the TTP presented root {fingerprint(root)}, not the pinned {self}")
+
+    def __str__(self) -> str:
+        return PREFIX + self.sha256.hex()
+
+
+@dataclass(frozen=True)
+class Credentials:
+    key: PrivateKey
+    chain: list[x509.Certificate]  # leaf first
+    root: x509.Certificate
+
+    @property
+    def leaf(self) -> x509.Certificate:
+        return self.chain[0]
+
+
+def spki(public_key: CertificatePublicKeyTypes) -> bytes:
+    """A public key's DER SubjectPublicKeyInfo: equal bytes, equal key."""
+    return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def certified_name(cert: x509.Certificate) -> str:
+    """The one DNS name a TTP certificate is for."""
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+            x509.DNSName
+        )
+    except x509.ExtensionNotFound:
+        names = []
+    if len(names) != 1:
+        raise AlertError(Alert.bad_certificate, f"certificate names {names}, not exactly one DNS name")
+    return names[0]
+
+
+def certified_role(cert: x509.Certificate) -> Role:
+    """The one role a TTP certificate's ExtendedKeyUsage grants."""
+    try:
+        usages = list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    except x509.ExtensionNotFound:
+        usages = []
+    roles = [role for role in Role if [role.eku] == usages]
+    if len(roles) != 1:
+        raise AlertError(Alert.unsupported_certificate, "certificate does not grant exactly one tlsotp role")
+    return roles[0]
+
+
+def load_credentials(data_dir: Path) -> Credentials | None:
+    """The party's credentials, or None if ``data_dir`` is not enrolled; PEMError if broken."""
+    data_dir = Path(data_dir)
+    cert_path = data_dir / CERT_FILE
+    if not cert_path.exists():
+        return None
+    chain = pem.load_certificates(cert_path)
+    root = pem.load_certificate(data_dir / CA_FILE)
+    _finish_key_rename(data_dir, chain[0])
+    key = pem.load_private_key(data_dir / KEY_FILE)
+    if spki(key.public_key()) != spki(chain[0].public_key()):
+        raise pem.PEMError(f"{data_dir / KEY_FILE} does not belong to {cert_path}")
+    try:
+        chain[0].verify_directly_issued_by(root)
+    except (ValueError, TypeError, InvalidSignature):
+        raise pem.PEMError(f"{cert_path} is not issued by {data_dir / CA_FILE}") from None
+    return Credentials(key, chain, root)
+
+
+def _finish_key_rename(data_dir: Path, leaf: x509.Certificate) -> None:
+    pending = data_dir / NEXT_KEY_FILE
+    if not pending.exists():
+        return
+    try:
+        key = pem.load_private_key(pending)
+    except pem.PEMError:
+        return
+    if spki(key.public_key()) == spki(leaf.public_key()):
+        os.replace(pending, data_dir / KEY_FILE)
+
+
+def write_credentials(data_dir: Path, credentials: Credentials, *, new_key: bool) -> None:
+    """Write root, certificate and (if ``new_key``) key so that a crash never mixes old and new."""
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    if new_key:
+        pem.write_private_key(data_dir / NEXT_KEY_FILE, credentials.key)
+    pem.write_certificates(data_dir / CA_FILE, [credentials.root])
+    pem.write_certificates(data_dir / CERT_FILE, credentials.chain)
+    if new_key:
+        os.replace(data_dir / NEXT_KEY_FILE, data_dir / KEY_FILE)
+        fd = os.open(data_dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
