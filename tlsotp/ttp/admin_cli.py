@@ -1,0 +1,224 @@
+"""``tlsotp ttp ...``: the operator's commands on a TTP data dir.
+
+``init`` makes the CA; ``token``, ``revoke`` and ``list`` work on the database and need no CA
+key, so they run while the daemon runs (SQLite serialises the writers). Machine-usable output
+(the fingerprint, the token) goes alone to stdout; notes for the human go to stderr.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from pathlib import Path
+from typing import Any, TextIO
+
+from cryptography import x509
+from twisted.python import usage
+
+from tlsotp.cli import Command, CommandFailed, CommandGroup, Subcommand
+from tlsotp.pki.keys import KEY_TYPE_NAMES, KeyType, parse_key_type
+from tlsotp.pki.names import check_dns_name
+from tlsotp.pki.roles import Role
+from tlsotp.pki.verify import utcnow
+from tlsotp.ttp.ca import DEFAULT_ROOT_DAYS, DEFAULT_SUBJECT, CAError, init_ca, open_store, read_passphrase
+from tlsotp.ttp.store import AlreadyRevoked, Store, StoreError, UnknownSerial, parse_serial, serial_text
+from tlsotp.ttp.tokens import Token
+
+DEFAULT_TTL = "1h"
+MAX_TTL = datetime.timedelta(days=30)
+_DURATION = re.compile(r"^(\d+)([smhd]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+# Reasons an operator may give; certificate_hold / remove_from_crl imply un-revoking, which the TTP does not do.
+REASONS = {
+    flag.name.replace("_", "-"): flag
+    for flag in x509.ReasonFlags
+    if flag not in (x509.ReasonFlags.certificate_hold, x509.ReasonFlags.remove_from_crl)
+}
+
+
+def parse_duration(text: str) -> datetime.timedelta:
+    match = _DURATION.match(text.strip().lower())
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration such as 90s, 30m, 1h or 7d")
+    duration = datetime.timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+    if duration <= datetime.timedelta(0) or duration > MAX_TTL:
+        raise ValueError(f"a token lives more than 0 s and at most {MAX_TTL.days} days")
+    return duration
+
+
+def parse_role(text: str) -> Role:
+    try:
+        return Role(text.strip().lower())
+    except ValueError:
+        raise ValueError(f"role must be 'server' or 'client', not {text!r}") from None
+
+
+def parse_reason(text: str) -> x509.ReasonFlags:
+    key = text.strip().lower().replace("_", "-")
+    if key not in REASONS:
+        raise ValueError(f"unknown reason {text!r}; choose one of {', '.join(sorted(REASONS))}")
+    return REASONS[key]
+
+
+class _DataDirOptions(Command):
+    def postOptions(self) -> None:
+        if not self["data-dir"]:
+            raise usage.UsageError("--data-dir is required")
+        self["data-dir"] = Path(self["data-dir"])
+
+    def _store(self) -> Store:
+        try:
+            return open_store(self["data-dir"])
+        except (CAError, StoreError) as exc:
+            raise CommandFailed(str(exc)) from None
+
+
+class InitOptions(_DataDirOptions):
+    """Create the CA: key (0600; encrypted with a passphrase file) and self-signed root."""
+
+    optParameters: list[list[Any]] = [
+        ["data-dir", "d", None, "Directory for the TTP's key, root and database (created if missing)."],
+        ["key-type", None, KeyType.EC_P256.value, f"CA key type: {', '.join(KEY_TYPE_NAMES)}."],
+        ["subject", None, DEFAULT_SUBJECT, "Common name of the root certificate."],
+        ["days", None, DEFAULT_ROOT_DAYS, "Lifetime of the root certificate in days.", int],
+        ["passphrase-file", None, None, "Encrypt the CA key with the first line of this file."],
+    ]
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        try:
+            self["key-type"] = parse_key_type(self["key-type"])
+        except ValueError as exc:
+            raise usage.UsageError(str(exc)) from None
+        if self["days"] <= 0:
+            raise usage.UsageError("--days must be positive")
+        if not self["subject"].strip():
+            raise usage.UsageError("--subject must not be empty")
+
+    def execute(self, reactor: Any, out: TextIO) -> int:
+        try:
+            passphrase = read_passphrase(Path(self["passphrase-file"]) if self["passphrase-file"] else None)
+            ca = init_ca(
+                self["data-dir"], key_type=self["key-type"], subject=self["subject"], days=self["days"], passphrase=passphrase
+            )
+        except (CAError, FileExistsError) as exc:
+            raise CommandFailed(str(exc)) from None
+        out.write(f"{ca.fingerprint}\n")
+        return 0
+
+
+class TokenOptions(_DataDirOptions):
+    """Mint a one-time enrollment token for one name and one role."""
+
+    optParameters: list[list[Any]] = [
+        ["data-dir", "d", None, "The TTP's data dir."],
+        ["name", None, None, "The DNS name the token may enroll (required)."],
+        ["role", None, None, "server or client (required)."],
+        ["ttl", None, DEFAULT_TTL, "How long the token stays usable: 90s, 30m, 1h, 7d (at most 30d)."],
+    ]
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        if not self["name"] or not self["role"]:
+            raise usage.UsageError("--name and --role are required")
+        try:
+            self["name"] = check_dns_name(self["name"])
+            self["role"] = parse_role(self["role"])
+            self["ttl"] = parse_duration(self["ttl"])
+        except ValueError as exc:
+            raise usage.UsageError(str(exc)) from None
+
+    def execute(self, reactor: Any, out: TextIO) -> int:
+        store = self._store()
+        try:
+            token = Token.generate()
+            now = utcnow()
+            store.add_token(
+                token.token_id, token.mac_key(), self["name"], self["role"], now=now, expires_at=now + self["ttl"]
+            )
+        finally:
+            store.close()
+        out.write(f"{token}\n")
+        return 0
+
+
+class RevokeOptions(_DataDirOptions):
+    """Revoke an issued certificate by serial; the daemon's next CRL lists it."""
+
+    optParameters: list[list[Any]] = [
+        ["data-dir", "d", None, "The TTP's data dir."],
+        ["reason", None, "unspecified", f"Reason: {', '.join(sorted(REASONS))}."],
+    ]
+
+    synopsis = "--data-dir DIR SERIAL [--reason R]"
+
+    def parseArgs(self, serial: str | None = None) -> None:
+        if serial is None:
+            raise usage.UsageError("give the serial to revoke (hex, as 'tlsotp ttp list' shows it)")
+        try:
+            self["serial"] = parse_serial(serial)
+        except ValueError as exc:
+            raise usage.UsageError(str(exc)) from None
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        try:
+            self["reason"] = parse_reason(self["reason"])
+        except ValueError as exc:
+            raise usage.UsageError(str(exc)) from None
+
+    def execute(self, reactor: Any, out: TextIO) -> int:
+        store = self._store()
+        try:
+            record = store.revoke(self["serial"], self["reason"], now=utcnow())
+        except (UnknownSerial, AlreadyRevoked) as exc:
+            raise CommandFailed(str(exc)) from None
+        finally:
+            store.close()
+        out.write(
+            f"revoked {serial_text(record.serial)} ({record.name}, {record.role.value}): "
+            f"{self['reason'].name}; the TTP serves it in its CRL from now on\n"
+        )
+        return 0
+
+
+class ListOptions(_DataDirOptions):
+    """List every certificate the TTP issued, with its status."""
+
+    optParameters: list[list[Any]] = [["data-dir", "d", None, "The TTP's data dir."]]
+
+    def execute(self, reactor: Any, out: TextIO) -> int:
+        store = self._store()
+        try:
+            records = store.list_certificates()
+        finally:
+            store.close()
+        now = utcnow()
+        rows = [("SERIAL", "NAME", "ROLE", "NOT BEFORE", "NOT AFTER", "STATUS")]
+        for record in records:
+            rows.append(
+                (
+                    serial_text(record.serial),
+                    record.name,
+                    record.role.value,
+                    f"{record.not_before:%Y-%m-%d %H:%M}",
+                    f"{record.not_after:%Y-%m-%d %H:%M}",
+                    record.status(now),
+                )
+            )
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+        for row in rows:
+            out.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1] + "\n")
+        return 0
+
+
+class TTPOptions(CommandGroup):
+    """Operate the TTP's data dir (times are UTC)."""
+
+    commands = [
+        Subcommand("init", None, "tlsotp.ttp.admin_cli:InitOptions", "Create the CA key and root; print its fingerprint."),
+        Subcommand("token", None, "tlsotp.ttp.admin_cli:TokenOptions", "Mint a one-time enrollment token."),
+        Subcommand("revoke", None, "tlsotp.ttp.admin_cli:RevokeOptions", "Revoke a certificate by serial."),
+        Subcommand("list", None, "tlsotp.ttp.admin_cli:ListOptions", "List issued certificates and their status."),
+    ]

@@ -1,0 +1,183 @@
+"""``tlsotp enroll``, ``tlsotp renew``, ``tlsotp crl``: a party's side of the TTP, by hand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TextIO
+
+from cryptography import x509
+from twisted.python import usage
+
+from tlsotp.cli import Command, CommandFailed
+from tlsotp.pki.keys import KEY_TYPE_NAMES, KeyType, parse_key_type
+from tlsotp.pki.names import check_dns_name
+from tlsotp.pki.pem import PEMError, write_crl
+from tlsotp.ttp.admin_cli import parse_role
+from tlsotp.ttp.credentials import CA_FILE, RootPin
+from tlsotp.ttp.enroll import DEFAULT_TIMEOUT, crl_number, enroll, fetch_crl, renew
+from tlsotp.ttp.store import serial_text
+
+DEFAULT_TTP = "tcp:host=127.0.0.1:port=7000"
+
+_TTP_PARAMETERS: list[list[Any]] = [
+    ["ttp", None, DEFAULT_TTP, "Endpoint string of the TTP."],
+    ["timeout", None, DEFAULT_TIMEOUT, "Seconds to wait for the TTP.", float],
+]
+_PIN_PARAMETERS: list[list[Any]] = [
+    ["ca-fingerprint", None, None, "Pin the TTP root by fingerprint, sha256:HEX."],
+    ["ca-cert", None, None, "Pin the TTP root by a PEM file holding it."],
+]
+
+
+def _pin(options: usage.Options, *, required: bool) -> RootPin | None:
+    if options["ca-fingerprint"] and options["ca-cert"]:
+        raise usage.UsageError("give --ca-fingerprint or --ca-cert, not both")
+    try:
+        if options["ca-fingerprint"]:
+            return RootPin.from_fingerprint(options["ca-fingerprint"])
+        if options["ca-cert"]:
+            return RootPin.from_ca_file(Path(options["ca-cert"]))
+    except (ValueError, OSError) as exc:
+        raise usage.UsageError(str(exc)) from None
+    if required:
+        raise usage.UsageError("pin the TTP root: give --ca-fingerprint sha256:HEX or --ca-cert FILE")
+    return None
+
+
+def _check_timeout(options: usage.Options) -> None:
+    if not options["timeout"] > 0:
+        raise usage.UsageError("--timeout must be positive")
+
+
+class EnrollOptions(Command):
+    """Enroll with the TTP: make a key, prove the token, verify and store the certificate."""
+
+    optParameters: list[list[Any]] = [
+        ["data-dir", "d", None, "Directory for key.pem, cert.pem and ca.pem (created if missing)."],
+        *_TTP_PARAMETERS,
+        *_PIN_PARAMETERS,
+        ["token", None, None, "The token from 'tlsotp ttp token'."],
+        ["token-file", None, None, "Read the token from this file instead (keeps it out of ps)."],
+        ["name", None, None, "The name the token was minted for."],
+        ["role", None, None, "server or client."],
+        ["key-type", None, KeyType.EC_P256.value, f"Key type: {', '.join(KEY_TYPE_NAMES)}."],
+    ]
+
+    def postOptions(self) -> None:
+        if not self["data-dir"] or not self["name"] or not self["role"]:
+            raise usage.UsageError("--data-dir, --name and --role are required")
+        self["data-dir"] = Path(self["data-dir"])
+        self["pin"] = _pin(self, required=True)
+        _check_timeout(self)
+        if bool(self["token"]) == bool(self["token-file"]):
+            raise usage.UsageError("give the token: --token T or --token-file FILE")
+        try:
+            if self["token-file"]:
+                self["token"] = Path(self["token-file"]).read_text().strip()
+            self["name"] = check_dns_name(self["name"])
+            self["role"] = parse_role(self["role"])
+            self["key-type"] = parse_key_type(self["key-type"])
+        except (ValueError, OSError) as exc:
+            raise usage.UsageError(str(exc)) from None
+
+    async def execute(self, reactor: Any, out: TextIO) -> int:
+        credentials = await enroll(
+            reactor,
+            self["ttp"],
+            data_dir=self["data-dir"],
+            pin=self["pin"],
+            token=self["token"],
+            name=self["name"],
+            role=self["role"],
+            key_type=self["key-type"],
+            timeout=self["timeout"],
+        )
+        leaf = credentials.leaf
+        out.write(
+            f"enrolled {self['name']} as {self['role'].value}: serial {serial_text(leaf.serial_number)}, "
+            f"valid until {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC, files in {self['data-dir']}\n"
+        )
+        return 0
+
+
+class RenewOptions(Command):
+    """Renew this party's certificate, proving possession of its current key (no token)."""
+
+    optFlags = [["new-key", None, "Make a new key instead of certifying the current one again."]]
+    optParameters: list[list[Any]] = [
+        ["data-dir", "d", None, "The party's data dir (key.pem, cert.pem, ca.pem)."],
+        *_TTP_PARAMETERS,
+        ["key-type", None, None, f"Type of the new key (with --new-key): {', '.join(KEY_TYPE_NAMES)}."],
+    ]
+
+    def postOptions(self) -> None:
+        if not self["data-dir"]:
+            raise usage.UsageError("--data-dir is required")
+        self["data-dir"] = Path(self["data-dir"])
+        _check_timeout(self)
+        if self["key-type"]:
+            if not self["new-key"]:
+                raise usage.UsageError("--key-type needs --new-key")
+            try:
+                self["key-type"] = parse_key_type(self["key-type"])
+            except ValueError as exc:
+                raise usage.UsageError(str(exc)) from None
+
+    async def execute(self, reactor: Any, out: TextIO) -> int:
+        credentials = await renew(
+            reactor,
+            self["ttp"],
+            data_dir=self["data-dir"],
+            new_key=bool(self["new-key"]),
+            key_type=self["key-type"] or None,
+            timeout=self["timeout"],
+        )
+        leaf = credentials.leaf
+        out.write(
+            f"renewed: serial {serial_text(leaf.serial_number)}, valid until "
+            f"{leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC{', new key' if self['new-key'] else ''}\n"
+        )
+        return 0
+
+
+class CRLOptions(Command):
+    """Fetch the TTP's CRL, verify it against the pinned root, print the revoked serials."""
+
+    optParameters: list[list[Any]] = [
+        *_TTP_PARAMETERS,
+        *_PIN_PARAMETERS,
+        ["data-dir", "d", None, "A party's data dir: pin its ca.pem (unless pinned otherwise), store crl.pem."],
+        ["out", "o", None, "Also write the verified CRL (PEM) to this file."],
+    ]
+
+    def postOptions(self) -> None:
+        _check_timeout(self)
+        self["data-dir"] = Path(self["data-dir"]) if self["data-dir"] else None
+        self["pin"] = _pin(self, required=self["data-dir"] is None)
+        if self["pin"] is None:
+            try:
+                self["pin"] = RootPin.from_ca_file(self["data-dir"] / CA_FILE)
+            except PEMError as exc:
+                raise usage.UsageError(f"{exc}; or pin the root with --ca-fingerprint / --ca-cert") from None
+
+    async def execute(self, reactor: Any, out: TextIO) -> int:
+        crl = await fetch_crl(reactor, self["ttp"], pin=self["pin"], data_dir=self["data-dir"], timeout=self["timeout"])
+        if self["out"]:
+            try:
+                write_crl(Path(self["out"]), crl)
+            except OSError as exc:
+                raise CommandFailed(f"cannot write {self['out']}: {exc.strerror or exc}") from None
+        next_update = crl.next_update_utc
+        out.write(
+            f"# CRL number {crl_number(crl)}, next update "
+            f"{next_update:%Y-%m-%d %H:%M} UTC, {len(crl)} revoked\n"
+            if next_update
+            else f"# CRL number {crl_number(crl)}, {len(crl)} revoked\n"
+        )
+        for entry in crl:
+            try:
+                reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason.name
+            except x509.ExtensionNotFound:
+                reason = "unspecified"
+            out.write(f"{serial_text(entry.serial_number)}  {entry.revocation_date_utc:%Y-%m-%d %H:%M}  {reason}\n")
+        return 0
