@@ -95,6 +95,21 @@ class ScriptedRandom:
         return hashlib.shake_256(self._label + b"/" + str(self.calls).encode()).digest(n)
 
 
+class FixedRandom:
+    """A ``random_bytes`` replacement that hands out given values in order (test vectors)."""
+
+    def __init__(self, values: list[bytes]) -> None:
+        self._values = list(values)
+
+    def __call__(self, n: int) -> bytes:
+        if not self._values:
+            raise AssertionError("FixedRandom ran out of values")
+        value = self._values.pop(0)
+        if len(value) != n:
+            raise AssertionError(f"FixedRandom value has {len(value)} bytes, caller wanted {n}")
+        return value
+
+
 @dataclass(frozen=True)
 class Identity:
     key: PrivateKey
