@@ -17,6 +17,7 @@ import service_identity
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509 import verification
+from cryptography.x509.oid import ExtensionOID
 from service_identity.cryptography import verify_certificate_hostname
 
 from tlsotp.alerts import Alert, AlertError
@@ -145,7 +146,9 @@ class PeerVerifier:
                 builder.build_client_verifier().verify(leaf, intermediates)
         except verification.VerificationError as exc:
             message = str(exc)
-            alert = Alert.unsupported_certificate if "ExtendedKeyUsage" in message else Alert.bad_certificate
+            # A wrong (our validator's message) or missing (the verifier names the OID) purpose.
+            about_eku = "ExtendedKeyUsage" in message or ExtensionOID.EXTENDED_KEY_USAGE.dotted_string in message
+            alert = Alert.unsupported_certificate if about_eku else Alert.bad_certificate
             raise AlertError(alert, f"{leaf.subject.rfc4514_string()}: {message}") from None
 
     def _check_names(self, leaf: x509.Certificate) -> None:

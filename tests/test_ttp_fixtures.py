@@ -1,0 +1,118 @@
+"""Shared pieces for the TTP tests (no tests here): cached keys, a TTP data dir, a running TTP.
+
+Keys are generated once per run and reused wherever the key itself does not matter: RSA key
+generation is slow.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from twisted.internet import reactor as _reactor
+
+from tlsotp.pki.csr import build_csr
+from tlsotp.pki.keys import KeyType, PrivateKey, generate_private_key
+from tlsotp.pki.roles import Role
+from tlsotp.ttp import tokens, wire
+from tlsotp.ttp.ca import CertificateAuthority, TTPPaths, init_ca
+from tlsotp.ttp.daemon import TTPService
+from tlsotp.ttp.issuer import Issuer
+from tlsotp.ttp.store import Store
+
+REPO = Path(__file__).resolve().parent.parent
+reactor: Any = _reactor
+
+
+@functools.lru_cache(maxsize=None)
+def cached_key(key_type: KeyType, purpose: str = "") -> PrivateKey:
+    return generate_private_key(key_type)
+
+
+class FakeClock:
+    """An adjustable UTC clock for the Issuer."""
+
+    def __init__(self, now: datetime.datetime | None = None) -> None:
+        self.now = now or datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+
+    def __call__(self) -> datetime.datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += datetime.timedelta(**delta)
+
+
+def make_ttp(data_dir: Path, key_type: KeyType = KeyType.EC_P256) -> CertificateAuthority:
+    return init_ca(data_dir, key_type=key_type)
+
+
+def mint_token(
+    data_dir: Path, name: str, role: Role, *, ttl: datetime.timedelta = datetime.timedelta(hours=1),
+    now: datetime.datetime | None = None,
+) -> tokens.Token:
+    """What 'tlsotp ttp token' does, through its own Store connection."""
+    token = tokens.Token.generate()
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    store = Store.open(TTPPaths(data_dir).db)
+    try:
+        store.add_token(token.token_id, token.mac_key(), name, role, now=now, expires_at=now + ttl)
+    finally:
+        store.close()
+    return token
+
+
+def csr_der(key: PrivateKey, name: str) -> bytes:
+    return build_csr(key, name).public_bytes(serialization.Encoding.DER)
+
+
+def enroll_request(
+    token: tokens.Token, name: str, role: Role, key: PrivateKey, *, csr: bytes | None = None
+) -> wire.EnrollRequest:
+    csr = csr if csr is not None else csr_der(key, name)
+    nonce = secrets.token_bytes(wire.NONCE_BYTES)
+    proof = tokens.enrollment_proof(token.mac_key(), token.token_id, role, name, nonce, csr)
+    return wire.EnrollRequest(token.token_id, role, name, nonce, csr, proof)
+
+
+class TTPFixture:
+    """A TTP data dir with its CA, an Issuer on a FakeClock, and a token minting helper."""
+
+    def __init__(self, base: Path, key_type: KeyType = KeyType.EC_P256) -> None:
+        self.data_dir = base / "ttp"
+        self.ca = make_ttp(self.data_dir, key_type)
+        self.clock = FakeClock()
+        self.store = Store.open(TTPPaths(self.data_dir).db)
+        self.issuer = Issuer(self.ca, self.store, clock=self.clock)
+
+    def token(self, name: str = "bank.example", role: Role = Role.SERVER, **kw: Any) -> tokens.Token:
+        kw.setdefault("now", self.clock.now)
+        return mint_token(self.data_dir, name, role, **kw)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def start_ttp(testcase: Any, data_dir: Path, **kw: Any) -> tuple[TTPService, str]:
+    """A TTPService on a free loopback port, stopped at cleanup; returns it and its endpoint."""
+    service = TTPService(reactor, _ca_of(data_dir), data_dir, listen="tcp:0:interface=127.0.0.1", **kw)
+    service.startService()
+    testcase.addCleanup(service.stopService)
+    return service, f"tcp:host=127.0.0.1:port={service.port.getHost().port}"
+
+
+def _ca_of(data_dir: Path) -> CertificateAuthority:
+    from tlsotp.ttp.ca import load_ca
+
+    return load_ca(data_dir)
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment for a Python subprocess that must import this checkout and its plugins."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
