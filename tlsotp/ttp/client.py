@@ -11,7 +11,7 @@ from typing import Any, cast
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import clientFromString, connectProtocol
-from twisted.internet.error import ConnectError
+from twisted.internet.error import ConnectError, ConnectingCancelledError
 from twisted.internet.protocol import connectionDone
 from twisted.protocols.basic import NetstringReceiver
 from twisted.python.failure import Failure
@@ -75,7 +75,8 @@ def exchange(reactor: Any, ttp: str, request: wire.Request, timeout: float) -> D
         return protocol.reply
 
     def failed(failure: Failure) -> Failure:
-        if isinstance(failure.value, defer.TimeoutError):
+        # Timed out while connecting (the connect attempt is cancelled) or while waiting.
+        if isinstance(failure.value, (defer.TimeoutError, ConnectingCancelledError)):
             raise TTPUnavailable(f"no reply from the TTP at {ttp} within {timeout:g} s")
         if isinstance(failure.value, ConnectError):
             raise TTPUnavailable(f"cannot connect to the TTP at {ttp}: {failure.getErrorMessage()}")
