@@ -51,6 +51,7 @@ SUBCOMMANDS: list[Subcommand] = [
     Subcommand("enroll", None, "tlsotp.ttp.requester_cli:EnrollOptions", "Enroll with the TTP using a token."),
     Subcommand("renew", None, "tlsotp.ttp.requester_cli:RenewOptions", "Renew this party's certificate."),
     Subcommand("crl", None, "tlsotp.ttp.requester_cli:CRLOptions", "Fetch and verify the TTP's CRL."),
+    Subcommand("client", None, "tlsotp.party.client_command:ClientCommandOptions", "Get (or confirm) an OTP from the server."),
 ]
 
 

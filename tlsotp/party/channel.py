@@ -1,0 +1,213 @@
+"""The Twisted shell shared by the server and the client: frames in, frames out, one timeout.
+
+All protocol decisions are the sans-I/O connection's; this class only moves netstring payloads
+between the transport and that object, turns its events into method calls, counts bytes, and
+bounds every wait with ``TimeoutMixin``. A failure of any kind ends in exactly one call to
+``failed`` with an ``AlertError`` and a closed connection.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, ClassVar, Sequence, Union, cast
+
+from twisted.internet.interfaces import IAddress
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.protocols.basic import NetstringReceiver
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+
+from tlsotp.alerts import Alert, AlertError
+from tlsotp.handshake import (
+    MAX_FRAME,
+    AlertReceived,
+    ApplicationData,
+    ClientConnection,
+    ConnectionFailed,
+    Event,
+    HandshakeComplete,
+    PeerClosed,
+    ServerConnection,
+)
+
+SansIOConnection = Union[ClientConnection, ServerConnection]
+
+
+def describe_address(address: IAddress | None) -> str:
+    host, port = getattr(address, "host", None), getattr(address, "port", None)
+    return f"{host}:{port}" if host is not None else str(address)
+
+
+def netstring_size(payload_length: int) -> int:
+    """Bytes a payload takes on the wire as a netstring: ``LEN:`` + payload + ``,``."""
+    return len(str(payload_length)) + 2 + payload_length
+
+
+class ChannelStats:
+    """What a session cost on the wire: bytes (netstring framing included) and frames each way,
+    and flights received (changes of direction), which is the round-trip count."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self.started = clock()
+        self.cpu_started = time.process_time()
+        self.bytes_sent = self.bytes_received = 0
+        self.frames_sent = self.frames_received = 0
+        self.flights_received = 0
+        self._last_direction = ""
+        self.handshake_seconds: float | None = None
+        self.handshake_cpu_seconds: float | None = None
+
+    def sent(self, size: int) -> None:
+        self.frames_sent += 1
+        self.bytes_sent += netstring_size(size)
+        self._last_direction = "send"
+
+    def received(self, size: int) -> None:
+        self.frames_received += 1
+        self.bytes_received += netstring_size(size)
+        if self._last_direction != "recv":
+            self.flights_received += 1
+        self._last_direction = "recv"
+
+    def elapsed(self) -> float:
+        return self._clock() - self.started
+
+    def handshake_done(self) -> None:
+        self.handshake_seconds = self.elapsed()
+        self.handshake_cpu_seconds = time.process_time() - self.cpu_started
+
+
+class SecureChannelProtocol(NetstringReceiver, TimeoutMixin):
+    MAX_LENGTH = MAX_FRAME
+    log: ClassVar[Logger] = Logger()
+
+    #: Bounds the whole handshake, and then each wait for the peer's next message.
+    timeout_seconds: float = 30.0
+
+    def __init__(self) -> None:
+        self.stats = ChannelStats()
+        self.finished = False
+        self.connection: SansIOConnection = self.make_connection()
+
+    # -- what subclasses provide -------------------------------------------------------------
+
+    def make_connection(self) -> SansIOConnection:
+        raise NotImplementedError
+
+    def handshake_complete(self, event: HandshakeComplete) -> None:
+        pass
+
+    def application_data(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def failed(self, error: AlertError, *, sent: bool) -> None:
+        """Called once when the session ends badly; ``sent`` says which side raised the alert."""
+
+    def closed_cleanly(self) -> None:
+        """Called once when the peer sends close_notify."""
+
+    # -- moving bytes ------------------------------------------------------------------------
+
+    @property
+    def peer(self) -> str:
+        return describe_address(cast(Any, self.transport).getPeer() if self.transport else None)
+
+    def connectionMade(self) -> None:
+        self.stats = ChannelStats()
+        self.setTimeout(self.timeout_seconds)  # type: ignore[no-untyped-call]
+        self.start()
+        self.flush()
+
+    def start(self) -> None:
+        """Hook for the side that speaks first."""
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.finished:
+            return
+        super().dataReceived(data)  # type: ignore[no-untyped-call]
+
+    def stringReceived(self, string: bytes) -> None:
+        if self.finished:
+            return  # NetstringReceiver keeps delivering buffered frames after we decided to close.
+        self.stats.received(len(string))
+        self.dispatch(self.connection.receive_frame(string))
+
+    def dispatch(self, events: Sequence[Event]) -> None:
+        self.flush()
+        for event in events:
+            if self.finished:
+                return
+            if isinstance(event, HandshakeComplete):
+                self.stats.handshake_done()
+                self.resetTimeout()  # type: ignore[no-untyped-call]
+                self.handshake_complete(event)
+            elif isinstance(event, ApplicationData):
+                self.resetTimeout()  # type: ignore[no-untyped-call]
+                self.application_data(event.data)
+            elif isinstance(event, ConnectionFailed):
+                self.finish(AlertError(event.alert, event.detail), sent=True)
+            elif isinstance(event, AlertReceived):
+                self.finish(AlertError(event.alert, "alert received from the peer"), sent=False)
+            elif isinstance(event, PeerClosed):
+                self.finish(None, sent=False)
+            self.flush()
+
+    def flush(self) -> None:
+        if self.transport is None:
+            return
+        for frame in self.connection.frames_to_send():
+            self.stats.sent(len(frame))
+            self.sendString(frame)  # type: ignore[no-untyped-call]
+
+    def abort(self, alert: Alert, detail: str) -> None:
+        """A local refusal: queue the alert, send it, and close."""
+        if self.finished:
+            return
+        self.dispatch(self.connection.abort(alert, detail))
+        if not self.finished:  # the connection was already terminal and queued nothing
+            self.finish(AlertError(alert, detail), sent=True)
+
+    def close(self) -> None:
+        """End a good session with close_notify."""
+        if self.finished:
+            return
+        self.connection.close()
+        self.flush()
+        self.finish(None, sent=True)
+
+    def finish(self, error: AlertError | None, *, sent: bool) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.setTimeout(None)  # type: ignore[no-untyped-call]
+        self.flush()
+        if self.transport is not None:
+            cast(Any, self.transport).loseConnection()
+        if error is None:
+            self.closed_cleanly()
+        else:
+            self.failed(error, sent=sent)
+
+    # -- the ways a session ends without the sans-I/O core deciding ---------------------------
+
+    def _handleParseError(self) -> None:
+        # NetstringReceiver's hook for a bad length, a missing comma, or a length over
+        # MAX_LENGTH (refused before buffering). Send a typed alert instead of a silent drop.
+        self.brokenPeer = 1
+        self.abort(Alert.decode_error, f"malformed netstring or a frame over {self.MAX_LENGTH} bytes")
+
+    def timeoutConnection(self) -> None:
+        self.abort(Alert.handshake_failure, f"timed out after {self.timeout_seconds:g} s waiting for the peer")
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.setTimeout(None)  # type: ignore[no-untyped-call]
+        if not self.finished:
+            self.finished = True
+            # The peer closed TCP without an alert: a truncation, as TLS would call it.
+            alert = Alert.unexpected_message if self.connection.handshake_complete else Alert.handshake_failure
+            self.failed(
+                AlertError(alert, f"connection closed by the peer without an alert ({reason.getErrorMessage()})"),
+                sent=False,
+            )

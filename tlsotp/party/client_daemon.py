@@ -1,0 +1,92 @@
+"""``twistd -n tlsotp-client``: the client as a background service.
+
+It performs one client run at start (and, with ``--interval``, again on that period). The OTP
+is a secret, so it is never logged: it is written to ``--output`` (mode 0600; default
+DATA_DIR/otp.txt) and the log says only that it arrived. Without ``--interval`` the daemon
+stops after its run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, cast
+
+from twisted.application import service
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python import usage
+
+from tlsotp.party.bootstrap import describe_error
+from tlsotp.party.client_command import render_answer
+from tlsotp.party.client_options import ClientOptions
+from tlsotp.party.client_run import run_client
+from tlsotp.party.options import positive_float
+from tlsotp.pki.pem import KEY_MODE, atomic_write
+
+log = Logger()
+
+
+class Options(ClientOptions):
+    optParameters: list[list[Any]] = [
+        ["output", "o", None, "File the OTP message is written to (mode 0600; default DATA_DIR/otp.txt)."],
+        ["interval", None, None, "Repeat the run every this many seconds instead of stopping.", positive_float],
+    ]
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        if self["trace"]:
+            raise usage.UsageError("--trace is for the tlsotp client command; the daemon logs each session")
+        self["output"] = Path(self["output"]) if self["output"] else self["data-dir"] / "otp.txt"
+
+
+class OTPClientService(service.Service):
+    def __init__(self, reactor: Any, options: Options) -> None:
+        self.reactor = reactor
+        self.options = options
+        self.loop: LoopingCall | None = None
+        self.runs = 0
+        self.failures = 0
+
+    def startService(self) -> None:
+        service.Service.startService(self)  # type: ignore[no-untyped-call]
+        if self.options["interval"] is None:
+            Deferred.fromCoroutine(self.run_once()).addBoth(lambda _: self._stop_reactor())
+        else:
+            self.loop = LoopingCall(lambda: Deferred.fromCoroutine(self.run_once()))
+            self.loop.clock = self.reactor
+            self.loop.start(self.options["interval"], now=True)
+
+    def _stop_reactor(self) -> None:
+        if self.reactor.running:
+            self.reactor.stop()
+
+    async def run_once(self) -> None:
+        self.runs += 1
+        try:
+            run = await run_client(self.reactor, self.options)
+        except Exception as exc:
+            self.failures += 1
+            log.error("tlsotp-client session failed: {error}", error=describe_error(exc))
+            return
+        good, text = render_answer(run.result.answer, self.options["transaction"])
+        if not good:
+            self.failures += 1
+            log.error("tlsotp-client: {text}", text=text)
+            return
+        atomic_write(self.options["output"], (text + "\n").encode("utf-8"), KEY_MODE)
+        log.info(
+            "tlsotp-client: answer for {transaction!r} received over {suite}, written to {path}",
+            transaction=self.options["transaction"], suite=run.result.suite.name, path=str(self.options["output"]),
+        )
+
+    def stopService(self) -> None:
+        service.Service.stopService(self)  # type: ignore[no-untyped-call]
+        if self.loop is not None and self.loop.running:
+            self.loop.stop()
+
+
+def makeService(options: Options) -> service.IService:
+    from twisted.internet import reactor
+
+    return cast(service.IService, OTPClientService(reactor, options))

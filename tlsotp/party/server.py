@@ -1,0 +1,173 @@
+"""The bank server's protocol and factory: handshake, then one OTP request per session.
+
+The factory holds what may change while the daemon runs (credentials after renewal, the CRL
+after a refresh) so each new connection is verified with the current ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Collection, Sequence
+
+from cryptography import x509
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from tlsotp.alerts import Alert, AlertError
+from tlsotp.handshake import DEFAULT_SUITES, HandshakeComplete, ServerConfig, ServerConnection, Suite, TraceRecord
+from tlsotp.otp import messages
+from tlsotp.otp.authority import OTPAuthority
+from tlsotp.otp.store import Confirmation, IssuedOTP
+from tlsotp.party.channel import SansIOConnection, SecureChannelProtocol
+from tlsotp.pki.keys import PrivateKey
+from tlsotp.pki.roles import Role
+from tlsotp.pki.verify import PeerVerifier
+from tlsotp.ttp.credentials import certified_name
+
+log = Logger()
+
+
+@dataclass
+class ServerIdentity:
+    key: PrivateKey
+    chain: Sequence[x509.Certificate]
+    root: x509.Certificate
+
+
+class OTPServerFactory(Factory):
+    protocol = None  # buildProtocol below
+
+    def __init__(
+        self,
+        identity: ServerIdentity,
+        authority: OTPAuthority,
+        *,
+        suites: Sequence[Suite] = DEFAULT_SUITES,
+        allowed_clients: Collection[str] | None = None,
+        crl: x509.CertificateRevocationList | None = None,
+        timeout_seconds: float = 30.0,
+        max_connections: int = 256,
+        observer: Callable[[TraceRecord], None] | None = None,
+    ) -> None:
+        self.identity = identity
+        self.authority = authority
+        self.suites = tuple(suites)
+        self.allowed_clients = None if allowed_clients is None else frozenset(allowed_clients)
+        self.crl = crl
+        self.timeout_seconds = timeout_seconds
+        self.max_connections = max_connections
+        self.observer = observer
+        self.open_connections = 0
+        self.sessions_completed = 0
+
+    def server_config(self) -> ServerConfig:
+        verifier = PeerVerifier(
+            self.identity.root, Role.CLIENT, expected_names=self.allowed_clients, crl=self.crl
+        )
+        return ServerConfig(
+            certificate_chain=tuple(self.identity.chain),
+            private_key=self.identity.key,
+            validate_peer=verifier,
+            suites=self.suites,
+            observer=self.observer,
+        )
+
+    def buildProtocol(self, addr: object) -> OTPServerProtocol | None:
+        if self.open_connections >= self.max_connections:
+            log.warn("refusing a connection from {addr}: {n} sessions already open", addr=addr, n=self.open_connections)
+            return None
+        protocol = OTPServerProtocol(self)
+        protocol.factory = self
+        return protocol
+
+
+class OTPServerProtocol(SecureChannelProtocol):
+    def __init__(self, factory: OTPServerFactory) -> None:
+        self.server = factory
+        self.timeout_seconds = factory.timeout_seconds
+        self.client_name: str | None = None
+        self.request_seen = False
+        super().__init__()
+
+    def make_connection(self) -> SansIOConnection:
+        return ServerConnection(self.server.server_config())
+
+    def connectionMade(self) -> None:
+        self.server.open_connections += 1
+        super().connectionMade()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.server.open_connections -= 1
+        super().connectionLost(reason)
+
+    def handshake_complete(self, event: HandshakeComplete) -> None:
+        try:
+            self.client_name = certified_name(event.peer_chain[0])
+        except AlertError as exc:
+            self.abort(exc.alert, exc.detail)
+            return
+        log.info(
+            "{peer}: handshake complete with client {client} using {suite}",
+            peer=self.peer, client=self.client_name, suite=event.suite.name,
+        )
+
+    def application_data(self, data: bytes) -> None:
+        if self.request_seen:
+            self.abort(Alert.unexpected_message, "one request per session")
+            return
+        self.request_seen = True
+        try:
+            request = messages.decode(data)
+        except AlertError as exc:
+            self.abort(exc.alert, exc.detail)
+            return
+        assert self.client_name is not None
+        d: Deferred[None]
+        if isinstance(request, messages.OTPRequest):
+            d = self.server.authority.issue(self.client_name, request.transaction).addCallback(
+                self._send_grant, request.transaction
+            )
+        elif isinstance(request, messages.ConfirmRequest):
+            d = self.server.authority.confirm(self.client_name, request.transaction, request.code).addCallback(
+                self._send_confirmation, request.transaction
+            )
+        else:
+            self.abort(Alert.unexpected_message, f"a client does not send {type(request).__name__}")
+            return
+        d.addErrback(self._internal_error)
+
+    def _send_grant(self, result: tuple[IssuedOTP, str], transaction: str) -> None:
+        issued, sentence = result
+        if self.finished:
+            return
+        grant = messages.OTPGrant(issued.transaction_id, transaction, issued.code, issued.expires_at, sentence)
+        self.connection.send_application_data(messages.encode(grant))
+        # The code itself is a secret: it is logged nowhere.
+        log.info(
+            "{peer}: issued an OTP to {client} for {transaction!r}, expires at {expires}",
+            peer=self.peer, client=self.client_name, transaction=transaction, expires=issued.expires_at,
+        )
+        self.server.sessions_completed += 1
+        self.close()
+
+    def _send_confirmation(self, confirmation: Confirmation, transaction: str) -> None:
+        if self.finished:
+            return
+        result = messages.ConfirmResult(confirmation.status, confirmation.attempts_left)
+        self.connection.send_application_data(messages.encode(result))
+        log.info(
+            "{peer}: confirmation from {client} for {transaction!r}: {status}",
+            peer=self.peer, client=self.client_name, transaction=transaction, status=confirmation.status.name,
+        )
+        self.server.sessions_completed += 1
+        self.close()
+
+    def _internal_error(self, failure: Failure) -> None:
+        log.error("{peer}: OTP store failed: {error}", peer=self.peer, error=failure.getErrorMessage())
+        self.abort(Alert.internal_error, "the OTP store failed")
+
+    def failed(self, error: AlertError, *, sent: bool) -> None:
+        who = "refused" if sent else "peer alert"
+        log.warn("{peer}: session ended, {who}: {error}", peer=self.peer, who=who, error=str(error))

@@ -1,0 +1,195 @@
+"""``twistd -n tlsotp-server``: the bank server daemon.
+
+On start it loads its credentials (or enrolls with ``--token``), fetches the TTP's CRL, and
+listens. While running it refreshes the CRL on a schedule and renews its certificate before
+expiry, swapping both into the factory so new sessions use them without a restart.
+"""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Any, cast
+
+from cryptography import x509
+from twisted.application import service
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python import usage
+
+from tlsotp.alerts import AlertError
+from tlsotp.handshake import suites_for_key
+from tlsotp.otp.authority import OTPAuthority, OTPPolicy
+from tlsotp.party.bootstrap import StartupError, describe_error, obtain_credentials
+from tlsotp.party.options import PartyOptions, positive_float
+from tlsotp.party.server import OTPServerFactory, ServerIdentity
+from tlsotp.pki.pem import PEMError, load_crl
+from tlsotp.pki.roles import Role
+from tlsotp.pki.verify import utcnow, verify_crl
+from tlsotp.ttp.enroll import Credentials, fetch_crl, renew
+
+log = Logger()
+
+CRL_FILE = "crl.pem"
+
+
+class Options(PartyOptions):
+    synopsis = "--data-dir DIR --name NAME [--listen ENDPOINT] [--ttp ENDPOINT] (--ca-fingerprint F | --ca-cert FILE) [--token T] ..."
+    optParameters: list[list[Any]] = [
+        ["listen", "l", "tcp:7001:interface=127.0.0.1", "Endpoint string to listen on."],
+        ["name", "n", None, "The server's DNS name, as minted in its token (e.g. bank.example)."],
+        ["otp-digits", None, 6, "Digits in each OTP (4 to 12).", int],
+        ["otp-ttl", None, 300, "Seconds an OTP stays valid.", int],
+        ["max-attempts", None, 3, "Wrong confirmations before a transaction locks.", int],
+        ["crl-refresh", None, 300.0, "Seconds between CRL refreshes from the TTP.", positive_float],
+        ["renew-check", None, 3600.0, "Seconds between checks whether the certificate needs renewing.", positive_float],
+        ["renew-before", None, 2 * 86400.0, "Renew when the certificate expires within this many seconds.", positive_float],
+        ["max-connections", None, 256, "Sessions served at once; further connections are refused.", int],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self["allow-client"] = []
+
+    def opt_allow_client(self, name: str) -> None:
+        """Accept only this client name (repeatable; default: any client the TTP certified)."""
+        self["allow-client"].append(name)
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        if not self["name"]:
+            raise usage.UsageError("--name is required: the DNS name the server's certificate is for")
+        try:
+            self["otp-policy"] = OTPPolicy(self["otp-digits"], self["otp-ttl"], self["max-attempts"])
+        except ValueError as exc:
+            raise usage.UsageError(str(exc)) from None
+        if self["max-connections"] < 1:
+            raise usage.UsageError("--max-connections must be at least 1")
+
+
+class OTPServerService(service.Service):
+    def __init__(self, reactor: Any, options: Options) -> None:
+        self.reactor = reactor
+        self.options = options
+        self.data_dir: Path = options["data-dir"]
+        self.factory: OTPServerFactory | None = None
+        self.port: IListeningPort | None = None
+        self.authority: OTPAuthority | None = None
+        self.ready: Deferred[None] = Deferred()
+        self._loops: list[LoopingCall] = []
+
+    def startService(self) -> None:
+        service.Service.startService(self)  # type: ignore[no-untyped-call]
+        d = Deferred.fromCoroutine(self._start())
+        d.addCallbacks(self.ready.callback, self._start_failed)
+
+    def _start_failed(self, failure: Any) -> None:
+        log.critical("tlsotp-server cannot start: {error}", error=describe_error(failure.value))
+        self.ready.errback(failure)
+        if self.reactor.running:
+            self.reactor.stop()
+
+    async def _start(self) -> None:
+        o = self.options
+        credentials = await obtain_credentials(
+            self.reactor, data_dir=self.data_dir, ttp=o["ttp"], pin=o["pin"], token=o["token"],
+            name=o["name"], role=Role.SERVER, key_type=o["key-type"], timeout=o["timeout"],
+        )
+        usable = suites_for_key(credentials.chain[0].public_key(), o.suites)
+        if not usable:
+            raise StartupError(
+                f"none of the configured suites can be authenticated by this {credentials.chain[0].public_key().__class__.__name__}"
+            )
+        crl = await self._initial_crl(credentials)
+        self.authority = OTPAuthority(self.reactor, self.data_dir, o["otp-policy"])
+        self.factory = OTPServerFactory(
+            ServerIdentity(credentials.key, credentials.chain, credentials.root),
+            self.authority,
+            suites=usable,
+            allowed_clients=o["allow-client"] or None,
+            crl=crl,
+            timeout_seconds=o["timeout"],
+            max_connections=o["max-connections"],
+        )
+        self.port = await serverFromString(self.reactor, o["listen"]).listen(self.factory)  # type: ignore[no-untyped-call]
+        address = cast(Any, self.port).getHost()
+        log.info(
+            "tlsotp-server {name} listening on {host}:{port}, suites: {suites}",
+            name=o["name"], host=getattr(address, "host", "?"), port=getattr(address, "port", "?"),
+            suites=", ".join(s.name for s in usable),
+        )
+        for call, interval in ((self.refresh_crl, o["crl-refresh"]), (self.renew_if_due, o["renew-check"])):
+            loop = LoopingCall(call)
+            loop.clock = self.reactor
+            loop.start(interval, now=False).addErrback(lambda f: log.failure("periodic task failed", f))
+            self._loops.append(loop)
+
+    async def _initial_crl(self, credentials: Credentials) -> x509.CertificateRevocationList:
+        try:
+            return await fetch_crl(
+                self.reactor, self.options["ttp"], pin=credentials.root, data_dir=self.data_dir,
+                timeout=self.options["timeout"],
+            )
+        except Exception as exc:
+            # Fall back to a stored CRL only while it is still fresh: fail closed otherwise.
+            try:
+                stored = verify_crl(load_crl(self.data_dir / CRL_FILE), credentials.root, utcnow())
+            except (PEMError, AlertError):
+                raise StartupError(f"cannot fetch the TTP's CRL and no fresh one is stored: {exc}") from None
+            log.warn("cannot fetch the CRL ({error}); using the stored one until it goes stale", error=str(exc))
+            return stored
+
+    async def refresh_crl(self) -> None:
+        assert self.factory is not None
+        try:
+            crl = await fetch_crl(
+                self.reactor, self.options["ttp"], pin=self.factory.identity.root, data_dir=self.data_dir,
+                timeout=self.options["timeout"],
+            )
+        except Exception as exc:
+            log.warn(
+                "CRL refresh failed: {error}; keeping the current CRL, which stops validating clients once stale",
+                error=str(exc),
+            )
+            return
+        self.factory.crl = crl
+        log.info("CRL refreshed: {n} revoked, next update {next}", n=len(list(crl)), next=crl.next_update_utc)
+
+    async def renew_if_due(self) -> None:
+        assert self.factory is not None
+        leaf = self.factory.identity.chain[0]
+        remaining = leaf.not_valid_after_utc - utcnow()
+        if remaining > datetime.timedelta(seconds=self.options["renew-before"]):
+            return
+        try:
+            credentials = await renew(self.reactor, self.options["ttp"], data_dir=self.data_dir, timeout=self.options["timeout"])
+        except Exception as exc:
+            log.warn("certificate renewal failed, will retry: {error}", error=str(exc))
+            return
+        self.factory.identity = ServerIdentity(credentials.key, credentials.chain, credentials.root)
+        log.info(
+            "certificate renewed: serial {serial:x}, valid until {until}",
+            serial=credentials.chain[0].serial_number, until=credentials.chain[0].not_valid_after_utc,
+        )
+
+    async def _stop(self) -> None:
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        if self.port is not None:
+            await cast(Any, self.port).stopListening()
+        if self.authority is not None:
+            self.authority.close()
+
+    def stopService(self) -> Deferred[None]:
+        service.Service.stopService(self)  # type: ignore[no-untyped-call]
+        return Deferred.fromCoroutine(self._stop())
+
+
+def makeService(options: Options) -> service.IService:
+    from twisted.internet import reactor
+
+    return cast(service.IService, OTPServerService(reactor, options))
