@@ -93,3 +93,12 @@ class SuitesForKeyTests(unittest.TestCase):
 
         self.assertEqual(suites_for_key(ed25519.Ed25519PrivateKey.generate().public_key()), ())
         self.assertEqual(suites_for_key(ec.generate_private_key(ec.SECP521R1()).public_key()), ())
+
+
+class DocumentationTests(unittest.TestCase):
+    def test_protocol_document_lists_every_suite_with_its_code(self) -> None:
+        from pathlib import Path
+
+        doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.rst").read_text()
+        rows = {line.split()[1]: line.split()[0] for line in doc.splitlines() if line.startswith("0x") and "TLSOTP_" in line}
+        self.assertEqual(rows, {s.name: f"0x{s.code:04x}" for s in ALL_SUITES})
