@@ -157,6 +157,18 @@ class FlowTests(unittest.TestCase):
         received = b"".join(e.data for f in frames for e in pair.server.receive_frame(f) if isinstance(e, ApplicationData))
         self.assertEqual(received, data)
 
+    def test_record_limit_closes_before_a_nonce_could_repeat(self) -> None:
+        pair = connect(*make_configs(ALL_SUITES[0]))
+        sealer = pair.client._sealer
+        assert sealer is not None
+        sealer._limit = sealer.sequence_number + 2  # pretend 2^24 records went by
+        pair.client.send_application_data(b"last record")
+        self.assertRaises(ConnectionStateError, pair.client.send_application_data, b"one too many")
+        self.assertEqual(pair.client.state, ClientState.CLOSED)
+        pair.pump()
+        # The final sequence number carried a protected close_notify, not data.
+        self.assertEqual(pair.server_events[-2:], [ApplicationData(b"last record"), PeerClosed()])
+
     def test_empty_write_sends_nothing(self) -> None:
         pair = connect(*make_configs(ALL_SUITES[0]))
         pair.client.send_application_data(b"")
