@@ -3,7 +3,9 @@
 All protocol decisions are the sans-I/O connection's; this class only moves netstring payloads
 between the transport and that object, turns its events into method calls, counts bytes, and
 bounds every wait with ``TimeoutMixin``. A failure of any kind ends in exactly one call to
-``failed`` with an ``AlertError`` and a closed connection.
+``failed`` with an ``AlertError`` (or one to ``closed_cleanly``), made only once the connection
+is closed, so that the alert we queued has been written before anybody acts on the outcome
+(a command that stops the reactor at once would otherwise lose it).
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ class SecureChannelProtocol(NetstringReceiver, TimeoutMixin):
     def __init__(self) -> None:
         self.stats = ChannelStats()
         self.finished = False
+        self._outcome: tuple[AlertError | None, bool] | None = None
         self.connection: SansIOConnection = self.make_connection()
 
     # -- what subclasses provide -------------------------------------------------------------
@@ -178,17 +181,15 @@ class SecureChannelProtocol(NetstringReceiver, TimeoutMixin):
         self.finish(None, sent=True)
 
     def finish(self, error: AlertError | None, *, sent: bool) -> None:
+        """Decide the outcome, flush, close; it is reported from ``connectionLost``."""
         if self.finished:
             return
         self.finished = True
+        self._outcome = (error, sent)
         self.setTimeout(None)  # type: ignore[no-untyped-call]
         self.flush()
         if self.transport is not None:
             cast(Any, self.transport).loseConnection()
-        if error is None:
-            self.closed_cleanly()
-        else:
-            self.failed(error, sent=sent)
 
     # -- the ways a session ends without the sans-I/O core deciding ---------------------------
 
@@ -207,7 +208,13 @@ class SecureChannelProtocol(NetstringReceiver, TimeoutMixin):
             self.finished = True
             # The peer closed TCP without an alert: a truncation, as TLS would call it.
             alert = Alert.unexpected_message if self.connection.handshake_complete else Alert.handshake_failure
-            self.failed(
-                AlertError(alert, f"connection closed by the peer without an alert ({reason.getErrorMessage()})"),
-                sent=False,
-            )
+            detail = f"connection closed by the peer without an alert ({reason.getErrorMessage()})"
+            self._outcome = (AlertError(alert, detail), False)
+        outcome, self._outcome = self._outcome, None
+        if outcome is None:
+            return  # already reported
+        error, sent = outcome
+        if error is None:
+            self.closed_cleanly()
+        else:
+            self.failed(error, sent=sent)

@@ -104,8 +104,8 @@ class PeerVerifier:
             check_public_key(leaf.public_key())
         except UnacceptableKey as exc:
             raise AlertError(Alert.bad_certificate, f"{subject}: {exc}") from None
+        self._check_names(leaf)  # first, for a plainer message than the path validator's
         self._validate_path(leaf, intermediates, now)
-        self._check_names(leaf)
         if self.crl is not None:
             verify_crl(self.crl, self.root, now)
             revoked = self.crl.get_revoked_certificate_by_serial_number(leaf.serial_number)

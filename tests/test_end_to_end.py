@@ -1,0 +1,273 @@
+"""The three parties as separate processes over real loopback TCP, driven by the real commands.
+
+One TTP, an EC server and an RSA server run as ``twistd`` daemons for the whole class; each
+test runs ``tlsotp client`` as a subprocess and checks the OTP it prints against the server's
+own store (the HMAC of the printed code must be the stored one).
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import hmac
+import os
+import re
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import ClassVar
+
+from twisted.trial import unittest
+
+from tlsotp.handshake import ALL_SUITES, KeyExchange, SignatureKind, Suite
+
+REPO = Path(__file__).resolve().parent.parent
+STARTUP_SECONDS = 30.0
+COMMAND_SECONDS = 60.0
+OTP_LINE = re.compile(r"^The OTP for transferring (?P<tx>.+) is (?P<code>\d+)\.$", re.MULTILINE)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tlsotp(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "tlsotp.cli", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=COMMAND_SECONDS, stdin=subprocess.DEVNULL,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"tlsotp {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+class Daemon:
+    """A ``twistd -n`` subprocess, logging to a file, ready once its port accepts connections."""
+
+    def __init__(self, workdir: Path, name: str, plugin: str, port: int, *args: str) -> None:
+        self.log_path = workdir / f"{name}.log"
+        self.port = port
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()",
+                "-n", "--pidfile", "", "--logfile", str(self.log_path), plugin, *args,
+            ],
+            cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError(f"daemon not listening on {self.port} after {STARTUP_SECONDS} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class Cluster:
+    """The TTP, the servers and enrolled clients, started once and shared by every test.
+
+    trial has no class-level set-up, so the first test starts the cluster and the process's
+    exit stops it; the daemons also stop if this process dies, as their stdin is closed.
+    """
+
+    started: ClassVar[bool] = False
+    failure: ClassVar[str | None] = None
+    workdir: ClassVar[Path]
+    fingerprint: ClassVar[str]
+    ttp_endpoint: ClassVar[str]
+    daemons: ClassVar[list[Daemon]]
+    servers: ClassVar[dict[str, tuple[str, Path, str]]]  # "ec"/"rsa" -> (endpoint, data dir, name)
+    clients: ClassVar[dict[str, Path]]
+
+    @classmethod
+    def start(cls) -> None:
+        if cls.started:
+            return
+        if cls.failure is not None:
+            raise AssertionError(f"the cluster failed to start earlier: {cls.failure}")
+        atexit.register(cls.stop)
+        cls.workdir = Path(tempfile.mkdtemp(prefix="tlsotp-e2e-"))
+        cls.daemons = []
+        ttp_dir = cls.workdir / "ttp"
+        init = tlsotp("ttp", "init", "--data-dir", str(ttp_dir))
+        match = re.search(r"sha256:[0-9a-f]{64}", init.stdout)
+        assert match, init.stdout
+        cls.fingerprint = match.group(0)
+        ttp_port = free_port()
+        cls.ttp_endpoint = f"tcp:host=127.0.0.1:port={ttp_port}"
+        try:
+            ttp = Daemon(cls.workdir, "ttp", "tlsotp-ttp", ttp_port, "--data-dir", str(ttp_dir),
+                         "--listen", f"tcp:{ttp_port}:interface=127.0.0.1")
+            cls.daemons.append(ttp)
+            ttp.wait_ready()
+            cls.servers = {}
+            for kind, key_type in (("ec", "ec-p256"), ("rsa", "rsa-2048")):
+                name = f"{kind}bank.example"
+                port = free_port()
+                data_dir = cls.workdir / f"server-{kind}"
+                daemon = Daemon(
+                    cls.workdir, f"server-{kind}", "tlsotp-server", port, "--data-dir", str(data_dir),
+                    "--name", name, "--listen", f"tcp:{port}:interface=127.0.0.1", "--ttp", cls.ttp_endpoint,
+                    "--ca-fingerprint", cls.fingerprint, "--token", cls.token(name, "server"), "--key-type", key_type,
+                    "--crl-refresh", "1",
+                )
+                cls.daemons.append(daemon)
+                cls.servers[kind] = (f"tcp:host=127.0.0.1:port={port}", data_dir, name)
+            for daemon in cls.daemons:
+                daemon.wait_ready()
+            cls.clients = {}
+            for kind, key_type in (("ec", "ec-p384"), ("rsa", "rsa-2048")):
+                name = f"{kind}alice.example"
+                data_dir = cls.workdir / f"client-{kind}"
+                tlsotp(
+                    "enroll", "--data-dir", str(data_dir), "--ttp", cls.ttp_endpoint, "--ca-fingerprint",
+                    cls.fingerprint, "--token", cls.token(name, "client"), "--name", name, "--role", "client",
+                    "--key-type", key_type,
+                )
+                cls.clients[kind] = data_dir
+        except BaseException as exc:
+            cls.failure = str(exc)[:2000]
+            cls.stop()
+            raise
+        cls.started = True
+
+    @classmethod
+    def stop(cls) -> None:
+        for daemon in cls.daemons:
+            daemon.stop()
+        shutil.rmtree(cls.workdir, ignore_errors=True)
+
+    @classmethod
+    def token(cls, name: str, role: str) -> str:
+        out = tlsotp("ttp", "token", "--data-dir", str(cls.workdir / "ttp"), "--name", name, "--role", role).stdout
+        return out.strip().splitlines()[-1].strip()
+
+
+class EndToEndTests(unittest.TestCase):
+    def setUp(self) -> None:
+        Cluster.start()
+        self.workdir = Cluster.workdir
+        self.fingerprint = Cluster.fingerprint
+        self.ttp_endpoint = Cluster.ttp_endpoint
+        self.servers = Cluster.servers
+        self.clients = Cluster.clients
+        self.daemons = Cluster.daemons
+        self.token = Cluster.token
+
+    def client(self, server: str, *args: str, client: str = "ec", check: bool = True) -> subprocess.CompletedProcess[str]:
+        endpoint, _, name = self.servers[server]
+        result = tlsotp(
+            "client", "--data-dir", str(self.clients[client]), "--ttp", self.ttp_endpoint,
+            "--server", endpoint, "--server-name", name, *args, check=False,
+        )
+        if check and result.returncode != 0:
+            logs = "\n".join(d.log()[-3000:] for d in self.daemons)
+            self.fail(f"client exited {result.returncode}:\n{result.stdout}\n{result.stderr}\n{logs}")
+        return result
+
+    def stored_mac(self, server: str, client_name: str, transaction: str) -> tuple[bytes, bytes, bytes]:
+        data_dir = self.servers[server][1]
+        with sqlite3.connect(f"file:{data_dir / 'otp.sqlite3'}?mode=ro", uri=True) as db:
+            row = db.execute(
+                "SELECT id, code_mac FROM otps WHERE client = ? AND transaction_text = ? ORDER BY issued_at DESC, rowid DESC",
+                (client_name, transaction),
+            ).fetchone()
+        self.assertIsNotNone(row, "the server has no OTP on record for this transaction")
+        return bytes(row[0]), bytes(row[1]), (data_dir / "otp-pepper.bin").read_bytes()
+
+    def check_suite(self, suite: Suite) -> None:
+        server = "ec" if suite.authentication is SignatureKind.ECDSA else "rsa"
+        client = "rsa" if suite.key_exchange is KeyExchange.RSA_OAEP else "ec"
+        transaction = f"Rs 100 via {suite.name}"
+        result = self.client(server, "--suites", suite.name, "--transaction", transaction, "--trace", client=client)
+        match = OTP_LINE.search(result.stdout)
+        assert match, result.stdout
+        self.assertEqual(match.group("tx"), transaction)
+        self.assertIn(suite.name, result.stdout)
+        transaction_id, code_mac, pepper = self.stored_mac(server, f"{client}alice.example", transaction)
+        expected = hmac.new(pepper, transaction_id + match.group("code").encode(), hashlib.sha256).digest()
+        self.assertTrue(hmac.compare_digest(expected, code_mac), "the printed OTP is not the one the server stored")
+
+    def test_confirm_accepted_once_then_refused(self) -> None:
+        transaction = "Rs 1,00,000 to your friend's account"
+        code = OTP_LINE.search(self.client("ec", "--transaction", transaction).stdout).group("code")  # type: ignore[union-attr]
+        accepted = self.client("ec", "--transaction", transaction, "--confirm", code)
+        self.assertIn("OTP accepted", accepted.stdout)
+        again = self.client("ec", "--transaction", transaction, "--confirm", code, check=False)
+        self.assertEqual(again.returncode, 1)
+        self.assertIn("already used", again.stderr)
+
+    def test_wrong_server_name_is_refused(self) -> None:
+        endpoint = self.servers["ec"][0]
+        result = tlsotp(
+            "client", "--data-dir", str(self.clients["ec"]), "--ttp", self.ttp_endpoint, "--server", endpoint,
+            "--server-name", "rsabank.example", check=False,
+        )
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("bad_certificate", result.stderr)
+        self.assertIn("is not for rsabank.example", result.stderr)
+        self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
+        # The alert reached the server before the client exited, and the server logged it.
+        server_log = self.daemons[1].log()
+        self.assertIn("peer alert: bad_certificate", server_log)
+        self.assertNotIn("Traceback", server_log)
+
+    def test_revoked_client_is_refused(self) -> None:
+        name = "revoked.example"
+        data_dir = self.workdir / "client-revoked"
+        tlsotp("enroll", "--data-dir", str(data_dir), "--ttp", self.ttp_endpoint, "--ca-fingerprint",
+               self.fingerprint, "--token", self.token(name, "client"), "--name", name, "--role", "client")
+        listing = tlsotp("ttp", "list", "--data-dir", str(self.workdir / "ttp")).stdout
+        serial = next(re.findall(r"\b[0-9a-f]{16,}\b", line)[0] for line in listing.splitlines() if name in line)
+        tlsotp("ttp", "revoke", "--data-dir", str(self.workdir / "ttp"), serial)
+        crl = tlsotp("crl", "--ttp", self.ttp_endpoint, "--ca-fingerprint", self.fingerprint).stdout
+        self.assertIn(serial.lower(), crl.lower().replace(":", ""))
+        # The EC server refreshes its CRL every second (--crl-refresh 1): within a bounded wait,
+        # the revoked client is refused by the server itself.
+        deadline = time.monotonic() + 20
+        while True:
+            result = tlsotp(
+                "client", "--data-dir", str(data_dir), "--ttp", self.ttp_endpoint,
+                "--server", self.servers["ec"][0], "--server-name", self.servers["ec"][2], check=False,
+            )
+            if result.returncode != 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        self.assertEqual(result.returncode, 1, result.stdout)
+        self.assertIn("certificate_revoked", result.stderr)
+
+
+def _suite_test(suite: Suite) -> object:
+    def test(self: EndToEndTests) -> None:
+        self.check_suite(suite)
+
+    test.__doc__ = f"{suite.name}: the OTP the client prints is the one the server stored."
+    return test
+
+
+for _suite in ALL_SUITES:
+    setattr(EndToEndTests, f"test_suite_{_suite.name.lower()}", _suite_test(_suite))
