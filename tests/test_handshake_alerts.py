@@ -27,7 +27,6 @@ from tlsotp.handshake import (
     ServerConnection,
     ServerState,
     Suite,
-    parse_suite_list,
     suite_named,
 )
 from tlsotp.handshake.frames import ContentType, encode_frame

@@ -38,7 +38,7 @@ from tlsotp.handshake.key_exchange import EphemeralPrivateKey, ecdh_shared_secre
 from tlsotp.handshake.keyschedule import derive_application_secrets, derive_handshake_secrets
 from tlsotp.handshake.messages import HandshakeType
 from tlsotp.handshake.signatures import CLIENT_CONTEXT, SERVER_CONTEXT, signed_content
-from tlsotp.handshake.suites import Group, KeyExchange, groups_of
+from tlsotp.handshake.suites import KeyExchange, groups_of
 from tests.vectors import fixtures
 from tests.vectors.harness import Pair, connect
 

@@ -103,11 +103,8 @@ class ConnectionBase(Generic[StateT]):
             chunk = bytes(view[start : start + MAX_PLAINTEXT])
             seq = self._sealer.sequence_number
             ciphertext = self._sealer.seal(ContentType.application_data, chunk)
-            self._queue(
-                encode_frame(ContentType.application_data, ciphertext),
-                "ApplicationData",
-                {"sequence_number": str(seq), "ciphertext_length": str(len(ciphertext))},
-            )
+            fields = {"sequence_number": str(seq), "ciphertext_length": str(len(ciphertext))}
+            self._queue(encode_frame(ContentType.application_data, ciphertext), "ApplicationData", lambda: fields)
 
     def close(self) -> None:
         """Queue close_notify and end the connection (a no-op once it is over)."""
@@ -147,7 +144,7 @@ class ConnectionBase(Generic[StateT]):
         """Queue one handshake message, append it to the transcript, return its bytes."""
         raw = encode_handshake(message)
         self._transcript.append(raw)
-        self._queue(encode_frame(ContentType.handshake, raw), type(message).__name__, message.trace_fields())
+        self._queue(encode_frame(ContentType.handshake, raw), type(message).__name__, message.trace_fields)
         return raw
 
     def _trace_received(self, message: HandshakeMessage, size: int) -> None:
@@ -156,10 +153,12 @@ class ConnectionBase(Generic[StateT]):
 
     # -- internals --------------------------------------------------------------------------
 
-    def _queue(self, frame: bytes, kind: str, fields: dict[str, str]) -> None:
+    def _queue(self, frame: bytes, kind: str, fields: Callable[[], dict[str, str]]) -> None:
+        """Queue a frame; ``fields`` is only called when someone is watching (it may parse
+        certificates)."""
         self._outgoing.append(frame)
         if self._observer is not None:
-            self._observer(TraceRecord("send", kind, len(frame), fields))
+            self._observer(TraceRecord("send", kind, len(frame), fields()))
 
     def _queue_alert(self, alert: Alert) -> None:
         if self._sealer is None:
@@ -168,7 +167,7 @@ class ConnectionBase(Generic[StateT]):
             body, protected = self._sealer.seal(ContentType.alert, bytes([alert])), "yes"
         else:
             return  # no sequence number left to protect it with: the peer will see the close
-        self._queue(encode_frame(ContentType.alert, body), "Alert", {"alert": alert.name, "protected": protected})
+        self._queue(encode_frame(ContentType.alert, body), "Alert", lambda: {"alert": alert.name, "protected": protected})
 
     def _fail(self, alert: Alert, detail: str) -> list[Event]:
         self._queue_alert(alert)
