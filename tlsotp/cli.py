@@ -52,6 +52,7 @@ SUBCOMMANDS: list[Subcommand] = [
     Subcommand("renew", None, "tlsotp.ttp.requester_cli:RenewOptions", "Renew this party's certificate."),
     Subcommand("crl", None, "tlsotp.ttp.requester_cli:CRLOptions", "Fetch and verify the TTP's CRL."),
     Subcommand("client", None, "tlsotp.party.client_command:ClientCommandOptions", "Get (or confirm) an OTP from the server."),
+    Subcommand("demo", None, "tlsotp.demo:DemoOptions", "Run TTP, server and client in one process, with the trace."),
 ]
 
 

@@ -9,7 +9,7 @@ stops after its run.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Callable, cast
 
 from twisted.application import service
 from twisted.internet.defer import Deferred
@@ -22,6 +22,7 @@ from tlsotp.party.client_command import render_answer
 from tlsotp.party.client_options import ClientOptions
 from tlsotp.party.client_run import run_client
 from tlsotp.party.options import positive_float
+from tlsotp.party.shutdown import stop_with_status
 from tlsotp.pki.pem import KEY_MODE, atomic_write
 
 log = Logger()
@@ -41,9 +42,12 @@ class Options(ClientOptions):
 
 
 class OTPClientService(service.Service):
-    def __init__(self, reactor: Any, options: Options) -> None:
+    """``on_done`` gets the exit status after a one-shot run (the daemon stops the process)."""
+
+    def __init__(self, reactor: Any, options: Options, on_done: Callable[[int], None] | None = None) -> None:
         self.reactor = reactor
         self.options = options
+        self.on_done = on_done
         self.loop: LoopingCall | None = None
         self.runs = 0
         self.failures = 0
@@ -51,34 +55,36 @@ class OTPClientService(service.Service):
     def startService(self) -> None:
         service.Service.startService(self)  # type: ignore[no-untyped-call]
         if self.options["interval"] is None:
-            Deferred.fromCoroutine(self.run_once()).addBoth(lambda _: self._stop_reactor())
+            Deferred.fromCoroutine(self.run_once()).addCallback(self._done)
         else:
             self.loop = LoopingCall(lambda: Deferred.fromCoroutine(self.run_once()))
             self.loop.clock = self.reactor
             self.loop.start(self.options["interval"], now=True)
 
-    def _stop_reactor(self) -> None:
-        if self.reactor.running:
-            self.reactor.stop()
+    def _done(self, good: bool) -> None:
+        if self.on_done is not None:
+            self.on_done(0 if good else 1)
 
-    async def run_once(self) -> None:
+    async def run_once(self) -> bool:
+        """One session; True when the answer was good and written."""
         self.runs += 1
         try:
             run = await run_client(self.reactor, self.options)
         except Exception as exc:
             self.failures += 1
             log.error("tlsotp-client session failed: {error}", error=describe_error(exc))
-            return
+            return False
         good, text = render_answer(run.result.answer, self.options["transaction"])
         if not good:
             self.failures += 1
             log.error("tlsotp-client: {text}", text=text)
-            return
+            return False
         atomic_write(self.options["output"], (text + "\n").encode("utf-8"), KEY_MODE)
         log.info(
             "tlsotp-client: answer for {transaction!r} received over {suite}, written to {path}",
             transaction=self.options["transaction"], suite=run.result.suite.name, path=str(self.options["output"]),
         )
+        return True
 
     def stopService(self) -> None:
         service.Service.stopService(self)  # type: ignore[no-untyped-call]
@@ -89,4 +95,4 @@ class OTPClientService(service.Service):
 def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
-    return cast(service.IService, OTPClientService(reactor, options))
+    return cast(service.IService, OTPClientService(reactor, options, on_done=lambda status: stop_with_status(reactor, status)))

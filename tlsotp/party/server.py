@@ -6,6 +6,7 @@ after a refresh) so each new connection is verified with the current ones.
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
 from typing import Callable, Collection, Sequence
 
@@ -37,7 +38,7 @@ class ServerIdentity:
 
 
 class OTPServerFactory(Factory):
-    protocol = None  # buildProtocol below
+    noisy = False  # one line per session is logged by the protocol instead
 
     def __init__(
         self,
@@ -146,8 +147,9 @@ class OTPServerProtocol(SecureChannelProtocol):
         self.connection.send_application_data(messages.encode(grant))
         # The code itself is a secret: it is logged nowhere.
         log.info(
-            "{peer}: issued an OTP to {client} for {transaction!r}, expires at {expires}",
-            peer=self.peer, client=self.client_name, transaction=transaction, expires=issued.expires_at,
+            "{peer}: issued an OTP to {client} for {transaction!r}, valid until {expires}",
+            peer=self.peer, client=self.client_name, transaction=transaction,
+            expires=datetime.datetime.fromtimestamp(issued.expires_at, datetime.timezone.utc).isoformat(),
         )
         self.server.sessions_completed += 1
         self.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Callable, cast
 
 from cryptography import x509
 from twisted.application import service
@@ -29,7 +29,8 @@ from tlsotp.party.server import OTPServerFactory, ServerIdentity
 from tlsotp.pki.pem import PEMError, load_crl
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import utcnow, verify_crl
-from tlsotp.ttp.enroll import Credentials, fetch_crl, renew
+from tlsotp.party.shutdown import refuse_to_start, stop_with_status
+from tlsotp.ttp.enroll import Credentials, fetch_crl, load_credentials, renew
 
 log = Logger()
 
@@ -68,12 +69,24 @@ class Options(PartyOptions):
             raise usage.UsageError(str(exc)) from None
         if self["max-connections"] < 1:
             raise usage.UsageError("--max-connections must be at least 1")
+        # What can be known before the reactor runs is refused now, in one line, exit 1.
+        try:
+            enrolled = load_credentials(self["data-dir"]) is not None
+        except PEMError as exc:
+            refuse_to_start("tlsotp-server", str(exc))
+        if not enrolled and not self["token"]:
+            refuse_to_start("tlsotp-server", f"{self['data-dir']} holds no certificate yet: start with --token to enroll")
+        if not enrolled and self["pin"] is None:
+            refuse_to_start("tlsotp-server", "enrolling needs the TTP root pinned: give --ca-fingerprint or --ca-cert")
 
 
 class OTPServerService(service.Service):
-    def __init__(self, reactor: Any, options: Options) -> None:
+    """``on_fatal`` runs when start-up fails (the daemon stops the process with status 1)."""
+
+    def __init__(self, reactor: Any, options: Options, on_fatal: Callable[[], None] | None = None) -> None:
         self.reactor = reactor
         self.options = options
+        self.on_fatal = on_fatal
         self.data_dir: Path = options["data-dir"]
         self.factory: OTPServerFactory | None = None
         self.port: IListeningPort | None = None
@@ -89,8 +102,8 @@ class OTPServerService(service.Service):
     def _start_failed(self, failure: Any) -> None:
         log.critical("tlsotp-server cannot start: {error}", error=describe_error(failure.value))
         self.ready.errback(failure)
-        if self.reactor.running:
-            self.reactor.stop()
+        if self.on_fatal is not None:
+            self.on_fatal()
 
     async def _start(self) -> None:
         o = self.options
@@ -192,4 +205,4 @@ class OTPServerService(service.Service):
 def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
-    return cast(service.IService, OTPServerService(reactor, options))
+    return cast(service.IService, OTPServerService(reactor, options, on_fatal=lambda: stop_with_status(reactor, 1)))
