@@ -221,6 +221,28 @@ class EndToEndTests(unittest.TestCase):
         self.assertEqual(again.returncode, 1)
         self.assertIn("already used", again.stderr)
 
+    def test_client_daemon_writes_the_otp_to_a_private_file_not_the_log(self) -> None:
+        endpoint, _, name = self.servers["ec"]
+        output = self.workdir / "daemon-otp.txt"
+        log = self.workdir / "client-daemon.log"
+        result = subprocess.run(
+            [
+                sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()",
+                "-n", "--pidfile", "", "--logfile", str(log), "tlsotp-client", "--data-dir", str(self.clients["ec"]),
+                "--ttp", self.ttp_endpoint, "--server", endpoint, "--server-name", name, "--output", str(output),
+                "--transaction", "Rs 7 to the daemon",
+            ],
+            cwd=REPO, capture_output=True, text=True, timeout=COMMAND_SECONDS, stdin=subprocess.DEVNULL,
+        )
+        self.assertEqual(result.returncode, 0, log.read_text())
+        self.assertEqual(os.stat(output).st_mode & 0o777, 0o600)
+        match = OTP_LINE.search(output.read_text())
+        assert match, output.read_text()
+        self.assertEqual(match.group("tx"), "Rs 7 to the daemon")
+        logged = log.read_text()
+        self.assertIn("written to", logged)
+        self.assertNotRegex(logged, rf"\b{match.group('code')}\b")
+
     def test_wrong_server_name_is_refused(self) -> None:
         endpoint = self.servers["ec"][0]
         result = tlsotp(
