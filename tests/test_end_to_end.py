@@ -207,7 +207,8 @@ class EndToEndTests(unittest.TestCase):
         match = OTP_LINE.search(result.stdout)
         assert match, result.stdout
         self.assertEqual(match.group("tx"), transaction)
-        self.assertIn(suite.name, result.stdout)
+        self.assertIn(f"suite:        {suite.name}", result.stdout)
+        self.assertIn("round trips:  2 ", result.stdout)
         transaction_id, code_mac, pepper = self.stored_mac(server, f"{client}alice.example", transaction)
         expected = hmac.new(pepper, transaction_id + match.group("code").encode(), hashlib.sha256).digest()
         self.assertTrue(hmac.compare_digest(expected, code_mac), "the printed OTP is not the one the server stored")

@@ -15,7 +15,7 @@ from tlsotp.alerts import Alert, AlertError
 from tlsotp.handshake import DEFAULT_SUITES, suite_named, suites_for_key
 from tlsotp.otp import messages
 from tlsotp.otp.authority import OTPAuthority, OTPPolicy
-from tlsotp.party.client import ClientSettings, SessionResult, confirm_otp, request_otp
+from tlsotp.party.client import ClientSettings, SessionResult, confirm_otp, request_otp, request_otp_message
 from tlsotp.party.server import OTPServerFactory, ServerIdentity
 from tlsotp.pki.keys import KeyType
 from tlsotp.pki.roles import Role
@@ -89,6 +89,14 @@ class SessionTests(LoopbackCase):
 
     def test_request_then_confirm(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._request_then_confirm())
+
+    async def _embedding_api(self) -> None:
+        server = await self.listen()
+        sentence = await request_otp_message(reactor, server, self.settings(), "Rs 500 to Bob")
+        self.assertRegex(sentence, r"^The OTP for transferring Rs 500 to Bob is \d{6}\.$")
+
+    def test_embedding_api_fires_with_the_sentence(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._embedding_api())
 
     async def _confirm_is_bound_to_the_client(self) -> None:
         server = await self.listen()

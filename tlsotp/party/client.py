@@ -152,6 +152,16 @@ def request_otp(reactor: Any, server: str, settings: ClientSettings, transaction
     return run_session(reactor, server, settings, messages.OTPRequest(messages.check_transaction(transaction)))
 
 
+def request_otp_message(reactor: Any, server: str, settings: ClientSettings, transaction: str) -> Deferred[str]:
+    """The simplest embedding: fires with the verified OTP sentence, or fails with ``AlertError``."""
+
+    def sentence(result: SessionResult) -> str:
+        assert isinstance(result.answer, messages.OTPGrant)
+        return result.answer.message
+
+    return request_otp(reactor, server, settings, transaction).addCallback(sentence)
+
+
 def confirm_otp(
     reactor: Any, server: str, settings: ClientSettings, transaction: str, code: str
 ) -> Deferred[SessionResult]:

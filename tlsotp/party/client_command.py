@@ -7,6 +7,7 @@ failure (the alert or reason on stderr, one line); 2 a usage error.
 from __future__ import annotations
 
 import datetime
+import sys
 from typing import Any, TextIO
 
 from twisted.internet.defer import Deferred
@@ -36,6 +37,10 @@ class ClientCommandOptions(Command, ClientOptions):
     synopsis = ClientOptions.synopsis
 
     async def _execute(self, reactor: Any, out: TextIO) -> int:
+        if self["no-crl-check"]:
+            sys.stderr.write(
+                "tlsotp client: warning: --no-crl-check: a revoked server certificate will be accepted\n"
+            )
         run = await run_client(reactor, self, trace_out=out)
         good, text = render_answer(run.result.answer, self["transaction"])
         if self["trace"]:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import datetime
 from pathlib import Path
-from typing import Any, Callable, cast
+from typing import Any, Callable, Coroutine, cast
 
 from cryptography import x509
 from twisted.application import service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall
@@ -93,6 +93,7 @@ class OTPServerService(service.Service):
         self.authority: OTPAuthority | None = None
         self.ready: Deferred[None] = Deferred()
         self._loops: list[LoopingCall] = []
+        self._in_flight: set[Deferred[None]] = set()
 
     def startService(self) -> None:
         service.Service.startService(self)  # type: ignore[no-untyped-call]
@@ -134,11 +135,23 @@ class OTPServerService(service.Service):
             name=o["name"], host=getattr(address, "host", "?"), port=getattr(address, "port", "?"),
             suites=", ".join(s.name for s in usable),
         )
-        for call, interval in ((self.refresh_crl, o["crl-refresh"]), (self.renew_if_due, o["renew-check"])):
-            loop = LoopingCall(call)
+        for task, interval in ((self.refresh_crl, o["crl-refresh"]), (self.renew_if_due, o["renew-check"])):
+            loop = LoopingCall(self._tracked, task)
             loop.clock = self.reactor
-            loop.start(interval, now=False).addErrback(lambda f: log.failure("periodic task failed", f))
+            loop.start(interval, now=False)
             self._loops.append(loop)
+
+    def _tracked(self, task: Callable[[], Coroutine[Any, Any, None]]) -> Deferred[None]:
+        """Run a periodic task, remembering it until done so that stopping can wait for it."""
+        running = Deferred.fromCoroutine(task())
+        self._in_flight.add(running)
+
+        def done(result: object) -> object:
+            self._in_flight.discard(running)
+            return result
+
+        running.addBoth(done)
+        return running
 
     async def _initial_crl(self, credentials: Credentials) -> x509.CertificateRevocationList:
         try:
@@ -192,6 +205,8 @@ class OTPServerService(service.Service):
         for loop in self._loops:
             if loop.running:
                 loop.stop()
+        # A renewal or CRL fetch under way finishes (each is bounded by --timeout) before we go.
+        await DeferredList(list(self._in_flight))
         if self.port is not None:
             await cast(Any, self.port).stopListening()
         if self.authority is not None:
