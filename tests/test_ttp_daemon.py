@@ -53,6 +53,14 @@ class OptionsTests(unittest.TestCase):
         self.assertIn("tlsotp ttp init", message)
         self.assertNotIn("\n", message)
 
+    def test_bad_listen_endpoint_is_refused_before_starting(self) -> None:
+        data_dir = Path(self.mktemp())
+        init_ca(data_dir)
+        for endpoint in ("nonsense:1", "tcp:notaport"):
+            with self.assertRaises(SystemExit) as caught:
+                Options().parseOptions(["--data-dir", str(data_dir), "--listen", endpoint])
+            self.assertIn(f"bad --listen endpoint {endpoint!r}", str(caught.exception.code))
+
     def test_encrypted_ca_needs_the_passphrase_file(self) -> None:
         data_dir = Path(self.mktemp())
         init_ca(data_dir, passphrase=b"open sesame")

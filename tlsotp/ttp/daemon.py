@@ -22,6 +22,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from tlsotp.ttp.ca import CAError, CertificateAuthority, TTPPaths, load_ca, read_passphrase
@@ -80,6 +81,13 @@ class Options(usage.Options):
             Store.open(TTPPaths(self["data-dir"]).db).close()
         except (CAError, StoreError) as exc:
             refuse_to_start(str(exc))
+        # Parse (not yet listen on) the endpoint now, before twistd writes its pidfile.
+        from twisted.internet import reactor
+
+        try:
+            serverFromString(reactor, self["listen"])  # type: ignore[no-untyped-call]
+        except ValueError as exc:
+            refuse_to_start(f"bad --listen endpoint {self['listen']!r}: {exc}")
 
 
 def refuse_to_start(message: str) -> None:
@@ -122,8 +130,18 @@ class TTPService(service.Service):
         except ValueError as exc:
             refuse_to_start(f"bad --listen endpoint {self.listen!r}: {exc}")
         failures: list[str] = []
-        listening.addCallbacks(self._listening, lambda f: failures.append(f.getErrorMessage()))
-        if failures:
+        starting = True
+
+        def failed(failure: Failure) -> None:
+            if starting:
+                failures.append(failure.getErrorMessage())
+            else:  # an endpoint that fails later: one line in the log, and stop
+                log.critical("tlsotp-ttp: cannot listen on {listen}: {why}", listen=self.listen, why=failure.getErrorMessage())
+                self.reactor.stop()
+
+        listening.addCallbacks(self._listening, failed)
+        starting = False
+        if failures:  # TCP and UNIX endpoints fail at once: refuse to start
             refuse_to_start(f"cannot listen on {self.listen}: {failures[0]}")
 
     def _listening(self, port: Any) -> None:
