@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 from twisted.application.service import IService
 from twisted.internet.defer import Deferred, DeferredList
@@ -26,7 +24,7 @@ from tlsotp.ttp.enroll import Credentials, EnrollmentRefused, RootPin, TTPUnavai
 from tlsotp.ttp.store import Store
 from tlsotp.ttp.wire import Refusal
 
-from tests.test_ttp_fixtures import REPO, mint_token, reactor, subprocess_env
+from tests.test_ttp_fixtures import mint_token, reactor, subprocess_env
 
 WAIT_SECONDS = 30
 TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
