@@ -18,13 +18,6 @@ class StartupError(Exception):
     """A party cannot start; the message is the one line the operator sees."""
 
 
-def describe_error(error: BaseException) -> str:
-    """One line for an operator: our own typed errors speak for themselves, others say their type."""
-    if isinstance(error, (StartupError, AlertError, ValueError, OSError)):
-        return str(error) or type(error).__name__
-    return f"{type(error).__name__}: {error}"
-
-
 async def obtain_credentials(
     reactor: Any,
     *,

@@ -11,21 +11,12 @@ from typing import Any
 
 from twisted.python import usage
 
+from tlsotp.option_types import positive_float
 from tlsotp.handshake import DEFAULT_SUITES, Suite, parse_suite_list
 from tlsotp.pki.keys import KEY_TYPE_NAMES, KeyType, parse_key_type
 from tlsotp.ttp.enroll import RootPin
 
 DEFAULT_TIMEOUT = 30.0
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise ValueError("must be a positive number of seconds")
-    return value
-
-
-positive_float.coerceDoc = "Seconds, a positive number."  # type: ignore[attr-defined]
 
 
 class PartyOptions(usage.Options):

@@ -23,13 +23,15 @@ from twisted.python import usage
 from tlsotp.alerts import AlertError
 from tlsotp.handshake import suites_for_key
 from tlsotp.otp.authority import OTPAuthority, OTPPolicy
-from tlsotp.party.bootstrap import StartupError, describe_error, obtain_credentials
-from tlsotp.party.options import PartyOptions, positive_float
+from tlsotp.cli import describe_error
+from tlsotp.party.bootstrap import StartupError, obtain_credentials
+from tlsotp.option_types import positive_float
+from tlsotp.party.options import PartyOptions
 from tlsotp.party.server import OTPServerFactory, ServerIdentity
 from tlsotp.pki.pem import PEMError, load_crl
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import utcnow, verify_crl
-from tlsotp.party.shutdown import refuse_to_start, stop_with_status
+from tlsotp.shutdown import refuse_to_start, stop_with_status
 from tlsotp.ttp.enroll import Credentials, fetch_crl, load_credentials, renew
 
 log = Logger()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime
 import sys
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, succeed
@@ -25,6 +25,8 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from tlsotp import shutdown
+from tlsotp.option_types import positive_float, positive_int
 from tlsotp.ttp.ca import CAError, CertificateAuthority, TTPPaths, load_ca, read_passphrase
 from tlsotp.ttp.issuer import DEFAULT_CERT_DAYS, Issuer, Outcome
 from tlsotp.ttp.server import DEFAULT_TIMEOUT, EnrollmentServerFactory
@@ -35,23 +37,6 @@ DEFAULT_CRL_HOURS = 24.0
 
 log = Logger(namespace="tlsotp.ttp")
 
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise ValueError("must be a positive whole number")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise ValueError("must be a positive number")
-    return value
-
-
-positive_int.coerceDoc = "A positive whole number."  # type: ignore[attr-defined]
-positive_float.coerceDoc = "A positive number."  # type: ignore[attr-defined]
 
 
 class Options(usage.Options):
@@ -90,9 +75,8 @@ class Options(usage.Options):
             refuse_to_start(f"bad --listen endpoint {self['listen']!r}: {exc}")
 
 
-def refuse_to_start(message: str) -> None:
-    """One line on stderr and exit 1: twistd would print its whole usage for a UsageError."""
-    raise SystemExit(f"tlsotp-ttp: {message}")
+def refuse_to_start(message: str) -> NoReturn:
+    shutdown.refuse_to_start("tlsotp-ttp", message)
 
 
 class TTPService(service.Service):
