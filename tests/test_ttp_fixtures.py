@@ -20,6 +20,7 @@ from tlsotp.pki.csr import build_csr
 from tlsotp.pki.keys import KeyType, PrivateKey, generate_private_key
 from tlsotp.pki.roles import Role
 from tlsotp.ttp import tokens, wire
+from tlsotp.ttp import ca
 from tlsotp.ttp.ca import CertificateAuthority, TTPPaths, init_ca
 from tlsotp.ttp.daemon import TTPService
 from tlsotp.ttp.issuer import Issuer
@@ -56,14 +57,11 @@ def mint_token(
     now: datetime.datetime | None = None,
 ) -> tokens.Token:
     """What 'tlsotp ttp token' does, through its own Store connection."""
-    token = tokens.Token.generate()
-    now = now or datetime.datetime.now(datetime.timezone.utc)
     store = Store.open(TTPPaths(data_dir).db)
     try:
-        store.add_token(token.token_id, token.mac_key(), name, role, now=now, expires_at=now + ttl)
+        return ca.mint_token(store, name, role, ttl=ttl, now=now or datetime.datetime.now(datetime.timezone.utc))
     finally:
         store.close()
-    return token
 
 
 def csr_der(key: PrivateKey, name: str) -> bytes:

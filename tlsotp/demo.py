@@ -25,9 +25,8 @@ from tlsotp.party.client_options import DEFAULT_TRANSACTION
 from tlsotp.pki.keys import KeyType, parse_key_type
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import utcnow
-from tlsotp.ttp.ca import init_ca, open_store
+from tlsotp.ttp.ca import init_ca, mint_token, open_store
 from tlsotp.ttp.daemon import TTPService
-from tlsotp.ttp.tokens import Token
 
 SERVER_NAME = "bank.example"
 CLIENT_NAME = "alice.example"
@@ -37,12 +36,9 @@ LOOPBACK = "tcp:0:interface=127.0.0.1"
 def mint(ttp_dir: Path, name: str, role: Role) -> str:
     store = open_store(ttp_dir)
     try:
-        token = Token.generate()
-        now = utcnow()
-        store.add_token(token.token_id, token.mac_key(), name, role, now=now, expires_at=now + datetime.timedelta(minutes=10))
+        return str(mint_token(store, name, role, ttl=datetime.timedelta(minutes=10), now=utcnow()))
     finally:
         store.close()
-    return str(token)
 
 
 def demo_log_observer(out: TextIO) -> ILogObserver:
