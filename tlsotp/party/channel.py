@@ -109,7 +109,7 @@ class SecureChannelProtocol(NetstringReceiver, TimeoutMixin):
         """Called once when the session ends badly; ``sent`` says which side raised the alert."""
 
     def closed_cleanly(self) -> None:
-        """Called once when the peer sends close_notify."""
+        """Called once when the session ended with close_notify, sent by either side."""
 
     # -- moving bytes ------------------------------------------------------------------------
 
