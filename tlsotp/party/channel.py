@@ -13,13 +13,13 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, ClassVar, Sequence, Union, cast
 
-from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols.basic import NetstringReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
+from tlsotp.addresses import describe_address
 from tlsotp.alerts import Alert, AlertError
 from tlsotp.handshake import (
     MAX_FRAME,
@@ -34,11 +34,6 @@ from tlsotp.handshake import (
 )
 
 SansIOConnection = Union[ClientConnection, ServerConnection]
-
-
-def describe_address(address: IAddress | None) -> str:
-    host, port = getattr(address, "host", None), getattr(address, "port", None)
-    return f"{host}:{port}" if host is not None else str(address)
 
 
 def netstring_size(payload_length: int) -> int:

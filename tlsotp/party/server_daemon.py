@@ -20,6 +20,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python import usage
 
+from tlsotp.addresses import describe_address
 from tlsotp.alerts import AlertError
 from tlsotp.handshake import suites_for_key
 from tlsotp.otp.authority import OTPAuthority, OTPPolicy
@@ -131,10 +132,9 @@ class OTPServerService(service.Service):
             max_connections=o["max-connections"],
         )
         self.port = await serverFromString(self.reactor, o["listen"]).listen(self.factory)  # type: ignore[no-untyped-call]
-        address = cast(Any, self.port).getHost()
         log.info(
-            "tlsotp-server {name} listening on {host}:{port}, suites: {suites}",
-            name=o["name"], host=getattr(address, "host", "?"), port=getattr(address, "port", "?"),
+            "tlsotp-server {name} listening on {where}, suites: {suites}",
+            name=o["name"], where=describe_address(cast(Any, self.port).getHost()),
             suites=", ".join(s.name for s in usable),
         )
         for task, interval in ((self.refresh_crl, o["crl-refresh"]), (self.renew_if_due, o["renew-check"])):

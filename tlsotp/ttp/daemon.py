@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from tlsotp import shutdown
+from tlsotp.addresses import describe_address
 from tlsotp.option_types import positive_float, positive_int
 from tlsotp.ttp.ca import CAError, CertificateAuthority, TTPPaths, load_ca, read_passphrase
 from tlsotp.ttp.issuer import DEFAULT_CERT_DAYS, Issuer, Outcome
@@ -130,8 +131,7 @@ class TTPService(service.Service):
 
     def _listening(self, port: Any) -> None:
         self.port = port
-        address = port.getHost()
-        where = f"{getattr(address, 'host', '')}:{getattr(address, 'port', '')}"
+        where = describe_address(port.getHost())
         log.info("tlsotp-ttp serving on {where}, root {fingerprint}", where=where, fingerprint=self.ca.fingerprint)
 
     def startService(self) -> None:

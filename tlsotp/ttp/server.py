@@ -19,6 +19,7 @@ from twisted.protocols.basic import NetstringReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
+from tlsotp.addresses import describe_address
 from tlsotp.ttp import wire
 from tlsotp.ttp.issuer import Outcome, refused
 from tlsotp.ttp.wire import Refusal
@@ -38,11 +39,6 @@ class _State(enum.Enum):
     done = "done"  # replied or refused; everything further is ignored
 
 
-def describe_peer(address: IAddress) -> str:
-    host, port = getattr(address, "host", None), getattr(address, "port", None)
-    return f"{host}:{port}" if host is not None else str(address)
-
-
 class EnrollmentServerProtocol(NetstringReceiver, TimeoutMixin):
     MAX_LENGTH = wire.MAX_REQUEST_LENGTH
 
@@ -54,7 +50,7 @@ class EnrollmentServerProtocol(NetstringReceiver, TimeoutMixin):
         self._peer = "?"
 
     def connectionMade(self) -> None:
-        self._peer = describe_peer(cast(Any, self.transport).getPeer())
+        self._peer = describe_address(cast(Any, self.transport).getPeer())
         self._set_timeout(self._timeout)
 
     def dataReceived(self, data: bytes) -> None:
