@@ -19,10 +19,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from tlsotp.handshake.events import TraceRecord
 from tlsotp.handshake.key_exchange import EphemeralKeyFactory, generate_ephemeral_key
 from tlsotp.handshake.limits import MAX_CHAIN, MAX_SUITES
+from tlsotp.pki.keys import PrivateKey
 from tlsotp.handshake.suites import DEFAULT_SUITES, Suite, signature_kind_for_key, suites_for_key
 
-#: A certificate key tlsotp can sign with (same union as ``tlsotp.pki.keys.PrivateKey``).
-SigningKey: TypeAlias = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+#: A certificate key tlsotp can sign with.
+SigningKey: TypeAlias = PrivateKey
 
 #: Checks a peer's leaf-first chain; raises ``AlertError`` to refuse (e.g. a ``PeerVerifier``).
 PeerValidator: TypeAlias = Callable[[Sequence[x509.Certificate]], None]

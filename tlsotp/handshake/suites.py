@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from typing import Final
 
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tlsotp.pki.keys import UnacceptableKey, check_public_key
 
 
 class KeyExchange(enum.Enum):
@@ -159,16 +161,15 @@ def parse_suite_list(text: str) -> tuple[Suite, ...]:
 def signature_kind_for_key(public_key: object) -> SignatureKind | None:
     """Which signature a certificate key can make, or None if tlsotp cannot use it.
 
-    Accepted: EC keys on P-256 or P-384 (ECDSA), RSA keys of at least 2048 bits (RSA-PSS, and
-    RSA-OAEP for transport suites).
+    The key policy is ``tlsotp.pki.keys.check_public_key``, the one the TTP issues under and
+    the verifier checks: EC keys on P-256 or P-384 (ECDSA), RSA keys of 2048 to 8192 bits with
+    exponent 65537 (RSA-PSS, and RSA-OAEP for transport suites).
     """
-    if isinstance(public_key, ec.EllipticCurvePublicKey):
-        if isinstance(public_key.curve, (ec.SECP256R1, ec.SECP384R1)):
-            return SignatureKind.ECDSA
+    try:
+        key = check_public_key(public_key)
+    except UnacceptableKey:
         return None
-    if isinstance(public_key, rsa.RSAPublicKey):
-        return SignatureKind.RSA_PSS if public_key.key_size >= 2048 else None
-    return None
+    return SignatureKind.ECDSA if isinstance(key, ec.EllipticCurvePublicKey) else SignatureKind.RSA_PSS
 
 
 def suites_for_key(public_key: object, suites: Iterable[Suite] = ALL_SUITES) -> tuple[Suite, ...]:
