@@ -8,7 +8,7 @@ from typing import Any
 from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial import unittest
 
 from tlsotp.alerts import Alert, AlertError
@@ -176,6 +176,17 @@ class RefusalTests(LoopbackCase):
             return error
 
         return Deferred.fromCoroutine(run())
+
+    def test_connect_that_never_completes_times_out(self) -> None:
+        clock_reactor = MemoryReactorClock()
+        d = request_otp(clock_reactor, "tcp:host=127.0.0.1:port=7001", self.settings(timeout_seconds=5), TX)
+        self.assertEqual(len(clock_reactor.tcpClients), 1)
+        clock_reactor.advance(4.9)
+        self.assertNoResult(d)
+        clock_reactor.advance(0.2)
+        error = self.failureResultOf(d, AlertError).value
+        self.assertEqual(error.alert, Alert.handshake_failure)
+        self.assertIn("cannot connect to tcp:host=127.0.0.1:port=7001", error.detail)
 
 
 class FramingTests(unittest.TestCase):

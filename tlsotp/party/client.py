@@ -130,18 +130,13 @@ def run_session(reactor: Any, server: str, settings: ClientSettings, request: Re
     protocol = OTPClientProtocol(settings, request)
     endpoint = clientFromString(reactor, server)  # type: ignore[no-untyped-call]
     connecting: Deferred[object] = connectProtocol(endpoint, protocol)  # type: ignore[no-untyped-call]
-    timeout_call = reactor.callLater(settings.timeout_seconds, connecting.cancel)
+    # Bounds the connect; once connected, the protocol's own timeout bounds every wait.
+    connecting.addTimeout(settings.timeout_seconds, reactor)
 
     def connected(_: object) -> Deferred[SessionResult]:
-        if timeout_call.active():
-            timeout_call.cancel()
         return protocol.result
 
     def not_connected(failure: Failure) -> Failure:
-        if timeout_call.active():
-            timeout_call.cancel()
-        if failure.check(AlertError):  # type: ignore[no-untyped-call]
-            return failure
         raise AlertError(Alert.handshake_failure, f"cannot connect to {server}: {failure.getErrorMessage()}")
 
     return connecting.addCallbacks(connected, not_connected)
