@@ -14,7 +14,7 @@ from twisted.python import usage
 from tlsotp.option_types import positive_float
 from tlsotp.handshake import DEFAULT_SUITES, Suite, parse_suite_list
 from tlsotp.pki.keys import KEY_TYPE_NAMES, KeyType, parse_key_type
-from tlsotp.ttp.enroll import RootPin
+from tlsotp.ttp.requester_cli import pin_from_options
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -42,17 +42,7 @@ class PartyOptions(usage.Options):
             self["suites"] = parse_suite_list(self["suites"]) if self["suites"] else tuple(DEFAULT_SUITES)
         except ValueError as exc:
             raise usage.UsageError(str(exc)) from None
-        if self["ca-fingerprint"] and self["ca-cert"]:
-            raise usage.UsageError("give --ca-fingerprint or --ca-cert, not both")
-        try:
-            if self["ca-fingerprint"]:
-                self["pin"] = RootPin.from_fingerprint(self["ca-fingerprint"])
-            elif self["ca-cert"]:
-                self["pin"] = RootPin.from_ca_file(Path(self["ca-cert"]))
-            else:
-                self["pin"] = None
-        except (ValueError, OSError) as exc:
-            raise usage.UsageError(str(exc)) from None
+        self["pin"] = pin_from_options(self, required=False)
 
     @property
     def suites(self) -> tuple[Suite, ...]:

@@ -9,6 +9,7 @@ from cryptography import x509
 from twisted.python import usage
 
 from tlsotp.cli import Command, CommandFailed
+from tlsotp.option_types import positive_float
 from tlsotp.pki.keys import KEY_TYPE_NAMES, KeyType, parse_key_type
 from tlsotp.pki.names import check_dns_name
 from tlsotp.pki.pem import PEMError, write_crl
@@ -21,7 +22,7 @@ DEFAULT_TTP = "tcp:host=127.0.0.1:port=7000"
 
 _TTP_PARAMETERS: list[list[Any]] = [
     ["ttp", None, DEFAULT_TTP, "Endpoint string of the TTP."],
-    ["timeout", None, DEFAULT_TIMEOUT, "Seconds to wait for the TTP.", float],
+    ["timeout", None, DEFAULT_TIMEOUT, "Seconds to wait for the TTP.", positive_float],
 ]
 _PIN_PARAMETERS: list[list[Any]] = [
     ["ca-fingerprint", None, None, "Pin the TTP root by fingerprint, sha256:HEX."],
@@ -29,7 +30,8 @@ _PIN_PARAMETERS: list[list[Any]] = [
 ]
 
 
-def _pin(options: usage.Options, *, required: bool) -> RootPin | None:
+def pin_from_options(options: usage.Options, *, required: bool) -> RootPin | None:
+    """The root pinned by --ca-fingerprint or --ca-cert (at most one), for any command or daemon."""
     if options["ca-fingerprint"] and options["ca-cert"]:
         raise usage.UsageError("give --ca-fingerprint or --ca-cert, not both")
     try:
@@ -42,11 +44,6 @@ def _pin(options: usage.Options, *, required: bool) -> RootPin | None:
     if required:
         raise usage.UsageError("pin the TTP root: give --ca-fingerprint sha256:HEX or --ca-cert FILE")
     return None
-
-
-def _check_timeout(options: usage.Options) -> None:
-    if not options["timeout"] > 0:
-        raise usage.UsageError("--timeout must be positive")
 
 
 class EnrollOptions(Command):
@@ -67,8 +64,7 @@ class EnrollOptions(Command):
         if not self["data-dir"] or not self["name"] or not self["role"]:
             raise usage.UsageError("--data-dir, --name and --role are required")
         self["data-dir"] = Path(self["data-dir"])
-        self["pin"] = _pin(self, required=True)
-        _check_timeout(self)
+        self["pin"] = pin_from_options(self, required=True)
         if bool(self["token"]) == bool(self["token-file"]):
             raise usage.UsageError("give the token: --token T or --token-file FILE")
         try:
@@ -114,7 +110,6 @@ class RenewOptions(Command):
         if not self["data-dir"]:
             raise usage.UsageError("--data-dir is required")
         self["data-dir"] = Path(self["data-dir"])
-        _check_timeout(self)
         if self["key-type"]:
             if not self["new-key"]:
                 raise usage.UsageError("--key-type needs --new-key")
@@ -151,9 +146,8 @@ class CRLOptions(Command):
     ]
 
     def postOptions(self) -> None:
-        _check_timeout(self)
         self["data-dir"] = Path(self["data-dir"]) if self["data-dir"] else None
-        self["pin"] = _pin(self, required=self["data-dir"] is None)
+        self["pin"] = pin_from_options(self, required=self["data-dir"] is None)
         if self["pin"] is None:
             try:
                 self["pin"] = RootPin.from_ca_file(self["data-dir"] / CA_FILE)
