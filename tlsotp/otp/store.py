@@ -147,13 +147,6 @@ def confirm(
     return Confirmation(ConfirmStatus.wrong_code, max_attempts - failed)
 
 
-def open_database(path: Path) -> sqlite3.Connection:
-    """A connection with the durability settings the daemon uses (WAL, synchronous=FULL)."""
-    connection = sqlite3.connect(path, check_same_thread=False, timeout=10)
-    configure_connection(connection)
-    return connection
-
-
 def configure_connection(connection: sqlite3.Connection) -> None:
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=FULL")
