@@ -47,7 +47,8 @@ class TestCA:
 
 
 @functools.lru_cache(maxsize=None)
-def cached_key(key_type: KeyType, purpose: str) -> PrivateKey:
+def cached_key(key_type: KeyType, purpose: str = "") -> PrivateKey:
+    """One key per (type, purpose) for the whole run: RSA key generation is slow."""
     return generate_private_key(key_type)
 
 

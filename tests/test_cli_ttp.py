@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 from twisted.trial import unittest
@@ -21,7 +20,8 @@ from tlsotp.ttp.ca import TTPPaths
 from tlsotp.ttp.store import Store
 from tlsotp.ttp.tokens import Token
 
-from tests.test_ttp_fixtures import reactor, start_ttp, subprocess_env
+from tests.processes import TLSOTP, subprocess_env
+from tests.test_ttp_fixtures import reactor, start_ttp
 
 TOKEN_LINE = re.compile(r"^[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}\n$")
 
@@ -212,7 +212,7 @@ class SubprocessTests(unittest.TestCase):
 
     def tlsotp(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "tlsotp.cli", *args], cwd=self.cwd, env=subprocess_env(),
+            [*TLSOTP, *args], cwd=self.cwd, env=subprocess_env(),
             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
         )
 

@@ -3,33 +3,25 @@
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 from twisted.trial import unittest
 
 from tlsotp.handshake import ALL_SUITES, KeyExchange
 
-REPO = Path(__file__).resolve().parent.parent
-TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
+from tests.processes import REPO, TLSOTP, TWISTD, unused_port
+
 FINGERPRINT = "sha256:" + "ab" * 32
 
 
 def twistd(workdir: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], str]:
     log = workdir / "twistd.log"
     result = subprocess.run(
-        [sys.executable, "-c", TWISTD, "-n", "--pidfile", "", "--logfile", str(log), *args],
+        [*TWISTD, "-n", "--pidfile", "", "--logfile", str(log), *args],
         cwd=REPO, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
     )
     return result, log.read_text() if log.exists() else ""
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ServerStartupTests(unittest.TestCase):
@@ -59,7 +51,7 @@ class ServerStartupTests(unittest.TestCase):
         result, log = twistd(
             self.workdir, "tlsotp-server", "--data-dir", str(self.workdir / "bank"), "--name", "bank.example",
             "--token", "AAAAAAAAAAAAAAAAAAAAAA.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
-            "--ca-fingerprint", FINGERPRINT, "--ttp", f"tcp:host=127.0.0.1:port={closed_port()}", "--timeout", "5",
+            "--ca-fingerprint", FINGERPRINT, "--ttp", f"tcp:host=127.0.0.1:port={unused_port()}", "--timeout", "5",
         )
         self.assertEqual(result.returncode, 1, log)
         self.assertEqual(len(re.findall("tlsotp-server cannot start", log)), 1, log)
@@ -77,7 +69,7 @@ class ServerStartupTests(unittest.TestCase):
 class DemoTests(unittest.TestCase):
     def demo(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "tlsotp.cli", "demo", *args],
+            [*TLSOTP, "demo", *args],
             cwd=REPO, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
         )
 

@@ -16,7 +16,6 @@ import shutil
 import socket
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,21 +25,16 @@ from twisted.trial import unittest
 
 from tlsotp.handshake import ALL_SUITES, KeyExchange, SignatureKind, Suite
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.processes import REPO, TLSOTP, TWISTD, unused_port
+
 STARTUP_SECONDS = 30.0
 COMMAND_SECONDS = 60.0
 OTP_LINE = re.compile(r"^The OTP for transferring (?P<tx>.+) is (?P<code>\d+)\.$", re.MULTILINE)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def tlsotp(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        [sys.executable, "-m", "tlsotp.cli", *args],
+        [*TLSOTP, *args],
         cwd=REPO, capture_output=True, text=True, timeout=COMMAND_SECONDS, stdin=subprocess.DEVNULL,
     )
     if check and result.returncode != 0:
@@ -56,7 +50,7 @@ class Daemon:
         self.port = port
         self.process = subprocess.Popen(
             [
-                sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()",
+                *TWISTD,
                 "-n", "--pidfile", "", "--logfile", str(self.log_path), plugin, *args,
             ],
             cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
@@ -117,7 +111,7 @@ class Cluster:
         match = re.search(r"sha256:[0-9a-f]{64}", init.stdout)
         assert match, init.stdout
         cls.fingerprint = match.group(0)
-        ttp_port = free_port()
+        ttp_port = unused_port()
         cls.ttp_endpoint = f"tcp:host=127.0.0.1:port={ttp_port}"
         try:
             ttp = Daemon(cls.workdir, "ttp", "tlsotp-ttp", ttp_port, "--data-dir", str(ttp_dir),
@@ -127,7 +121,7 @@ class Cluster:
             cls.servers = {}
             for kind, key_type in (("ec", "ec-p256"), ("rsa", "rsa-2048")):
                 name = f"{kind}bank.example"
-                port = free_port()
+                port = unused_port()
                 data_dir = cls.workdir / f"server-{kind}"
                 daemon = Daemon(
                     cls.workdir, f"server-{kind}", "tlsotp-server", port, "--data-dir", str(data_dir),
@@ -228,7 +222,7 @@ class EndToEndTests(unittest.TestCase):
         log = self.workdir / "client-daemon.log"
         result = subprocess.run(
             [
-                sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()",
+                *TWISTD,
                 "-n", "--pidfile", "", "--logfile", str(log), "tlsotp-client", "--data-dir", str(self.clients["ec"]),
                 "--ttp", self.ttp_endpoint, "--server", endpoint, "--server-name", name, "--output", str(output),
                 "--transaction", "Rs 7 to the daemon",

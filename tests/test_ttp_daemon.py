@@ -24,14 +24,14 @@ from tlsotp.ttp.enroll import Credentials, EnrollmentRefused, RootPin, TTPUnavai
 from tlsotp.ttp.store import Store
 from tlsotp.ttp.wire import Refusal
 
-from tests.test_ttp_fixtures import mint_token, reactor, subprocess_env
+from tests.processes import TWISTD, subprocess_env
+from tests.test_ttp_fixtures import mint_token, reactor
 
 WAIT_SECONDS = 30
-TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
 
 
 def twistd_args(pidfile: Path, *plugin_args: str) -> list[str]:
-    return [sys.executable, "-c", TWISTD, "-n", "--pidfile", str(pidfile), "--logfile", "-", "tlsotp-ttp", *plugin_args]
+    return [*TWISTD, "-n", "--pidfile", str(pidfile), "--logfile", "-", "tlsotp-ttp", *plugin_args]
 
 
 class OptionsTests(unittest.TestCase):

@@ -7,8 +7,6 @@ generation is slow.
 from __future__ import annotations
 
 import datetime
-import functools
-import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from twisted.internet import reactor as _reactor
 
 from tlsotp.pki.csr import build_csr
-from tlsotp.pki.keys import KeyType, PrivateKey, generate_private_key
+from tlsotp.pki.keys import KeyType, PrivateKey
 from tlsotp.pki.roles import Role
 from tlsotp.ttp import tokens, wire
 from tlsotp.ttp import ca
@@ -26,13 +24,9 @@ from tlsotp.ttp.daemon import TTPService
 from tlsotp.ttp.issuer import Issuer
 from tlsotp.ttp.store import Store
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.credentials import cached_key
+
 reactor: Any = _reactor
-
-
-@functools.lru_cache(maxsize=None)
-def cached_key(key_type: KeyType, purpose: str = "") -> PrivateKey:
-    return generate_private_key(key_type)
 
 
 class FakeClock:
@@ -109,8 +103,3 @@ def _ca_of(data_dir: Path) -> CertificateAuthority:
     return load_ca(data_dir)
 
 
-def subprocess_env() -> dict[str, str]:
-    """The environment for a Python subprocess that must import this checkout and its plugins."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
