@@ -80,6 +80,9 @@ class SecureChannelProtocol(NetstringReceiver, TimeoutMixin):
     MAX_LENGTH = MAX_FRAME
     log: ClassVar[Logger] = Logger()
 
+    #: What the other side is, for messages: "server" or "client".
+    peer_role: ClassVar[str] = "peer"
+
     #: Bounds the whole handshake, and then each wait for the peer's next message.
     timeout_seconds: float = 30.0
 
@@ -147,7 +150,7 @@ class SecureChannelProtocol(NetstringReceiver, TimeoutMixin):
             elif isinstance(event, ConnectionFailed):
                 self.finish(AlertError(event.alert, event.detail), sent=True)
             elif isinstance(event, AlertReceived):
-                self.finish(AlertError(event.alert, "alert received from the peer"), sent=False)
+                self.finish(AlertError(event.alert, f"the {self.peer_role} refused the session"), sent=False)
             elif isinstance(event, PeerClosed):
                 self.finish(None, sent=False)
             self.flush()

@@ -71,6 +71,7 @@ def check_grant(grant: messages.OTPGrant, request: messages.OTPRequest, now: flo
 
 
 class OTPClientProtocol(SecureChannelProtocol):
+    peer_role = "server"
     def __init__(self, settings: ClientSettings, request: Request) -> None:
         self.settings = settings
         self.request = request
@@ -110,17 +111,11 @@ class OTPClientProtocol(SecureChannelProtocol):
 
     def closed_cleanly(self) -> None:
         if self.answer is None or self.suite is None:
-            self._fire_error(AlertError(Alert.close_notify, "the server closed without answering"))
+            self.failed(AlertError(Alert.close_notify, "the server closed without answering"), sent=False)
             return
-        result, self.result = self.result, Deferred()
-        result.callback(SessionResult(self.answer, self.suite, self.stats))
+        self.result.callback(SessionResult(self.answer, self.suite, self.stats))
 
     def failed(self, error: AlertError, *, sent: bool) -> None:
-        if not sent and error.detail == "alert received from the peer":
-            error = AlertError(error.alert, "the server refused the session")
-        self._fire_error(error)
-
-    def _fire_error(self, error: AlertError) -> None:
         if not self.result.called:
             self.result.errback(error)
 
