@@ -18,6 +18,16 @@ class StartupError(Exception):
     """A party cannot start; the message is the one line the operator sees."""
 
 
+def check_can_enroll(data_dir: Path, *, token: str | None, pin: RootPin | None, name: str | None) -> None:
+    """Raise StartupError unless enrolling has what it needs; callable before the reactor runs."""
+    if not token:
+        raise StartupError(f"{data_dir} holds no certificate yet: start with --token to enroll")
+    if pin is None:
+        raise StartupError("enrolling needs the TTP root pinned: give --ca-fingerprint or --ca-cert")
+    if not name:
+        raise StartupError("enrolling needs --name, the name the token was minted for")
+
+
 async def obtain_credentials(
     reactor: Any,
     *,
@@ -47,12 +57,8 @@ async def obtain_credentials(
                 f"the certificate in {data_dir} expired at {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; "
                 "ask the TTP operator for a new token and start with --token"
             )
-    if token is None:
-        raise StartupError(f"{data_dir} holds no certificate yet: start with --token to enroll")
-    if pin is None:
-        raise StartupError("enrolling needs the TTP root pinned: give --ca-fingerprint or --ca-cert")
-    if name is None:
-        raise StartupError("enrolling needs --name, the name the token was minted for")
+    check_can_enroll(data_dir, token=token, pin=pin, name=name)
+    assert token is not None and pin is not None and name is not None
     try:
         return await enroll(
             reactor, ttp, data_dir=data_dir, pin=pin, token=token, name=name, role=role,

@@ -25,7 +25,7 @@ from tlsotp.alerts import AlertError
 from tlsotp.handshake import suites_for_key
 from tlsotp.otp.authority import OTPAuthority, OTPPolicy
 from tlsotp.cli import describe_error
-from tlsotp.party.bootstrap import StartupError, obtain_credentials
+from tlsotp.party.bootstrap import StartupError, check_can_enroll, obtain_credentials
 from tlsotp.option_types import positive_float
 from tlsotp.party.options import PartyOptions
 from tlsotp.party.server import OTPServerFactory, ServerIdentity
@@ -74,13 +74,10 @@ class Options(PartyOptions):
             raise usage.UsageError("--max-connections must be at least 1")
         # What can be known before the reactor runs is refused now, in one line, exit 1.
         try:
-            enrolled = load_credentials(self["data-dir"]) is not None
-        except PEMError as exc:
+            if load_credentials(self["data-dir"]) is None:
+                check_can_enroll(self["data-dir"], token=self["token"], pin=self["pin"], name=self["name"])
+        except (PEMError, StartupError) as exc:
             refuse_to_start("tlsotp-server", str(exc))
-        if not enrolled and not self["token"]:
-            refuse_to_start("tlsotp-server", f"{self['data-dir']} holds no certificate yet: start with --token to enroll")
-        if not enrolled and self["pin"] is None:
-            refuse_to_start("tlsotp-server", "enrolling needs the TTP root pinned: give --ca-fingerprint or --ca-cert")
 
 
 class OTPServerService(service.Service):
