@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 from typing import Callable
 
@@ -13,12 +14,14 @@ from twisted.trial import unittest
 
 from tlsotp.demo import mint, port_of
 from tlsotp.party import server_daemon
+from tlsotp.party.bootstrap import EXPIRED_CERT_FILE, StartupError, obtain_credentials
+from tlsotp.pki.keys import KeyType
 from tlsotp.pki.pem import load_certificate
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import utcnow
 from tlsotp.ttp.ca import init_ca, open_store
 from tlsotp.ttp.daemon import TTPService
-from tlsotp.ttp.enroll import RootPin, enroll
+from tlsotp.ttp.enroll import Credentials, RootPin, enroll
 
 WAIT_SECONDS = 15.0
 
@@ -100,3 +103,36 @@ class ServerServiceTests(unittest.TestCase):
 
     def test_crl_refresh_sees_a_new_revocation(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._crl_refresh_sees_a_new_revocation())
+
+
+class ReenrollmentTests(unittest.TestCase):
+    async def _expired_certificate_with_a_new_token(self) -> None:
+        workdir = Path(self.mktemp()).resolve()
+        ttp_dir = workdir / "ttp"
+        ca = init_ca(ttp_dir)
+        ttp = TTPService(reactor, ca, ttp_dir, listen="tcp:0:interface=127.0.0.1")
+        ttp.startService()
+        self.addCleanup(ttp.stopService)
+        endpoint = f"tcp:host=127.0.0.1:port={port_of(ttp.port)}"
+        pin = RootPin.from_certificate(ca.root)
+        data_dir = workdir / "bank"
+
+        def obtain(token: str | None, now: datetime.datetime | None = None) -> Deferred[Credentials]:
+            return Deferred.fromCoroutine(obtain_credentials(
+                reactor, data_dir=data_dir, ttp=endpoint, pin=pin, token=token, name="bank.example",
+                role=Role.SERVER, key_type=KeyType.EC_P256, timeout=10, now=now,
+            ))
+
+        first = await obtain(mint(ttp_dir, "bank.example", Role.SERVER))
+        self.assertEqual((await obtain(None)).leaf, first.leaf)  # current: reused, no token needed
+        later = first.leaf.not_valid_after_utc + datetime.timedelta(minutes=1)
+        with self.assertRaises(StartupError) as caught:
+            await obtain(None, now=later)
+        self.assertIn("expired", str(caught.exception))
+        second = await obtain(mint(ttp_dir, "bank.example", Role.SERVER), now=later)
+        self.assertNotEqual(second.leaf.serial_number, first.leaf.serial_number)
+        self.assertEqual(load_certificate(data_dir / EXPIRED_CERT_FILE), first.leaf)
+        self.assertEqual(load_certificate(data_dir / "cert.pem"), second.leaf)
+
+    def test_expired_certificate_with_a_new_token_enrolls_afresh(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._expired_certificate_with_a_new_token())

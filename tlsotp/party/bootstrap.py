@@ -11,7 +11,9 @@ from tlsotp.pki.keys import KeyType
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import utcnow
 from tlsotp.ttp.credentials import certified_name
-from tlsotp.ttp.enroll import Credentials, RootPin, enroll, load_credentials
+from tlsotp.ttp.enroll import CERT_FILE, Credentials, RootPin, enroll, load_credentials
+
+EXPIRED_CERT_FILE = "cert.pem.expired"
 
 
 class StartupError(Exception):
@@ -59,6 +61,10 @@ async def obtain_credentials(
             )
     check_can_enroll(data_dir, token=token, pin=pin, name=name)
     assert token is not None and pin is not None and name is not None
+    if credentials is not None:
+        # Expired, and a new token given: keep the old certificate for the record, and enroll
+        # afresh (enrollment refuses a data dir that holds a certificate).
+        (data_dir / CERT_FILE).replace(data_dir / EXPIRED_CERT_FILE)
     try:
         return await enroll(
             reactor, ttp, data_dir=data_dir, pin=pin, token=token, name=name, role=role,
