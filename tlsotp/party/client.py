@@ -72,6 +72,7 @@ def check_grant(grant: messages.OTPGrant, request: messages.OTPRequest, now: flo
 
 class OTPClientProtocol(SecureChannelProtocol):
     peer_role = "server"
+
     def __init__(self, settings: ClientSettings, request: Request) -> None:
         self.settings = settings
         self.request = request

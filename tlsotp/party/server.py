@@ -86,6 +86,7 @@ class OTPServerFactory(Factory):
 
 class OTPServerProtocol(SecureChannelProtocol):
     peer_role = "client"
+
     def __init__(self, factory: OTPServerFactory) -> None:
         self.server = factory
         self.timeout_seconds = factory.timeout_seconds
