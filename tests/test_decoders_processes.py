@@ -138,7 +138,8 @@ class ClientCommandTests(NoTracebackCase):
         self.assertEqual(code, 1, stderr)
         self.assertNoTraceback(stderr)
         (line,) = stderr.splitlines()
-        self.assertTrue(line.startswith("tlsotp client: bad_certificate: "), line)
+        self.assertTrue(line.startswith("tlsotp client: bad_certificate: certificate is not valid DER X.509"), line)
+        self.assertIn("InvalidVersion", line)
         self.assertEqual(out, b"")
         # And the client told the server why, before exiting.
         (peer,) = peers

@@ -27,7 +27,7 @@ def parse_chain(chain_der: Sequence[bytes]) -> tuple[x509.Certificate, ...]:
     try:
         return tuple(der.load_certificate(entry) for entry in chain_der)
     except der.MalformedDER as exc:
-        raise AlertError(Alert.bad_certificate, f"certificate is not valid DER X.509: {exc}") from None
+        raise AlertError(Alert.bad_certificate, str(exc)) from None
 
 
 def encode_chain(chain: Sequence[x509.Certificate]) -> tuple[bytes, ...]:

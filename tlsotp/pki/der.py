@@ -32,7 +32,7 @@ def load_certificate(der: bytes) -> x509.Certificate:
     try:
         return x509.load_der_x509_certificate(der)
     except Exception as exc:  # noqa: BLE001 - InvalidVersion is not a ValueError
-        raise MalformedDER(f"not a DER X.509 certificate ({describe(exc)})") from None
+        raise MalformedDER(f"certificate is not valid DER X.509 ({describe(exc)})") from None
 
 
 def load_csr(der: bytes) -> x509.CertificateSigningRequest:
@@ -46,7 +46,7 @@ def load_crl(der: bytes) -> x509.CertificateRevocationList:
     try:
         return x509.load_der_x509_crl(der)
     except Exception as exc:  # noqa: BLE001 - InvalidVersion is not a ValueError
-        raise MalformedDER(f"not a DER CRL ({describe(exc)})") from None
+        raise MalformedDER(f"CRL is not valid DER ({describe(exc)})") from None
 
 
 @contextmanager
