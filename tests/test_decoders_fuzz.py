@@ -10,7 +10,7 @@ refusal) may come out, never another exception, and never ``internal_error`` for
 
 from __future__ import annotations
 
-import datetime
+import dataclasses
 import functools
 import secrets
 from collections.abc import Callable
@@ -19,6 +19,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.testing import EventLoggingObserver
@@ -30,6 +31,10 @@ from tlsotp.alerts import Alert, AlertError
 from tlsotp.handshake import ClientConnection, ConnectionFailed, Event, HandshakeComplete, ServerConnection, suite_named
 from tlsotp.handshake.certificates import leaf_key, parse_chain, run_validator
 from tlsotp.handshake.frames import ContentType, encode_frame, split_frame
+from tlsotp.handshake.key_exchange import ecdh_shared_secret, generate_ephemeral_key, load_key_share, unwrap_secret
+from tlsotp.handshake.limits import TRANSPORTED_SECRET_LENGTH
+from tlsotp.handshake.signatures import verify
+from tlsotp.handshake.suites import Group, HashAlgorithm
 from tlsotp.handshake.messages import (
     Certificate,
     CertificateVerify,
@@ -45,7 +50,6 @@ from tlsotp.party.channel import SansIOConnection, SecureChannelProtocol
 from tlsotp.pki.csr import build_csr
 from tlsotp.pki.keys import KeyType
 from tlsotp.pki.roles import Role
-from tlsotp.pki.verify import PeerVerifier
 from tlsotp.ttp import wire
 from tlsotp.ttp.enroll import accept_crl, accept_issued
 from tlsotp.ttp.renewal_proof import sign_renewal
@@ -54,7 +58,7 @@ from tlsotp.ttp.wire import Refusal, RequestRefused
 from tests.der_mutations import with_version
 from tests.test_ttp_fixtures import TTPFixture, cached_key, csr_der, enroll_request
 from tests.vectors import fixtures
-from tests.vectors.harness import Pair, connect, handshake_type, make_configs, parse_handshake_frame, rewrite
+from tests.vectors.harness import connect, handshake_type, make_configs, rewrite
 
 DER = serialization.Encoding.DER
 S384 = suite_named("TLSOTP_ECDHE_X25519_ECDSA_WITH_AES_256_GCM_SHA384")
@@ -470,6 +474,19 @@ class TTPFuzzTests(TTPFixtureCase):
         self.assertIsInstance(reply, (wire.Refused, wire.CRLReply, wire.Issued))
 
     @given(st.data())
+    def test_request_decoder_raises_only_decode_refusals(self, data: st.DataObject) -> None:
+        token = self.ttp.token("bank.example", Role.SERVER)
+        valid = [
+            wire.encode(enroll_request(token, "bank.example", Role.SERVER, self.key)),
+            wire.encode(wire.CRLRequest()),
+            self.renew_payload(DER_SAMPLES["ec-leaf"]),
+        ]
+        try:
+            wire.decode_request(data.draw(inputs(*valid)))
+        except RequestRefused as exc:
+            self.assertIn(exc.code, {Refusal.decode_error, Refusal.unknown_message}, exc.detail)
+
+    @given(st.data())
     def test_damaged_csr_in_an_enrollment(self, data: st.DataObject) -> None:
         # The proof is computed over the damaged CSR, so the CSR checks themselves are reached.
         token = self.ttp.token("bank.example", Role.SERVER)
@@ -588,3 +605,52 @@ class ApplicationAndRecordFuzzTests(SynchronousTestCase):
         )))
         for event in failures(machine.receive_frame(bad)):
             self.assertIn(event.alert, PEER_ALERTS, event.detail)
+
+
+class KeyExchangeAndSignatureFuzzTests(SynchronousTestCase):
+    """The primitives that take a peer's bytes: key shares, RSA-OAEP ciphertexts, signatures."""
+
+    @given(st.sampled_from(list(Group)), st.binary(max_size=120), st.booleans())
+    def test_key_shares_are_illegal_parameter_or_usable(self, group: Group, data: bytes, exact_length: bool) -> None:
+        if exact_length:  # mostly the right length, so the point decoding itself is exercised
+            data = (data * 97)[: {Group.X25519: 32, Group.P256: 65, Group.P384: 97}[group]]
+        try:
+            share = load_key_share(group, data)
+            ecdh_shared_secret(generate_ephemeral_key(group), share)
+        except AlertError as exc:
+            self.assertEqual(exc.alert, Alert.illegal_parameter, str(exc))
+
+    @settings(max_examples=30)
+    @given(st.binary(max_size=300))
+    def test_rsa_key_transport_never_fails_visibly(self, ciphertext: bytes) -> None:
+        key = fixtures.identity("server", "rsa-2048").key
+        assert isinstance(key, rsa.RSAPrivateKey)
+        replacement = b"\x07" * TRANSPORTED_SECRET_LENGTH
+        self.assertEqual(unwrap_secret(key, ciphertext, replacement), replacement)
+
+    @given(st.sampled_from(["ec-p256", "ec-p384", "rsa-2048"]), st.sampled_from(list(HashAlgorithm)), st.binary(max_size=600))
+    def test_signatures_are_decrypt_error(self, key_type: str, hash_: HashAlgorithm, signature: bytes) -> None:
+        public_key = fixtures.identity("server", key_type).key.public_key()
+        assert isinstance(public_key, (ec.EllipticCurvePublicKey, rsa.RSAPublicKey))
+        with self.assertRaises(AlertError) as caught:
+            verify(public_key, hash_, signature, b"content", "server")
+        self.assertEqual(caught.exception.alert, Alert.decrypt_error)
+
+
+class ConnectionBackstopTests(SynchronousTestCase):
+    def test_a_local_fault_while_handling_a_frame_is_internal_error_not_an_exception(self) -> None:
+        """What no peer can cause (here: the random source fails) still ends in an alert."""
+
+        def broken_random(n: int) -> bytes:
+            raise OSError("entropy source unavailable")
+
+        client_config, server_config = make_configs(S384)
+        server = ServerConnection(dataclasses.replace(server_config, random_bytes=broken_random))
+        client = ClientConnection(client_config)
+        client.initiate()
+        (hello,) = client.frames_to_send()
+        (failed,) = failures(server.receive_frame(hello))
+        self.assertEqual(failed.alert, Alert.internal_error)
+        self.assertIn("OSError: entropy source unavailable", failed.detail)
+        self.assertTrue(server.closed)
+        self.assertEqual(server.receive_frame(hello), [])
