@@ -239,14 +239,15 @@ def accept_crl(
     if not isinstance(reply, wire.CRLReply):
         raise AlertError(Alert.unexpected_message, "the TTP answered a CRL request with a certificate")
     root = _load_certificate(reply.root_der, "root")
+    with der.malformed_as(Alert.unknown_ca, "the TTP sent a malformed root"):
+        _check_root(pin, root)
     try:
         crl = der.load_crl(reply.crl_der)
     except der.MalformedDER:
         raise AlertError(Alert.decode_error, "the TTP sent an unreadable CRL") from None
-    with der.malformed_as(Alert.certificate_unknown, "the TTP sent a malformed CRL or root"):
-        _check_root(pin, root)
+    with der.malformed_as(Alert.certificate_unknown, "the TTP sent a malformed CRL"):
         verify_crl(crl, root, now)
-        crl_number(crl)
+        crl_number(crl)  # read later (rollback check): it must parse now
     return root, crl
 
 
