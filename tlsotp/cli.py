@@ -23,6 +23,7 @@ from typing import Any, Awaitable, Callable, Sequence, TextIO, cast
 
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
 from twisted.internet.task import react
+from twisted.logger import ILogObserver, LogEvent, LogLevel, formatEvent, globalLogBeginner
 from twisted.python import usage
 from twisted.python.failure import Failure
 
@@ -199,13 +200,53 @@ class UsageFailure(Exception):
         return f"{self.command}: error: {self.message} (see '{self.command} --help')"
 
 
+class UnhandledErrors:
+    """The command process's log observer: remembers, as one line, the first error nobody caught.
+
+    Twisted logs an exception that escapes a protocol callback or a delayed call ("Unhandled
+    Error"), or a failed Deferred that nobody handled, with a traceback; before logging begins,
+    such critical events go to stderr. A command's stderr is for its one line, so they are kept
+    here instead and turn a would-be success into exit code 1 (see ``main``).
+    """
+
+    def __init__(self) -> None:
+        self._failure: str | None = None
+        self._critical: str | None = None
+
+    @property
+    def first(self) -> str | None:
+        """The first failure logged (its exception names the cause), else the first critical line."""
+        return self._failure or self._critical
+
+    def __call__(self, event: LogEvent) -> None:
+        failure = event.get("log_failure")
+        if failure is not None:
+            self._failure = self._failure or describe_error(failure.value)
+        elif event.get("log_level") is LogLevel.critical:
+            self._critical = self._critical or _one_line(formatEvent(event))
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) or "an unhandled error"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """The console script: parse, run the chosen command under the reactor, exit with its code."""
+    """The console script: parse, run the chosen command under the reactor, exit with its code.
+
+    Never a traceback: a usage error is one line and exit 2; any failure, including an
+    exception nobody expected (in the command, in its Deferreds, in a protocol callback), is one
+    line and exit 1.
+    """
     try:
         command = parse(sys.argv[1:] if argv is None else argv)
     except UsageFailure as exc:
         sys.stderr.write(f"{exc}\n")
         raise SystemExit(EXIT_USAGE) from None
+    except Exception as exc:  # noqa: BLE001 - an Options class failing in an unforeseen way
+        sys.stderr.write(f"tlsotp: {describe_error(exc)}\n")
+        raise SystemExit(EXIT_FAILED) from None
+    unhandled = UnhandledErrors()
+    globalLogBeginner.beginLoggingTo([cast(ILogObserver, unhandled)], discardBuffer=True, redirectStandardIO=False)
 
     def run(reactor: Any) -> Deferred[None]:
         def unexpected(failure: Failure) -> int:
@@ -214,6 +255,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             return EXIT_FAILED
 
         def finish(code: int) -> None:
+            if code == EXIT_OK and unhandled.first is not None:
+                # Something failed behind the command's back: say so, once, and fail.
+                sys.stderr.write(f"{command_path(command)}: internal error: {unhandled.first}\n")
+                code = EXIT_FAILED
             raise SystemExit(code)
 
         running = cast("Deferred[int]", maybeDeferred(lambda: command.run(reactor)))

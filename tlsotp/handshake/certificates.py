@@ -10,22 +10,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from tlsotp.alerts import Alert, AlertError
 from tlsotp.handshake.config import PeerValidator
 from tlsotp.handshake.suites import SignatureKind, signature_kind_for_key
+from tlsotp.pki import der
 
 PeerKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 
 
 def parse_chain(chain_der: Sequence[bytes]) -> tuple[x509.Certificate, ...]:
+    """The peer's DER chain as certificates; anything unparseable (including a version field
+    cryptography refuses with ``InvalidVersion``) is bad_certificate."""
     try:
-        return tuple(x509.load_der_x509_certificate(der) for der in chain_der)
-    except ValueError:
-        raise AlertError(Alert.bad_certificate, "certificate is not valid DER X.509") from None
+        return tuple(der.load_certificate(entry) for entry in chain_der)
+    except der.MalformedDER as exc:
+        raise AlertError(Alert.bad_certificate, str(exc)) from None
 
 
 def encode_chain(chain: Sequence[x509.Certificate]) -> tuple[bytes, ...]:
@@ -35,20 +37,14 @@ def encode_chain(chain: Sequence[x509.Certificate]) -> tuple[bytes, ...]:
 def run_validator(validate: PeerValidator, chain: Sequence[x509.Certificate]) -> None:
     """Pass the validator's AlertError through; anything else it raises on hostile input
     (a lazily parsed extension that turns out malformed) is still only a bad certificate."""
-    try:
+    with der.malformed_as(Alert.bad_certificate, "certificate validation failed"):
         validate(chain)
-    except AlertError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - peer input must never escape as a traceback
-        raise AlertError(Alert.bad_certificate, f"certificate validation failed: {type(exc).__name__}: {exc}") from None
 
 
 def leaf_key(chain: Sequence[x509.Certificate]) -> tuple[PeerKey, SignatureKind]:
     """The leaf's public key and the signature it makes; unusable keys are unsupported_certificate."""
-    try:
+    with der.malformed_as(Alert.unsupported_certificate, "leaf certificate key cannot be loaded"):
         key = chain[0].public_key()
-    except (ValueError, UnsupportedAlgorithm):
-        raise AlertError(Alert.unsupported_certificate, "leaf certificate key cannot be loaded") from None
     kind = signature_kind_for_key(key)
     if kind is None or not isinstance(key, (ec.EllipticCurvePublicKey, rsa.RSAPublicKey)):
         raise AlertError(

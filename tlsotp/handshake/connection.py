@@ -88,6 +88,8 @@ class ConnectionBase(Generic[StateT]):
             return self._receive_application_data(body, len(frame))
         except AlertError as exc:
             return self._fail(exc.alert, exc.detail)
+        except Exception as exc:  # noqa: BLE001 - a decoder bug: fail closed, never a traceback
+            return self._fail(Alert.internal_error, f"failed on a received frame: {type(exc).__name__}: {exc}")
 
     def send_application_data(self, data: bytes) -> None:
         """Queue ``data`` as one or more protected records of at most MAX_PLAINTEXT bytes."""

@@ -183,7 +183,7 @@ class Certificate:
         for der in self.chain:
             try:
                 subjects.append(x509.load_der_x509_certificate(der).subject.rfc4514_string())
-            except ValueError:
+            except Exception:  # noqa: BLE001 - a trace of hostile input (InvalidVersion is no ValueError)
                 subjects.append("<unparseable>")
         return {"certificates": str(len(self.chain)), "subjects": " | ".join(subjects)}
 

@@ -133,7 +133,11 @@ class SecureChannelProtocol(NetstringReceiver, TimeoutMixin):
         if self.finished:
             return  # NetstringReceiver keeps delivering buffered frames after we decided to close.
         self.stats.received(len(string))
-        self.dispatch(self.connection.receive_frame(string))
+        try:
+            self.dispatch(self.connection.receive_frame(string))
+        except Exception as exc:  # noqa: BLE001 - a bug in a subclass's handler: fail closed
+            # One alert to the peer and one log line (by ``failed``), not "Unhandled Error".
+            self.abort(Alert.internal_error, f"failed handling the {self.peer_role}'s message: {type(exc).__name__}: {exc}")
 
     def dispatch(self, events: Sequence[Event]) -> None:
         self.flush()

@@ -10,6 +10,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.x509.oid import NameOID
 
+from tlsotp.pki import der as der_loader
 from tlsotp.pki.keys import PrivateKey, PublicKey, UnacceptableKey, check_public_key, signature_hash_for
 
 MAX_CSR_BYTES = 16384
@@ -48,10 +49,9 @@ def load_csr(der: bytes) -> x509.CertificateSigningRequest:
     if len(der) > MAX_CSR_BYTES:
         raise CSRRefused(f"CSR of {len(der)} bytes exceeds {MAX_CSR_BYTES}")
     try:
-        csr = x509.load_der_x509_csr(der)
-    except ValueError:
-        raise CSRRefused("not a DER certificate signing request") from None
-    return csr
+        return der_loader.load_csr(der)
+    except der_loader.MalformedDER as exc:  # a bad version field too (InvalidVersion)
+        raise CSRRefused(str(exc)) from None
 
 
 def requested_names(csr: x509.CertificateSigningRequest) -> set[str]:
@@ -74,7 +74,20 @@ def requested_names(csr: x509.CertificateSigningRequest) -> set[str]:
 
 
 def check_csr(csr: x509.CertificateSigningRequest, expected_name: str) -> PublicKey:
-    """Return the CSR's public key if it may be certified for exactly ``expected_name``."""
+    """Return the CSR's public key if it may be certified for exactly ``expected_name``.
+
+    Every refusal is a ``CSRRefused``: the CSR's fields are parsed lazily, and whatever a
+    malformed one raises (not only ``ValueError``) is a refused CSR, never an internal error.
+    """
+    try:
+        return _check_csr(csr, expected_name)
+    except CSRRefused:
+        raise
+    except Exception as exc:  # noqa: BLE001 - peer input must never escape as a traceback
+        raise CSRRefused(f"malformed CSR contents: {der_loader.describe(exc)}") from None
+
+
+def _check_csr(csr: x509.CertificateSigningRequest, expected_name: str) -> PublicKey:
     try:
         public_key = csr.public_key()
     except (ValueError, TypeError, x509.UnsupportedGeneralNameType) as exc:

@@ -104,7 +104,7 @@ def load_certificates(path: Path) -> list[x509.Certificate]:
     data = _read(path)
     try:
         certs = x509.load_pem_x509_certificates(data)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         raise PEMError(f"{path}: not a PEM certificate") from None
     return certs
 
@@ -124,7 +124,7 @@ def load_crl(path: Path) -> x509.CertificateRevocationList:
     data = _read(path)
     try:
         return x509.load_pem_x509_crl(data)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         raise PEMError(f"{path}: not a PEM CRL") from None
 
 

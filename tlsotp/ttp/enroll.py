@@ -27,7 +27,7 @@ from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
 
 from tlsotp.alerts import Alert, AlertError
-from tlsotp.pki import pem
+from tlsotp.pki import der, pem
 from tlsotp.pki.csr import build_csr
 from tlsotp.pki.keys import KeyType, PrivateKey, describe_key, generate_private_key, parse_key_type
 from tlsotp.pki.names import check_dns_name
@@ -195,18 +195,8 @@ async def _fetch_crl(
     reactor: Any, ttp: str, pin: RootPin | x509.Certificate, data_dir: Path | None, timeout: float
 ) -> x509.CertificateRevocationList:
     reply = await exchange(reactor, ttp, wire.CRLRequest(), timeout)
-    if isinstance(reply, wire.Refused):
-        raise EnrollmentRefused(reply.code, reply.detail)
-    if not isinstance(reply, wire.CRLReply):
-        raise AlertError(Alert.unexpected_message, "the TTP answered a CRL request with a certificate")
-    root = _load_certificate(reply.root_der, "root")
-    _check_root(pin, root)
-    try:
-        crl = x509.load_der_x509_crl(reply.crl_der)
-    except ValueError:
-        raise AlertError(Alert.decode_error, "the TTP sent an unreadable CRL") from None
     now = utcnow()
-    verify_crl(crl, root, now)
+    root, crl = accept_crl(reply, pin, now)
     if data_dir is not None:
         _refuse_rollback(crl, data_dir / CRL_FILE, root, now)
         pem.write_crl(data_dir / CRL_FILE, crl)
@@ -236,6 +226,31 @@ def _refuse_rollback(crl: x509.CertificateRevocationList, path: Path, root: x509
         )
 
 
+def accept_crl(
+    reply: wire.Reply, pin: RootPin | x509.Certificate, now: datetime.datetime
+) -> tuple[x509.Certificate, x509.CertificateRevocationList]:
+    """The (root, CRL) of a ``crl`` reply, if the pinned root signed it and it is current.
+
+    The one place the requester decodes a CRL reply: unparseable DER is decode_error, and
+    whatever a lazily parsed field of it raises is certificate_unknown, never a traceback.
+    """
+    if isinstance(reply, wire.Refused):
+        raise EnrollmentRefused(reply.code, reply.detail)
+    if not isinstance(reply, wire.CRLReply):
+        raise AlertError(Alert.unexpected_message, "the TTP answered a CRL request with a certificate")
+    root = _load_certificate(reply.root_der, "root")
+    with der.malformed_as(Alert.unknown_ca, "the TTP sent a malformed root"):
+        _check_root(pin, root)
+    try:
+        crl = der.load_crl(reply.crl_der)
+    except der.MalformedDER:
+        raise AlertError(Alert.decode_error, "the TTP sent an unreadable CRL") from None
+    with der.malformed_as(Alert.certificate_unknown, "the TTP sent a malformed CRL"):
+        verify_crl(crl, root, now)
+        crl_number(crl)  # read later (rollback check): it must parse now
+    return root, crl
+
+
 def accept_issued(
     reply: wire.Reply,
     pin: RootPin | x509.Certificate,
@@ -244,13 +259,31 @@ def accept_issued(
     role: Role,
     now: datetime.datetime,
 ) -> tuple[x509.Certificate, x509.Certificate]:
-    """The (root, leaf) of an ``issued`` reply, if it is exactly what we asked the pinned CA for."""
+    """The (root, leaf) of an ``issued`` reply, if it is exactly what we asked the pinned CA for.
+
+    The one place the requester decodes an ``issued`` reply: unparseable DER is decode_error,
+    and whatever a lazily parsed field of it raises is bad_certificate, never a traceback.
+    """
     if isinstance(reply, wire.Refused):
         raise EnrollmentRefused(reply.code, reply.detail)
     if not isinstance(reply, wire.Issued):
         raise AlertError(Alert.unexpected_message, "the TTP answered with a CRL instead of a certificate")
     root = _load_certificate(reply.root_der, "root")
     leaf = _load_certificate(reply.cert_der, "certificate")
+    with der.malformed_as(Alert.bad_certificate, "the TTP sent a malformed certificate"):
+        _check_issued(root, leaf, pin, key, name, role, now)
+    return root, leaf
+
+
+def _check_issued(
+    root: x509.Certificate,
+    leaf: x509.Certificate,
+    pin: RootPin | x509.Certificate,
+    key: PrivateKey,
+    name: str,
+    role: Role,
+    now: datetime.datetime,
+) -> None:
     _check_root(pin, root)
     PeerVerifier(root, role, expected_names=[name], clock=lambda: now).verify([leaf])
     if spki(leaf.public_key()) != spki(key.public_key()):
@@ -260,7 +293,6 @@ def accept_issued(
         raise AlertError(Alert.bad_certificate, f"the issued certificate is not for exactly {name}")
     if certified_role(leaf) is not role:
         raise AlertError(Alert.unsupported_certificate, f"the issued certificate is not for a {role.value}")
-    return root, leaf
 
 
 def _check_root(pin: RootPin | x509.Certificate, root: x509.Certificate) -> None:
@@ -270,10 +302,10 @@ def _check_root(pin: RootPin | x509.Certificate, root: x509.Certificate) -> None
         RootPin.from_certificate(pin).check(root)
 
 
-def _load_certificate(der: bytes, what: str) -> x509.Certificate:
+def _load_certificate(data: bytes, what: str) -> x509.Certificate:
     try:
-        return x509.load_der_x509_certificate(der)
-    except ValueError:
+        return der.load_certificate(data)
+    except der.MalformedDER:  # a bad version field too (InvalidVersion)
         raise AlertError(Alert.decode_error, f"the TTP sent an unreadable {what}") from None
 
 

@@ -17,8 +17,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from tlsotp.pki import csr as csr_checks
+from tlsotp.pki import der
 from tlsotp.pki.authority import Revocation, build_crl, issue_certificate
-from tlsotp.pki.keys import PublicKey, UnacceptableKey, check_public_key
+from tlsotp.pki.keys import PublicKey, check_public_key
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import Clock, utcnow
 from tlsotp.ttp import renewal_proof, tokens, wire
@@ -136,12 +137,12 @@ class Issuer:
 
     def renew(self, request: wire.RenewRequest) -> Outcome:
         now = self.clock()
-        try:
-            current = x509.load_der_x509_certificate(request.cert_der)
+        try:  # peer DER: whatever it raises (InvalidVersion is no ValueError) is not_renewable
+            current = der.load_certificate(request.cert_der)
             current_key = check_public_key(current.public_key())
-        except (ValueError, UnacceptableKey):
+            serial = serial_text(current.serial_number)
+        except Exception:  # noqa: BLE001
             raise RequestRefused(Refusal.not_renewable, "the current certificate is unreadable") from None
-        serial = serial_text(current.serial_number)
         record = self.store.get_certificate(current.serial_number)
         if record is None or record.der != request.cert_der:
             raise RequestRefused(Refusal.not_renewable, f"serial {serial} was not issued by this TTP")
