@@ -2,12 +2,13 @@
 
 A daemon that starts on a damaged or unwritable database fails later, on a peer's request,
 where the operator sees only ``internal_error`` (or, at the TTP, issues a certificate it then
-cannot revoke). So each daemon and each operator command opens its database first and calls
-``check_connection``: it lets SQLite recover the write-ahead log (the first read does that),
-runs ``PRAGMA quick_check`` (which must say exactly ``ok``), makes sure the directory takes
-new files (SQLite creates ``-wal``, ``-shm`` and ``-journal`` files next to the database), and
-commits a real write transaction. Any failure becomes one ``DatabaseUnusable`` whose message
-names the file, the real cause and what to do about it.
+cannot revoke). So each daemon and each operator command checks its database as it opens it:
+``check_directory`` first (the directory must take new files: SQLite creates ``-wal``,
+``-shm`` and ``-journal`` files next to the database), then on the fresh connection
+``check_connection``, whose first read lets SQLite recover the write-ahead log, then
+``PRAGMA quick_check`` (which must say exactly ``ok``) and a real write transaction that
+commits. Any failure becomes one ``DatabaseUnusable`` whose message names the file, the real
+cause and what to do about it.
 
 Sans-I/O apart from the file system: no Twisted here. The callers run it where they open the
 database: the TTP's ``Store`` on every open, the bank server's worker before it listens.
@@ -159,9 +160,9 @@ def check_directory(path: Path) -> None:
 
 
 def check_connection(connection: sqlite3.Connection, path: Path) -> None:
-    """Everything ``check_directory`` checks, then integrity (after WAL recovery) and a committed
-    write, on ``connection`` (fresh, not inside a transaction) to the database at ``path``."""
-    check_directory(path)
+    """Integrity (after WAL recovery) and a committed write, on ``connection`` (fresh, not
+    inside a transaction) to the database at ``path``. Call ``check_directory`` before
+    connecting: in WAL mode the first statement already needs to create the ``-shm`` file."""
     try:
         rows = connection.execute("PRAGMA quick_check").fetchall()
         if rows != [("ok",)]:

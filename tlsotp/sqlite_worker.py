@@ -46,6 +46,7 @@ class SQLiteWorker:
 
     def _open_checked(self) -> sqlite3.Connection:
         """Create the file private, open it, check it (``tlsotp.database_checks``), configure it."""
+        database_checks.check_directory(self._path)
         database_checks.create_private(self._path)
         try:
             with database_checks.private_files():

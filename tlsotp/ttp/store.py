@@ -408,6 +408,7 @@ def renewal_problem(record: CertificateRecord, now: datetime.datetime) -> str:
 def _connect(path: Path) -> sqlite3.Connection:
     """A connection to a database that passed the checks (intact after WAL recovery, writable)."""
     try:
+        database_checks.check_directory(path)
         with database_checks.private_files():
             # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT).
             connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False)
