@@ -8,6 +8,7 @@ real subprocesses.
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 import stat
@@ -89,6 +90,34 @@ def make_unwritable(testcase: unittest.SynchronousTestCase, directory: Path) -> 
             f"supported on this file system ({done.stderr.strip()}): no way to make a directory read-only"
         )
     testcase.addCleanup(subprocess.run, ["chattr", "-i", str(directory)], check=True)
+
+
+def tiny_disk(testcase: unittest.SynchronousTestCase, size: str = "512k") -> Path:
+    """A real file system of ``size`` (a tmpfs), unmounted at cleanup; skipped, saying why,
+    where this process may not mount one (not root, or no CAP_SYS_ADMIN in a container)."""
+    where = Path(testcase.mktemp()).resolve()
+    where.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise unittest.SkipTest(
+            f"a full disk needs a small file system to fill, and mounting a tmpfs failed here: {done.stderr.strip()}"
+            " (the SQLITE_FULL message is still tested with max_page_count)"
+        )
+    testcase.addCleanup(subprocess.run, ["umount", str(where)], check=True)
+    return where
+
+
+def fill(directory: Path) -> None:
+    """Write a file in ``directory`` until its file system has no byte left."""
+    fd = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC, exc
+    finally:
+        os.close(fd)
 
 
 def mode(path: Path) -> int:
@@ -324,6 +353,38 @@ async def run_process(testcase: unittest.TestCase, argv: list[str], cwd: Path) -
     return code, output
 
 
+class FullDiskTests(unittest.TestCase):
+    """A really full disk (a small tmpfs filled to its last block) is a full disk, not busy."""
+
+    def test_check_on_a_full_disk(self) -> None:
+        disk = tiny_disk(self)
+        db = disk / "test.sqlite3"
+        connection = sqlite3.connect(db, isolation_level=None)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("CREATE TABLE t (x)")
+        connection.close()
+        fill(disk)
+        with self.assertRaises(DatabaseUnusable) as caught:
+            check_database(db)
+        self.assertEqual(caught.exception.cause, Cause.disk_full, str(caught.exception))
+        self.assertIn("free disk space", str(caught.exception))
+
+    async def test_operator_command_on_a_full_disk(self) -> None:
+        disk = tiny_disk(self)
+        data_dir = disk / "ttp"
+        init_ca(data_dir)
+        fill(disk)
+        code, output = await run_process(
+            self, [*TLSOTP, "ttp", "token", "--data-dir", str(data_dir), "--name", "bank.example", "--role", "server"],
+            Path.cwd(),
+        )
+        self.assertEqual(code, 1, output)
+        self.assertEqual(len(output.splitlines()), 1, output)
+        self.assertIn(f"database {data_dir / 'ttp.sqlite3'} cannot grow: the disk is full", output)
+        self.assertIn("free disk space", output)
+        self.assertNotIn("busy", output)
+
+
 class DaemonRefusalTests(unittest.TestCase):
     """The real daemons and commands: one line naming the file and what to do, exit non-zero."""
 
@@ -470,3 +531,17 @@ class ServerServiceTests(unittest.TestCase):
         await authority.issue("alice.example", "pay 1")
         for name in (DATABASE_FILE, DATABASE_FILE + "-wal", DATABASE_FILE + "-shm"):
             self.assertEqual(mode(data_dir / name), 0o600, name)
+
+
+class TTPServiceTests(unittest.TestCase):
+    def test_start_refuses_a_database_damaged_since_the_options_were_checked(self) -> None:
+        data_dir = Path(self.mktemp())
+        ca = init_ca(data_dir)
+        service = TTPService(reactor, ca, data_dir, listen="tcp:0:interface=127.0.0.1")
+        damage_leaving_wal(TTPPaths(data_dir).db)
+        self.addCleanup(service.stopService)
+        with self.assertRaises(SystemExit) as caught:
+            service.startService()
+        message = str(caught.exception.code)
+        self.assertTrue(message.startswith(f"tlsotp-ttp: database {TTPPaths(data_dir).db} is damaged"), message)
+        self.assertNotIn("\n", message)

@@ -86,12 +86,29 @@ class DatabaseUnusable(Exception):
         super().__init__(f"database {self.path} {cause.value}{because}: {ADVICE[cause]}")
 
 
+# Growing the -shm file failed: on a full disk (tmpfs or not) that is what SQLite reports.
+_SQLITE_IOERR_SHMSIZE = getattr(sqlite3, "SQLITE_IOERR_SHMSIZE", 4874)
+
+#: Below this many free bytes, an I/O error in the database's directory is taken for a full disk.
+NEARLY_FULL_BYTES = 64 * 1024
+
+
 def sqlite_cause(error: sqlite3.Error) -> Cause | None:
-    """The real cause behind a sqlite3 error, from its (primary) result code; None if unknown."""
+    """The real cause behind a sqlite3 error, from its result code; None if unknown."""
     code = getattr(error, "sqlite_errorcode", None)
     if not isinstance(code, int):
         return None
+    if code == _SQLITE_IOERR_SHMSIZE:
+        return Cause.disk_full
     return _SQLITE_CAUSES.get(code & 0xFF)
+
+
+def _disk_is_full(directory: Path) -> bool:
+    try:
+        stats = os.statvfs(directory)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < NEARLY_FULL_BYTES
 
 
 def os_cause(error: OSError) -> Cause:
@@ -102,15 +119,25 @@ def unusable(path: Path, error: sqlite3.Error | OSError) -> DatabaseUnusable | N
     """The ``DatabaseUnusable`` that ``error`` (met while using ``path``) means, or None when the
     error says nothing about the file (a bad SQL statement, a missing table)."""
     if isinstance(error, OSError):
-        return DatabaseUnusable(path, os_cause(error), error.strerror or str(error))
-    cause = sqlite_cause(error)
-    return None if cause is None else DatabaseUnusable(path, cause, str(error))
+        cause = os_cause(error)
+        detail = error.strerror or str(error)
+    else:
+        found = sqlite_cause(error)
+        if found is None:
+            return None
+        cause, detail = found, str(error)
+    if cause is Cause.io_error and _disk_is_full(Path(path).parent):
+        cause = Cause.disk_full  # SQLite says 'disk I/O error' for some writes to a full disk
+    return DatabaseUnusable(path, cause, detail)
 
 
-def describe(error: sqlite3.Error) -> str:
+def describe(error: sqlite3.Error, path: Path | None = None) -> str:
     """What went wrong, as the end of 'the database ...', for a refusal sent while serving; the
-    cause only (busy, disk full, damaged...), never SQLite's own text, which goes to the log."""
+    cause only (busy, disk full, damaged...), never SQLite's own text, which goes to the log.
+    With the database's ``path``, an I/O error on a full disk is told as a full disk."""
     cause = sqlite_cause(error)
+    if cause is Cause.io_error and path is not None and _disk_is_full(Path(path).parent):
+        cause = Cause.disk_full
     if cause is None:
         return "failed"
     if cause is Cause.busy:

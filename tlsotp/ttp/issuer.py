@@ -85,7 +85,7 @@ class Issuer:
         except RequestRefused as exc:
             return refused(exc.code, exc.detail)
         except sqlite3.Error as exc:  # busy, full disk, damaged...: say which
-            outcome = refused(Refusal.internal_error, f"the TTP's database {database_checks.describe(exc)}")
+            outcome = refused(Refusal.internal_error, f"the TTP's database {database_checks.describe(exc, self.store.path)}")
             return Outcome(outcome.reply, f"{outcome.summary} ({exc})")
         except Exception as exc:  # a bug must cost one connection, not the daemon
             outcome = refused(Refusal.internal_error, "the TTP failed to handle the request")
