@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import sqlite3
 import stat
 import subprocess
@@ -314,15 +315,26 @@ class IssuerTests(unittest.SynchronousTestCase):
         self.assertIn("database is locked", outcome.summary)
 
 
+#: What the daemons log once they serve: seeing it means the refusal did not happen.
+STARTED = re.compile(rb"tlsotp-ttp serving on|tlsotp-server \S+ listening on")
+
+
 class OutputOf(ProcessProtocol):
-    """A subprocess's whole output and exit status; killed (and noted) if it outlives the wait."""
+    """A subprocess's whole output and exit status; ``started`` fires if it logs that it serves."""
 
     def __init__(self) -> None:
         self.output = b""
         self.ended: Deferred[int | None] = Deferred()
+        self.started = False
 
     def outReceived(self, data: bytes) -> None:
         self.output += data
+        if not self.started and STARTED.search(self.output):
+            self.started = True
+            try:
+                self.transport.signalProcess("KILL")  # type: ignore[union-attr]
+            except ProcessExitedAlready:
+                pass
 
     errReceived = outReceived
 
@@ -331,7 +343,8 @@ class OutputOf(ProcessProtocol):
 
 
 async def run_process(testcase: unittest.TestCase, argv: list[str], cwd: Path) -> tuple[int | None, str]:
-    """Run ``argv`` with the reactor running (an in-process TTP may be serving it)."""
+    """Run ``argv`` with the reactor running (an in-process TTP may be serving it); a daemon
+    that starts serving instead of refusing is killed at once and fails the test."""
     process = OutputOf()
     transport = reactor.spawnProcess(process, argv[0], argv, env=subprocess_env(), path=str(cwd))
     timed_out = []
@@ -348,6 +361,8 @@ async def run_process(testcase: unittest.TestCase, argv: list[str], cwd: Path) -
     if timer.active():
         timer.cancel()
     output = process.output.decode(errors="replace")
+    if process.started:
+        testcase.fail(f"it started serving instead of refusing to start:\n{output}")
     if timed_out:
         testcase.fail(f"still running after {WAIT_SECONDS} s (it should have refused to start):\n{output}")
     return code, output
@@ -460,7 +475,6 @@ class DaemonRefusalTests(unittest.TestCase):
         server.startService()
         await server.ready
         await server.stopService()
-        self.assertTrue((bank / DATABASE_FILE).exists())
         argv = [
             *TWISTD, "-n", "--pidfile", "", "--logfile", "-", "tlsotp-server", "--data-dir", str(bank),
             "--name", "bank.example", "--listen", "tcp:0:interface=127.0.0.1", "--ttp", endpoint,
