@@ -384,6 +384,19 @@ class FullDiskTests(unittest.TestCase):
         self.assertEqual(caught.exception.cause, Cause.disk_full, str(caught.exception))
         self.assertIn("free disk space", str(caught.exception))
 
+    async def test_the_bank_server_names_a_full_disk_while_serving(self) -> None:
+        disk = tiny_disk(self)
+        authority = OTPAuthority(reactor, disk, OTPPolicy())
+        self.addCleanup(authority.close)
+        await authority.open()
+        await authority.issue("alice.example", "pay 1")
+        fill(disk)
+        with self.assertRaises(DatabaseUnusable) as caught:
+            for attempt in range(100):  # a commit that still fits in the -wal's last block may pass
+                await authority.issue("alice.example", f"pay {attempt} " + "x" * 150)
+        self.assertEqual(caught.exception.cause, Cause.disk_full, str(caught.exception))
+        self.assertIn(f"database {disk / DATABASE_FILE} cannot grow: the disk is full", str(caught.exception))
+
     async def test_operator_command_on_a_full_disk(self) -> None:
         disk = tiny_disk(self)
         data_dir = disk / "ttp"
