@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shutil
 import sqlite3
 import stat
 import subprocess
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import ec
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessExitedAlready
@@ -33,8 +35,8 @@ from tlsotp.party import server_daemon
 from tlsotp.pki.roles import Role
 from tlsotp.ttp.ca import TTPPaths, init_ca
 from tlsotp.ttp.daemon import TTPService
-from tlsotp.ttp.store import Store, StoreError
 from tlsotp.ttp import wire
+from tlsotp.ttp.store import Store, StoreError
 from tlsotp.ttp.wire import Refusal
 
 from tests.processes import TLSOTP, TWISTD, subprocess_env
@@ -77,6 +79,13 @@ def damage_leaving_wal(db: Path) -> None:
     os.truncate(db, db.stat().st_size // 2)
 
 
+def _run_tool(*argv: str) -> subprocess.CompletedProcess[str]:
+    """Run a system tool; a missing one fails like a refused one (returncode 127, a message)."""
+    if shutil.which(argv[0]) is None:
+        return subprocess.CompletedProcess(list(argv), 127, "", f"{argv[0]}: command not found")
+    return subprocess.run(list(argv), capture_output=True, text=True)
+
+
 def make_unwritable(testcase: unittest.SynchronousTestCase, directory: Path) -> None:
     """Make ``directory`` refuse new files, also to root (who ignores permission bits)."""
     if os.geteuid() != 0:
@@ -84,7 +93,7 @@ def make_unwritable(testcase: unittest.SynchronousTestCase, directory: Path) -> 
         testcase.addCleanup(os.chmod, directory, 0o700)
         return
     # As root: the immutable attribute stops even root from creating files in the directory.
-    done = subprocess.run(["chattr", "+i", str(directory)], capture_output=True, text=True)
+    done = _run_tool("chattr", "+i", str(directory))
     if done.returncode != 0:
         raise unittest.SkipTest(
             "running as root, which writes through permission bits, and 'chattr +i' is not "
@@ -98,8 +107,7 @@ def tiny_disk(testcase: unittest.SynchronousTestCase, size: str = "512k") -> Pat
     where this process may not mount one (not root, or no CAP_SYS_ADMIN in a container)."""
     where = Path(testcase.mktemp()).resolve()
     where.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)],
-                          capture_output=True, text=True)
+    done = _run_tool("mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where))
     if done.returncode != 0:
         raise unittest.SkipTest(
             f"a full disk needs a small file system to fill, and mounting a tmpfs failed here: {done.stderr.strip()}"
@@ -305,8 +313,6 @@ class IssuerTests(unittest.SynchronousTestCase):
         self.addCleanup(holder.close)
         holder.execute("BEGIN IMMEDIATE")  # another process writing, for longer than we wait
         ttp.store._db.execute("PRAGMA busy_timeout = 0")
-        from cryptography.hazmat.primitives.asymmetric import ec
-
         request = enroll_request(token, "bank.example", Role.SERVER, ec.generate_private_key(ec.SECP256R1()))
         outcome = ttp.issuer.handle(wire.encode(request))
         self.assertEqual(outcome.refusal, Refusal.internal_error, outcome)
