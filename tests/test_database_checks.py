@@ -449,6 +449,18 @@ class DaemonRefusalTests(unittest.TestCase):
         self.assertEqual(len(output.splitlines()), 1, output)
         self.assertNotIn("serving on", output)
 
+    async def test_ttp_daemon_refuses_an_unwritable_data_dir(self) -> None:
+        data_dir = self.ttp_data_dir()
+        make_unwritable(self, data_dir)
+        code, output = await run_process(self, [
+            *TWISTD, "-n", "--pidfile", "", "--logfile", "-",
+            "tlsotp-ttp", "--data-dir", str(data_dir), "--listen", "tcp:0:interface=127.0.0.1",
+        ], self.base)
+        self.assertOneLineRefusal(
+            code, output, "tlsotp-ttp:", f"database {TTPPaths(data_dir).db} cannot be written", "writable"
+        )
+        self.assertNotIn("not a TTP database", output)
+
     async def test_operator_commands_refuse_a_truncated_database(self) -> None:
         data_dir = self.ttp_data_dir()
         db = TTPPaths(data_dir).db
