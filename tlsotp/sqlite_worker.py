@@ -16,6 +16,8 @@ from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
+from tlsotp import database_checks
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -39,15 +41,38 @@ class SQLiteWorker:
 
     def _connect(self) -> sqlite3.Connection:
         if self._connection is None:
-            connection = sqlite3.connect(self._path, timeout=10, check_same_thread=False)
-            self._configure(connection)
-            self._connection = connection
+            self._connection = self._open_checked()
         return self._connection
+
+    def _open_checked(self) -> sqlite3.Connection:
+        """Create the file private, open it, check it (``tlsotp.database_checks``), configure it."""
+        database_checks.check_directory(self._path)
+        database_checks.create_private(self._path)
+        try:
+            with database_checks.private_files():
+                connection = sqlite3.connect(self._path, timeout=10, check_same_thread=False)
+                try:
+                    database_checks.check_connection(connection, self._path)
+                    self._configure(connection)
+                except BaseException:
+                    connection.close()
+                    raise
+        except sqlite3.Error as exc:
+            raise database_checks.unusable(self._path, exc) or exc from None
+        return connection
+
+    def open(self) -> Deferred[None]:
+        """Open and check the database now (on the worker thread), rather than on first use;
+        fails with ``DatabaseUnusable`` if it is damaged, unwritable or on a full disk."""
+        return deferToThreadPool(self._reactor, self._pool, self._connect).addCallback(lambda _: None)
 
     def _transact(self, fn: Callable[Concatenate[sqlite3.Cursor, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
         connection = self._connect()
-        with connection:  # commits on success, rolls back on an exception
-            return fn(connection.cursor(), *args, **kwargs)
+        try:
+            with connection:  # commits on success, rolls back on an exception
+                return fn(connection.cursor(), *args, **kwargs)
+        except sqlite3.Error as exc:  # a full disk, a damaged file...: say which, and what to do
+            raise database_checks.unusable(self._path, exc) or exc
 
     def run(
         self, fn: Callable[Concatenate[sqlite3.Cursor, P], R], *args: P.args, **kwargs: P.kwargs

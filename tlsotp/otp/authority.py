@@ -49,6 +49,11 @@ class OTPAuthority:
         self._pepper = store.load_or_create_pepper(data_dir / PEPPER_FILE)
         self._worker = SQLiteWorker(reactor, data_dir / DATABASE_FILE, store.configure_connection, "otp-db")
 
+    def open(self) -> "Deferred[None]":
+        """Open and check the database now; fails with ``DatabaseUnusable`` (one line) if it
+        is damaged, not writable or on a full disk. The daemon waits for this before listening."""
+        return self._worker.open()
+
     def issue(self, client: str, transaction: str) -> "Deferred[tuple[store.IssuedOTP, str]]":
         """Issue an OTP; fires with it and the sentence to show the client."""
         d = self._worker.run(

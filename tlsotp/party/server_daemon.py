@@ -23,7 +23,8 @@ from twisted.python import usage
 from tlsotp.addresses import describe_address
 from tlsotp.alerts import AlertError
 from tlsotp.handshake import suites_for_key
-from tlsotp.otp.authority import OTPAuthority, OTPPolicy
+from tlsotp.database_checks import DatabaseUnusable, check_database
+from tlsotp.otp.authority import DATABASE_FILE, OTPAuthority, OTPPolicy
 from tlsotp.cli import describe_error
 from tlsotp.party.bootstrap import StartupError, check_can_enroll, obtain_credentials
 from tlsotp.option_types import positive_float
@@ -76,7 +77,9 @@ class Options(PartyOptions):
         try:
             if load_credentials(self["data-dir"]) is None:
                 check_can_enroll(self["data-dir"], token=self["token"], pin=self["pin"], name=self["name"])
-        except (PEMError, StartupError) as exc:
+            if self["data-dir"].is_dir():  # else made when enrolling; checked again before listening
+                check_database(self["data-dir"] / DATABASE_FILE)
+        except (PEMError, StartupError, DatabaseUnusable) as exc:
             refuse_to_start("tlsotp-server", str(exc))
 
 
@@ -117,8 +120,10 @@ class OTPServerService(service.Service):
             raise StartupError(
                 f"none of the configured suites can be authenticated by this {credentials.chain[0].public_key().__class__.__name__}"
             )
-        crl = await self._initial_crl(credentials)
+        # The OTP database is opened and checked now, not on the first client's request.
         self.authority = OTPAuthority(self.reactor, self.data_dir, o["otp-policy"])
+        await self.authority.open()
+        crl = await self._initial_crl(credentials)
         self.factory = OTPServerFactory(
             ServerIdentity(credentials.key, credentials.chain, credentials.root),
             self.authority,

@@ -138,7 +138,10 @@ class TTPService(service.Service):
         if self.port is None and not self.running:
             self.privilegedStartService()
         service.Service.startService(self)  # type: ignore[no-untyped-call]
-        self._store = Store.open(TTPPaths(self.data_dir).db)
+        try:
+            self._store = Store.open(TTPPaths(self.data_dir).db)  # checked again: intact and writable
+        except StoreError as exc:
+            refuse_to_start(str(exc))
         self._issuer = Issuer(self.ca, self._store, cert_days=self.cert_days, crl_validity=self.crl_validity)
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name="tlsotp-ttp-issuer")
         self._pool.start()

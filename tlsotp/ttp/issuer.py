@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from tlsotp import database_checks
 from tlsotp.pki import csr as csr_checks
 from tlsotp.pki import der
 from tlsotp.pki.authority import Revocation, build_crl, issue_certificate
@@ -84,8 +85,8 @@ class Issuer:
             return self.crl()
         except RequestRefused as exc:
             return refused(exc.code, exc.detail)
-        except sqlite3.OperationalError as exc:
-            outcome = refused(Refusal.internal_error, "the TTP's database is busy; try again")
+        except sqlite3.Error as exc:  # busy, full disk, damaged...: say which
+            outcome = refused(Refusal.internal_error, f"the TTP's database {database_checks.describe(exc, self.store.path)}")
             return Outcome(outcome.reply, f"{outcome.summary} ({exc})")
         except Exception as exc:  # a bug must cost one connection, not the daemon
             outcome = refused(Refusal.internal_error, "the TTP failed to handle the request")

@@ -24,6 +24,7 @@ from typing import Callable, Iterator
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from tlsotp import database_checks
 from tlsotp.pki.authority import Revocation
 from tlsotp.pki.roles import Role
 
@@ -208,7 +209,7 @@ class Store:
             connection.execute("PRAGMA journal_mode=WAL")
             row = connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{path}: not a TTP database ({exc})") from None
+            raise StoreError(str(database_checks.unusable(path, exc) or f"{path}: not a TTP database ({exc})")) from None
         if row is None or row[0] != SCHEMA_VERSION:
             raise StoreError(f"{path}: schema version {row and row[0]}, expected {SCHEMA_VERSION}")
         return cls(connection, path)
@@ -405,10 +406,23 @@ def renewal_problem(record: CertificateRecord, now: datetime.datetime) -> str:
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT).
-    connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False)
-    connection.execute("PRAGMA synchronous=FULL")
-    connection.execute("PRAGMA foreign_keys=ON")
+    """A connection to a database that passed the checks (intact after WAL recovery, writable)."""
+    try:
+        database_checks.check_directory(path)
+        with database_checks.private_files():
+            # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT).
+            connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False)
+            try:
+                connection.execute("PRAGMA synchronous=FULL")
+                connection.execute("PRAGMA foreign_keys=ON")
+                database_checks.check_connection(connection, path)
+            except BaseException:
+                connection.close()
+                raise
+    except sqlite3.Error as exc:
+        raise StoreError(str(database_checks.unusable(path, exc) or f"{path}: {exc}")) from None
+    except database_checks.DatabaseUnusable as exc:
+        raise StoreError(str(exc)) from None
     return connection
 
 
