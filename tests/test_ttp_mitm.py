@@ -168,21 +168,23 @@ class CertificateTheftTests(MITMTestCase):
         await self.enroll("server", token, self.direct)
         self.assertEqual(self.certificates_in_db(), 1)
 
-    async def test_replayed_request_is_refused(self) -> None:
-        await self.enroll("server", self.token())
+    async def test_replayed_request_gets_nothing_new(self) -> None:
+        """A replay is the same enrollment again: the certificate already issued (public), no other."""
+        credentials = await self.enroll("server", self.token())
         replayed = wire.decode_request(self.proxy.requests[0])
         reply = await exchange(reactor, self.direct, replayed, timeout=10)
-        assert isinstance(reply, wire.Refused)
-        self.assertEqual(reply.code, Refusal.token_spent)
+        assert isinstance(reply, wire.Issued), reply
+        self.assertEqual(reply.cert_der, credentials.leaf.public_bytes(DER))
         self.assertEqual(self.certificates_in_db(), 1)
 
-    async def test_replayed_renewal_is_refused(self) -> None:
+    async def test_replayed_renewal_gets_nothing_new(self) -> None:
         await self.enroll("server", self.token(), self.direct)
-        await renew(reactor, self.via_proxy, data_dir=self.base / "server")
+        renewed = await renew(reactor, self.via_proxy, data_dir=self.base / "server")
         replayed = wire.decode_request(self.proxy.requests[0])
         reply = await exchange(reactor, self.direct, replayed, timeout=10)
-        assert isinstance(reply, wire.Refused)
-        self.assertEqual(reply.code, Refusal.not_renewable)
+        assert isinstance(reply, wire.Issued), reply
+        self.assertEqual(reply.cert_der, renewed.leaf.public_bytes(DER))
+        self.assertEqual(self.certificates_in_db(), 2)
 
 
 class ForgedReplyTests(MITMTestCase):
