@@ -276,7 +276,7 @@ class Store:
                 version = int(self._meta("schema_version"))
                 if version < SCHEMA_VERSION:
                     _migrate(self._db, version, now=int(time.time()))
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, StoreError) as exc:
             self._db.close()
             raise StoreError(f"{self.path}: cannot upgrade the database to schema version {SCHEMA_VERSION} ({exc})") from None
 
