@@ -331,6 +331,8 @@ class EndToEndTests(unittest.TestCase):
             lost = await run_tlsotp(*args)
             self.assertEqual(lost[2], 1, lost)
             self.assertIn("without replying", lost[1])
+            self.assertIn("run the same command again", lost[1])
+            self.assertEqual(len(lost[1].splitlines()), 1, lost[1])
             again = await run_tlsotp(*args)
             self.assertEqual(again[2], 0, again)
             listing = tlsotp("ttp", "list", "--data-dir", str(self.workdir / "ttp")).stdout

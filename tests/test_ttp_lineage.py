@@ -351,6 +351,24 @@ class MigrationTests(SynchronousTestCase):
         store = Store.open(path)
         self.assertEqual(store.revocation_generation(), 2)
 
+    def test_a_failed_migration_changes_nothing(self) -> None:
+        """The migration's last schema step fails: the steps before it are rolled back too."""
+        path, _ = self.make_v1()
+        db = sqlite3.connect(path)
+        db.execute("CREATE INDEX certificates_by_enrollment ON tokens (name)")  # the name the migration needs
+        db.commit()
+        db.close()
+        with self.assertRaises(StoreError) as caught:
+            Store.open(path)
+        self.assertIn("cannot upgrade", str(caught.exception))
+        db = sqlite3.connect(path)
+        self.addCleanup(db.close)
+        self.assertEqual(db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0], 1)
+        self.assertIsNone(db.execute("SELECT 1 FROM sqlite_master WHERE name = 'enrollments'").fetchone())
+        columns = [row[1] for row in db.execute("PRAGMA table_info(certificates)")]
+        self.assertNotIn("enrollment", columns)
+        self.assertEqual(db.execute("SELECT count(*) FROM revocations").fetchone()[0], 1)
+
     def test_a_newer_schema_is_refused(self) -> None:
         path, _ = self.make_v1()
         db = sqlite3.connect(path)

@@ -183,7 +183,8 @@ class Issuer:
                 f"renewal request time is more than {self.timestamp_window} s from the TTP's clock",
             )
         enrollment = None if record.enrollment is None else self.store.get_enrollment(record.enrollment)
-        if record.superseded_by is not None and record.revoked_at is None and enrollment is not None and enrollment.revoked_at is None:
+        lineage_open = enrollment is not None and enrollment.revoked_at is None
+        if record.superseded_by is not None and record.revoked_at is None and lineage_open:
             return self._renewal_of_superseded(record, request.csr_der, now)
         problem = renewal_problem(record, enrollment, now, self.max_lineage)
         if problem:
@@ -226,7 +227,7 @@ class Issuer:
             )
         return _reuse_detected(record, result)
 
-    # The CRL: rebuilt    # The CRL: rebuilt when a revocation was recorded (by any process) or half its life is gone.
+    # The CRL: rebuilt when a revocation was recorded (by any process) or half its life is gone.
 
     def crl(self) -> Outcome:
         now = self.clock()
