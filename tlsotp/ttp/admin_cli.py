@@ -218,6 +218,8 @@ class TTPOptions(CommandGroup):
     commands = [
         Subcommand("init", None, "tlsotp.ttp.admin_cli:InitOptions", "Create the CA key and root; print its fingerprint."),
         Subcommand("token", None, "tlsotp.ttp.admin_cli:TokenOptions", "Mint a one-time enrollment token."),
-        Subcommand("revoke", None, "tlsotp.ttp.admin_cli:RevokeOptions", "Revoke a certificate by serial."),
+        Subcommand(
+            "revoke", None, "tlsotp.ttp.admin_cli:RevokeOptions", "Revoke the whole enrollment of a certificate, by serial."
+        ),
         Subcommand("list", None, "tlsotp.ttp.admin_cli:ListOptions", "List issued certificates and their status."),
     ]
