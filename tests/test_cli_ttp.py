@@ -113,7 +113,7 @@ class OperatorCommandTests(unittest.TestCase):
 
         listing = await run("ttp", "list", "--data-dir", self.ttp)
         self.assertEqual(listing.code, 0)
-        self.assertEqual(listing.out.splitlines()[0].split(), ["SERIAL", "NAME", "ROLE", "NOT", "BEFORE", "NOT", "AFTER", "STATUS"])
+        self.assertEqual(listing.out.splitlines()[0].split(), ["SERIAL", "NAME", "ROLE", "ENROLLMENT", "NOT", "BEFORE", "NOT", "AFTER", "STATUS"])
 
         unknown = await run("ttp", "revoke", "--data-dir", self.ttp, "abcdef")
         self.assertEqual(unknown.code, 1)
@@ -179,20 +179,25 @@ class PartyCommandTests(unittest.TestCase):
 
         listing = (await run("ttp", "list", "--data-dir", ttp)).out.splitlines()
         self.assertEqual(len(listing), 3)
+        enrollment = Token.parse(token).token_id
+        self.assertEqual([line.split()[3] for line in listing[1:]], [enrollment, enrollment])  # one lineage
+        self.assertEqual(sum("superseded by" in line for line in listing[1:]), 1)
         current = next(line.split()[0] for line in listing[1:] if line.endswith("valid"))
+        first = next(line.split()[0] for line in listing[1:] if line.split()[0] != current)
         revoked = await run("ttp", "revoke", "--data-dir", ttp, current, "--reason", "key-compromise")
         self.assertEqual(revoked.code, 0, revoked)
+        self.assertIn(f"enrollment {enrollment} revoked", revoked.out)
 
         out_file = base / "out-crl.pem"
         crl = await run("crl", "--ttp", endpoint, "--data-dir", party, "--out", str(out_file))
         self.assertEqual(crl.code, 0, crl)
-        self.assertEqual(crl.out.splitlines()[1].split()[0], current)
+        # The whole lineage: the superseded (still unexpired) certificate too.
+        self.assertEqual(sorted(line.split()[0] for line in crl.out.splitlines()[1:]), sorted([current, first]))
         self.assertIn("key_compromise", crl.out)
         self.assertEqual(pem.load_crl(out_file), pem.load_crl(Path(party) / "crl.pem"))
 
         statuses = (await run("ttp", "list", "--data-dir", ttp)).out
-        self.assertIn("revoked (key_compromise)", statuses)
-        self.assertIn("superseded by", statuses)
+        self.assertEqual(statuses.count("revoked (key_compromise)"), 2, statuses)
 
         not_renewable = await run("renew", "--data-dir", party, "--ttp", endpoint)
         self.assertEqual(not_renewable.code, 1)

@@ -21,11 +21,15 @@ import time
 from pathlib import Path
 from typing import ClassVar
 
+from cryptography import x509
+from twisted.internet import reactor
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
 from tlsotp.handshake import ALL_SUITES, KeyExchange, SignatureKind, Suite
 
-from tests.processes import REPO, TLSOTP, TWISTD, unused_port
+from tests.processes import REPO, TLSOTP, TWISTD, subprocess_env, unused_port
+from tests.test_ttp_mitm import MITMProxy
 
 STARTUP_SECONDS = 30.0
 COMMAND_SECONDS = 60.0
@@ -253,6 +257,89 @@ class EndToEndTests(unittest.TestCase):
         self.assertIn("peer alert: bad_certificate", server_log)
         self.assertNotIn("Traceback", server_log)
 
+    def enroll_client(self, name: str) -> tuple[Path, str]:
+        """A fresh client enrolled with its own token; returns its data dir and the enrollment (token id)."""
+        data_dir = self.workdir / f"client-{name}"
+        token = self.token(name, "client")
+        tlsotp("enroll", "--data-dir", str(data_dir), "--ttp", self.ttp_endpoint, "--ca-fingerprint",
+               self.fingerprint, "--token", token, "--name", name, "--role", "client")
+        return data_dir, token.split(".")[0]
+
+    def session(self, data_dir: Path) -> subprocess.CompletedProcess[str]:
+        return tlsotp(
+            "client", "--data-dir", str(data_dir), "--ttp", self.ttp_endpoint,
+            "--server", self.servers["ec"][0], "--server-name", self.servers["ec"][2], check=False,
+        )
+
+    def assertRefusedOnceTheServerKnows(self, data_dir: Path, alert: str = "certificate_revoked") -> None:
+        """The EC server refreshes its CRL every second: within a bounded wait it refuses this client."""
+        deadline = time.monotonic() + 20
+        while True:
+            result = self.session(data_dir)
+            if result.returncode != 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        self.assertEqual(result.returncode, 1, result.stdout)
+        self.assertIn(alert, result.stderr)
+
+    def test_stolen_key_renewed_by_the_thief_dies_with_the_owners_revocation(self) -> None:
+        """Issue 6.1: a thief copies key.pem + cert.pem and renews; the owner revokes the serial it knows."""
+        owner, _ = self.enroll_client("theft-a.example")
+        thief = self.workdir / "thief-a"
+        shutil.copytree(owner, thief)
+        tlsotp("renew", "--data-dir", str(thief), "--ttp", self.ttp_endpoint)
+        self.assertIsNotNone(OTP_LINE.search(self.session(thief).stdout))  # the stolen identity works
+        known = x509.load_pem_x509_certificate((owner / "cert.pem").read_bytes()).serial_number
+        tlsotp("ttp", "revoke", "--data-dir", str(self.workdir / "ttp"), format(known, "x"))
+        self.assertRefusedOnceTheServerKnows(thief)
+        self.assertRefusedOnceTheServerKnows(owner)
+        again = tlsotp("renew", "--data-dir", str(thief), "--ttp", self.ttp_endpoint, check=False)
+        self.assertEqual(again.returncode, 1)
+        self.assertIn("not_renewable", again.stderr)
+
+    def test_owner_and_thief_both_renewing_revokes_the_lineage(self) -> None:
+        """Reuse detection: the second renewal from one certificate cuts both holders off."""
+        owner, enrollment = self.enroll_client("theft-b.example")
+        thief = self.workdir / "thief-b"
+        shutil.copytree(owner, thief)
+        tlsotp("renew", "--data-dir", str(thief), "--ttp", self.ttp_endpoint, "--new-key")
+        refused = tlsotp("renew", "--data-dir", str(owner), "--ttp", self.ttp_endpoint, check=False)
+        self.assertEqual(refused.returncode, 1)
+        self.assertIn("not_renewable", refused.stderr)
+        self.assertIn(enrollment, refused.stderr)
+        self.assertRefusedOnceTheServerKnows(thief)
+        self.assertRefusedOnceTheServerKnows(owner)
+        warnings = [line for line in self.daemons[0].log().splitlines() if "KEY REUSE" in line]
+        self.assertEqual(len(warnings), 1, warnings)
+        self.assertIn(enrollment, warnings[0])
+        listing = tlsotp("ttp", "list", "--data-dir", str(self.workdir / "ttp")).stdout
+        lineage = [line for line in listing.splitlines() if "theft-b.example" in line]
+        self.assertEqual(len(lineage), 2)
+        self.assertTrue(all(enrollment in line and line.endswith("revoked (key_compromise)") for line in lineage), lineage)
+
+    async def test_a_lost_reply_costs_no_token(self) -> None:
+        """Issue 6.3: the TTP commits and replies, the connection is cut; the same command again succeeds."""
+        proxy = MITMProxy(self.ttp_endpoint)
+        via_proxy = await proxy.start(self)
+        name = "lost-reply.example"
+        data_dir = self.workdir / "client-lost-reply"
+        enroll_args = ("enroll", "--data-dir", str(data_dir), "--ttp", via_proxy, "--ca-fingerprint", self.fingerprint,
+                       "--token", self.token(name, "client"), "--name", name, "--role", "client")
+        renew_args = ("renew", "--data-dir", str(data_dir), "--ttp", via_proxy, "--new-key")
+        for args, certificates in ((enroll_args, 1), (renew_args, 2)):
+            proxy.drop_replies = 1
+            lost = await run_tlsotp(*args)
+            self.assertEqual(lost[2], 1, lost)
+            self.assertIn("without replying", lost[1])
+            self.assertIn("run the same command again", lost[1])
+            self.assertEqual(len(lost[1].splitlines()), 1, lost[1])
+            again = await run_tlsotp(*args)
+            self.assertEqual(again[2], 0, again)
+            listing = tlsotp("ttp", "list", "--data-dir", str(self.workdir / "ttp")).stdout
+            self.assertEqual(sum(name in line for line in listing.splitlines()), certificates, listing)
+        self.assertEqual(len(proxy.replies), 4)
+        self.assertIsNotNone(OTP_LINE.search(self.session(data_dir).stdout))
+
     def test_revoked_client_is_refused(self) -> None:
         name = "revoked.example"
         data_dir = self.workdir / "client-revoked"
@@ -276,6 +363,14 @@ class EndToEndTests(unittest.TestCase):
             time.sleep(0.5)
         self.assertEqual(result.returncode, 1, result.stdout)
         self.assertIn("certificate_revoked", result.stderr)
+
+
+async def run_tlsotp(*args: str) -> tuple[str, str, int]:
+    """``tlsotp`` as a subprocess without blocking the reactor (a proxy in this process must run)."""
+    out, err, code = await getProcessOutputAndValue(
+        TLSOTP[0], [*TLSOTP[1:], *args], env=subprocess_env(), path=str(REPO), reactor=reactor,
+    )
+    return out.decode(), err.decode(), code
 
 
 def _suite_test(suite: Suite) -> object:

@@ -66,6 +66,7 @@ class ServerServiceTests(unittest.TestCase):
         self.assertNotEqual(renewed.serial_number, first.serial_number)
         self.assertEqual(load_certificate(self.workdir / "bank" / "cert.pem"), renewed)
         self.assertGreaterEqual(renewed.not_valid_after_utc, first.not_valid_after_utc)
+        self.assertNotEqual(renewed.public_key(), first.public_key())  # a new key at each renewal
 
     def test_renews_before_expiry(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._renews_before_expiry())

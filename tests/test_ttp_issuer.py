@@ -89,7 +89,8 @@ class EnrollmentTests(IssuerTestCase):
         self.issued(enroll_request(token, "bank.example", Role.SERVER, self.key))
         stored = self.ttp.store.get_token(token.token_id)
         assert stored is not None and stored.spent_at is not None
-        self.assertRefused(Refusal.token_spent, enroll_request(token, "bank.example", Role.SERVER, self.key))
+        other_key = cached_key(KeyType.EC_P256, "issuer-other")
+        self.assertRefused(Refusal.token_spent, enroll_request(token, "bank.example", Role.SERVER, other_key))
         self.assertEqual(len(self.ttp.store.list_certificates()), 1)
 
     def test_failures_do_not_spend_the_token(self) -> None:
@@ -174,12 +175,13 @@ class RenewalTests(IssuerTestCase):
         self.assertEqual(sum(s == "valid" for s in statuses), 1)
         self.assertEqual(sum(s.startswith("superseded") for s in statuses), 2)
 
-    def test_replayed_or_superseded_request_is_not_renewable(self) -> None:
+    def test_replayed_request_gets_the_same_successor_and_nothing_more(self) -> None:
+        # (Retries and reuse in detail: tests/test_ttp_lineage.py.)
         first = self.enroll()
         request = self.renew_request(first, self.key)
-        self.issued(request)
-        self.assertRefused(Refusal.not_renewable, request)
-        self.assertRefused(Refusal.not_renewable, self.renew_request(first, self.key))
+        successor = self.issued(request)
+        self.assertEqual(self.issued(request), successor)
+        self.assertEqual(len(self.ttp.store.list_certificates()), 2)
 
     def test_signature_must_be_by_the_current_key(self) -> None:
         first = self.enroll()

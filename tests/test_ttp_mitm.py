@@ -7,6 +7,8 @@ trust another CA or a stale answer (every reply is checked against the pin and o
 from __future__ import annotations
 
 import datetime
+import os
+import stat
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,12 +23,23 @@ from twisted.trial import unittest
 
 from tlsotp.alerts import Alert, AlertError
 from tlsotp.pki.authority import build_crl, build_root, issue_certificate
-from tlsotp.pki.keys import KeyType
+from tlsotp.pki import pem
+from tlsotp.pki.keys import KeyType, describe_key
 from tlsotp.pki.roles import Role
 from tlsotp.ttp import wire
 from tlsotp.ttp.ca import TTPPaths, init_ca
 from tlsotp.ttp.client import exchange
-from tlsotp.ttp.enroll import Credentials, EnrollmentRefused, RootPin, enroll, fetch_crl, load_credentials, renew
+from tlsotp.ttp.credentials import NEXT_KEY_FILE, spki
+from tlsotp.ttp.enroll import (
+    Credentials,
+    EnrollmentRefused,
+    RootPin,
+    TTPUnavailable,
+    enroll,
+    fetch_crl,
+    load_credentials,
+    renew,
+)
 from tlsotp.ttp.store import Store
 from tlsotp.ttp.wire import Refusal
 
@@ -47,6 +60,10 @@ class _Backend(NetstringReceiver):
 
     def stringReceived(self, string: bytes) -> None:
         self.front.proxy.replies.append(string)
+        if self.front.proxy.drop_replies > 0:  # the TTP decided and replied; the requester never hears it
+            self.front.proxy.drop_replies -= 1
+            self.front.transport.abortConnection()
+            return
         self.front.sendString(self.front.proxy.on_reply(string))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -89,6 +106,7 @@ class MITMProxy:
         self.replies: list[bytes] = []
         self.on_request: Rewrite = lambda frame: frame
         self.on_reply: Rewrite = lambda frame: frame
+        self.drop_replies = 0  # cut the connection instead of passing on this many replies
 
     def start(self, testcase: unittest.TestCase) -> Deferred[str]:
         factory = Factory.forProtocol(lambda: _Front(self))  # type: ignore[arg-type, return-value]
@@ -168,21 +186,85 @@ class CertificateTheftTests(MITMTestCase):
         await self.enroll("server", token, self.direct)
         self.assertEqual(self.certificates_in_db(), 1)
 
-    async def test_replayed_request_is_refused(self) -> None:
-        await self.enroll("server", self.token())
+    async def test_replayed_request_gets_nothing_new(self) -> None:
+        """A replay is the same enrollment again: the certificate already issued (public), no other."""
+        credentials = await self.enroll("server", self.token())
         replayed = wire.decode_request(self.proxy.requests[0])
         reply = await exchange(reactor, self.direct, replayed, timeout=10)
-        assert isinstance(reply, wire.Refused)
-        self.assertEqual(reply.code, Refusal.token_spent)
+        assert isinstance(reply, wire.Issued), reply
+        self.assertEqual(reply.cert_der, credentials.leaf.public_bytes(DER))
         self.assertEqual(self.certificates_in_db(), 1)
 
-    async def test_replayed_renewal_is_refused(self) -> None:
+    async def test_replayed_renewal_gets_nothing_new(self) -> None:
         await self.enroll("server", self.token(), self.direct)
-        await renew(reactor, self.via_proxy, data_dir=self.base / "server")
+        renewed = await renew(reactor, self.via_proxy, data_dir=self.base / "server")
         replayed = wire.decode_request(self.proxy.requests[0])
         reply = await exchange(reactor, self.direct, replayed, timeout=10)
-        assert isinstance(reply, wire.Refused)
-        self.assertEqual(reply.code, Refusal.not_renewable)
+        assert isinstance(reply, wire.Issued), reply
+        self.assertEqual(reply.cert_der, renewed.leaf.public_bytes(DER))
+        self.assertEqual(self.certificates_in_db(), 2)
+
+
+class LostReplyTests(MITMTestCase):
+    """The connection is cut after the TTP committed and replied: re-running costs no token."""
+
+    async def test_enrollment_retry_reuses_the_pending_key_and_gets_the_same_certificate(self) -> None:
+        token = self.token()
+        self.proxy.drop_replies = 1
+        with self.assertRaises(TTPUnavailable):
+            await self.enroll("server", token)
+        party = self.base / "server"
+        self.assertEqual(self.certificates_in_db(), 1)  # issued and committed, reply lost
+        self.assertFalse((party / "cert.pem").exists())
+        pending = party / NEXT_KEY_FILE
+        self.assertEqual(stat.S_IMODE(os.stat(pending).st_mode), 0o600)
+        pending_key = pem.load_private_key(pending)
+        credentials = await self.enroll("server", token)
+        self.assertEqual(self.certificates_in_db(), 1)
+        self.assertEqual(spki(credentials.key.public_key()), spki(pending_key.public_key()))
+        self.assertFalse(pending.exists())
+        loaded = load_credentials(party)
+        assert loaded is not None
+        self.assertEqual(loaded.leaf, credentials.leaf)
+        self.assertEqual(wire.decode_reply(self.proxy.replies[0]), wire.decode_reply(self.proxy.replies[1]))
+
+    async def test_renewal_with_a_new_key_retried_without_the_flag_finishes_it(self) -> None:
+        party = self.base / "server"
+        first = await self.enroll("server", self.token(), self.direct)
+        self.proxy.drop_replies = 1
+        with self.assertRaises(TTPUnavailable):
+            await renew(reactor, self.via_proxy, data_dir=party, new_key=True, key_type=KeyType.EC_P384)
+        self.assertEqual(self.certificates_in_db(), 2)
+        # Plain 'renew' (as the server daemon's renewal does) finishes the pending renewal:
+        # certifying the old key instead would look like a second holder of it.
+        renewed = await renew(reactor, self.via_proxy, data_dir=party)
+        self.assertEqual(self.certificates_in_db(), 2)
+        self.assertEqual(describe_key(renewed.key), "ec-p384")
+        self.assertNotEqual(renewed.leaf.serial_number, first.leaf.serial_number)
+        self.assertFalse((party / NEXT_KEY_FILE).exists())
+        store = Store.open(TTPPaths(self.ttp_dir).db)
+        self.addCleanup(store.close)
+        self.assertEqual(store.revocations(), [])
+        # A different key type while a key is pending is refused before anything is sent.
+        self.proxy.drop_replies = 1
+        with self.assertRaises(TTPUnavailable):
+            await renew(reactor, self.via_proxy, data_dir=party, new_key=True)
+        with self.assertRaises(ValueError):
+            await renew(reactor, self.via_proxy, data_dir=party, new_key=True, key_type=KeyType.RSA_2048)
+
+    async def test_a_daemon_that_lost_its_enrollment_reply_starts_on_the_next_try(self) -> None:
+        from tlsotp.party.bootstrap import obtain_credentials
+
+        token = self.token()
+        party = self.base / "server"
+        kw: dict[str, Any] = dict(data_dir=party, ttp=self.via_proxy, pin=self.pin, token=token, name="bank.example",
+                                  role=Role.SERVER, key_type=KeyType.EC_P256, timeout=10)
+        self.proxy.drop_replies = 1
+        with self.assertRaises(TTPUnavailable):
+            await obtain_credentials(reactor, **kw)
+        credentials = await obtain_credentials(reactor, **kw)
+        self.assertEqual(self.certificates_in_db(), 1)
+        self.assertEqual(credentials.leaf, (await obtain_credentials(reactor, **kw)).leaf)
 
 
 class ForgedReplyTests(MITMTestCase):

@@ -101,7 +101,11 @@ class TCPRefusalTests(unittest.TestCase):
 
         issued = await exchange(reactor, self.endpoint, enroll_request(token, name, role, self.key), timeout=10)
         assert isinstance(issued, wire.Issued)
-        await self.assertRefused(Refusal.token_spent, enroll_request(token, name, role, self.key))
+        # The same key again is the same enrollment (its reply lost); another key finds the token spent.
+        again = await exchange(reactor, self.endpoint, enroll_request(token, name, role, self.key), timeout=10)
+        self.assertEqual(again, issued)
+        other = cached_key(KeyType.EC_P256, "tcp-refusals-other")
+        await self.assertRefused(Refusal.token_spent, enroll_request(token, name, role, other))
 
         csr = csr_der(self.key, name)
         nonce = bytes(32)

@@ -195,7 +195,11 @@ class OTPServerService(service.Service):
         if remaining > datetime.timedelta(seconds=self.options["renew-before"]):
             return
         try:
-            credentials = await renew(self.reactor, self.options["ttp"], data_dir=self.data_dir, timeout=self.options["timeout"])
+            # A new key (of the same type) at each renewal: then a copy of an old key can neither
+            # renew unnoticed (the TTP's reuse detection) nor outlive the next renewal.
+            credentials = await renew(
+                self.reactor, self.options["ttp"], data_dir=self.data_dir, new_key=True, timeout=self.options["timeout"]
+            )
         except Exception as exc:
             log.warn("certificate renewal failed, will retry: {error}", error=str(exc))
             return

@@ -95,10 +95,16 @@ def issue_certificate(
     days: int,
     now: datetime.datetime,
     serial: int | None = None,
+    not_after_limit: datetime.datetime | None = None,
 ) -> x509.Certificate:
-    """An end-entity certificate for ``name`` in ``role``; the caller has already authorised it."""
+    """An end-entity certificate for ``name`` in ``role``; the caller has already authorised it.
+
+    It expires ``days`` after ``now``, but never after the root, nor after ``not_after_limit``.
+    """
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     not_after = min(now + datetime.timedelta(days=days), ca_cert.not_valid_after_utc)
+    if not_after_limit is not None:
+        not_after = min(not_after, not_after_limit)
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(name))

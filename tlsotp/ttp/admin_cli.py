@@ -8,7 +8,6 @@ key, so they run while the daemon runs (SQLite serialises the writers). Machine-
 from __future__ import annotations
 
 import datetime
-import re
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -16,6 +15,7 @@ from cryptography import x509
 from twisted.python import usage
 
 from tlsotp.cli import Command, CommandFailed, CommandGroup, Subcommand
+from tlsotp.option_types import duration
 from tlsotp.pki.keys import KEY_TYPE_NAMES, KeyType, parse_key_type
 from tlsotp.pki.names import check_dns_name
 from tlsotp.pki.roles import Role
@@ -25,8 +25,6 @@ from tlsotp.ttp.store import AlreadyRevoked, Store, StoreError, UnknownSerial, p
 
 DEFAULT_TTL = "1h"
 MAX_TTL = datetime.timedelta(days=30)
-_DURATION = re.compile(r"^(\d+)([smhd]?)$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 # Reasons an operator may give; certificate_hold / remove_from_crl imply un-revoking, which the TTP does not do.
 REASONS = {
@@ -37,13 +35,11 @@ REASONS = {
 
 
 def parse_duration(text: str) -> datetime.timedelta:
-    match = _DURATION.match(text.strip().lower())
-    if match is None:
-        raise ValueError(f"{text!r} is not a duration such as 90s, 30m, 1h or 7d")
-    duration = datetime.timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
-    if duration <= datetime.timedelta(0) or duration > MAX_TTL:
+    """A token's time to live: a duration (see ``tlsotp.option_types.duration``) of at most 30 days."""
+    value = duration(text)
+    if value > MAX_TTL:
         raise ValueError(f"a token lives more than 0 s and at most {MAX_TTL.days} days")
-    return duration
+    return value
 
 
 def parse_role(text: str) -> Role:
@@ -139,7 +135,7 @@ class TokenOptions(_DataDirOptions):
 
 
 class RevokeOptions(_DataDirOptions):
-    """Revoke an issued certificate by serial; the daemon's next CRL lists it."""
+    """Revoke a certificate's whole enrollment by one serial; the daemon's next CRL lists it."""
 
     optParameters: list[list[Any]] = [
         ["data-dir", "d", None, "The TTP's data dir."],
@@ -166,20 +162,27 @@ class RevokeOptions(_DataDirOptions):
     def execute(self, reactor: Any, out: TextIO) -> int:
         store = self._store()
         try:
-            record = store.revoke(self["serial"], self["reason"], now=utcnow())
+            revocation = store.revoke(self["serial"], self["reason"], now=utcnow())
         except (UnknownSerial, AlreadyRevoked) as exc:
             raise CommandFailed(str(exc)) from None
         finally:
             store.close()
+        record = revocation.record
+        serials = ", ".join(serial_text(serial) for serial in revocation.serials) or "none (all expired or revoked)"
+        lineage = (
+            f"enrollment {revocation.enrollment} revoked, it can never be renewed again; "
+            if revocation.enrollment is not None
+            else ""
+        )
         out.write(
-            f"revoked {serial_text(record.serial)} ({record.name}, {record.role.value}): "
-            f"{self['reason'].name}; the TTP serves it in its CRL from now on\n"
+            f"revoked {serial_text(record.serial)} ({record.name}, {record.role.value}): {self['reason'].name}; "
+            f"{lineage}serials revoked: {serials}; the TTP serves them in its CRL from now on\n"
         )
         return 0
 
 
 class ListOptions(_DataDirOptions):
-    """List every certificate the TTP issued, with its status."""
+    """List every certificate the TTP issued, with its enrollment (token id) and status."""
 
     optParameters: list[list[Any]] = [["data-dir", "d", None, "The TTP's data dir."]]
 
@@ -190,13 +193,14 @@ class ListOptions(_DataDirOptions):
         finally:
             store.close()
         now = utcnow()
-        rows = [("SERIAL", "NAME", "ROLE", "NOT BEFORE", "NOT AFTER", "STATUS")]
+        rows = [("SERIAL", "NAME", "ROLE", "ENROLLMENT", "NOT BEFORE", "NOT AFTER", "STATUS")]
         for record in records:
             rows.append(
                 (
                     serial_text(record.serial),
                     record.name,
                     record.role.value,
+                    record.enrollment or "-",
                     f"{record.not_before:%Y-%m-%d %H:%M}",
                     f"{record.not_after:%Y-%m-%d %H:%M}",
                     record.status(now),
@@ -214,6 +218,8 @@ class TTPOptions(CommandGroup):
     commands = [
         Subcommand("init", None, "tlsotp.ttp.admin_cli:InitOptions", "Create the CA key and root; print its fingerprint."),
         Subcommand("token", None, "tlsotp.ttp.admin_cli:TokenOptions", "Mint a one-time enrollment token."),
-        Subcommand("revoke", None, "tlsotp.ttp.admin_cli:RevokeOptions", "Revoke a certificate by serial."),
+        Subcommand(
+            "revoke", None, "tlsotp.ttp.admin_cli:RevokeOptions", "Revoke the whole enrollment of a certificate, by serial."
+        ),
         Subcommand("list", None, "tlsotp.ttp.admin_cli:ListOptions", "List issued certificates and their status."),
     ]

@@ -7,10 +7,14 @@ Files in a party's data dir::
     ca.pem    the TTP root it was verified against; renewal and CRL checks pin this
     crl.pem   the last CRL fetched and verified (written by fetch_crl)
 
-``cert.pem`` is written last and marks the dir as enrolled. A new key is first written as
-``key.pem.next`` and renamed into place only after ``cert.pem``; if a crash falls between the
-two, loading finishes the rename, so a key and certificate that do not belong together are
-never used.
+``cert.pem`` is written last and marks the dir as enrolled. A new key is written as
+``key.pem.next`` (0600) *before* the request that certifies it is sent, and renamed into place
+only after ``cert.pem``; if a crash falls between the two, loading finishes the rename, so a key
+and certificate that do not belong together are never used. A ``key.pem.next`` that belongs to
+no certificate yet is a *pending* key: its request went out but no answer came back (or was
+refused). The next enrollment or renewal certifies that same key again, which makes re-running
+the command after a lost reply the same request once more, answered with the certificate the
+TTP already issued.
 """
 
 from __future__ import annotations
@@ -135,6 +139,21 @@ def _finish_key_rename(data_dir: Path, leaf: x509.Certificate) -> None:
         return
     if spki(key.public_key()) == spki(leaf.public_key()):
         os.replace(pending, data_dir / KEY_FILE)
+
+
+def pending_key(data_dir: Path) -> PrivateKey | None:
+    """The key an earlier enrollment or renewal sent without getting its certificate, if any."""
+    path = Path(data_dir) / NEXT_KEY_FILE
+    if not path.exists():
+        return None
+    return pem.load_private_key(path)
+
+
+def write_pending_key(data_dir: Path, key: PrivateKey) -> None:
+    """Keep a new key (0600, fsynced) before asking the TTP to certify it."""
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    pem.write_private_key(data_dir / NEXT_KEY_FILE, key)
 
 
 def write_credentials(data_dir: Path, credentials: Credentials, *, new_key: bool) -> None:

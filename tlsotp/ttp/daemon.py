@@ -27,9 +27,9 @@ from twisted.python.threadpool import ThreadPool
 
 from tlsotp import shutdown
 from tlsotp.addresses import describe_address
-from tlsotp.option_types import positive_float, positive_int
+from tlsotp.option_types import duration, positive_float, positive_int
 from tlsotp.ttp.ca import CAError, CertificateAuthority, TTPPaths, load_ca, read_passphrase
-from tlsotp.ttp.issuer import DEFAULT_CERT_DAYS, Issuer, Outcome
+from tlsotp.ttp.issuer import DEFAULT_CERT_DAYS, DEFAULT_MAX_LINEAGE, Issuer, Outcome
 from tlsotp.ttp.server import DEFAULT_TIMEOUT, EnrollmentServerFactory
 from tlsotp.ttp.store import Store, StoreError
 
@@ -51,6 +51,11 @@ class Options(usage.Options):
         ["cert-days", None, DEFAULT_CERT_DAYS, "Lifetime of issued certificates, in days.", positive_int],
         ["timeout", None, DEFAULT_TIMEOUT, "Seconds a requester has to send its complete request.", positive_float],
         ["crl-hours", None, DEFAULT_CRL_HOURS, "Hours from a CRL's issue to its next update.", positive_float],
+        [
+            "max-lineage", None, f"{DEFAULT_MAX_LINEAGE.days}d",
+            "How long an enrollment may be renewed, from its token's use (90d, 12h, ...); then a new token is needed.",
+            duration,
+        ],
     ]
 
     ca: CertificateAuthority
@@ -59,6 +64,8 @@ class Options(usage.Options):
         if not self["data-dir"]:
             raise usage.UsageError("--data-dir is required")
         self["data-dir"] = Path(self["data-dir"])
+        if isinstance(self["max-lineage"], str):  # the default, which usage.Options does not coerce
+            self["max-lineage"] = duration(self["max-lineage"])
         try:
             passphrase_file = self["passphrase-file"]
             passphrase = read_passphrase(Path(passphrase_file) if passphrase_file else None)
@@ -93,6 +100,7 @@ class TTPService(service.Service):
         cert_days: int = DEFAULT_CERT_DAYS,
         timeout: float = DEFAULT_TIMEOUT,
         crl_validity: datetime.timedelta = datetime.timedelta(hours=DEFAULT_CRL_HOURS),
+        max_lineage: datetime.timedelta = DEFAULT_MAX_LINEAGE,
     ) -> None:
         self.reactor = reactor
         self.ca = ca
@@ -101,6 +109,7 @@ class TTPService(service.Service):
         self.cert_days = cert_days
         self.timeout = timeout
         self.crl_validity = crl_validity
+        self.max_lineage = max_lineage
         self.port: Any = None  # an IListeningPort once listening
         self._pool: ThreadPool | None = None
         self._store: Store | None = None
@@ -142,7 +151,9 @@ class TTPService(service.Service):
             self._store = Store.open(TTPPaths(self.data_dir).db)  # checked again: intact and writable
         except StoreError as exc:
             refuse_to_start(str(exc))
-        self._issuer = Issuer(self.ca, self._store, cert_days=self.cert_days, crl_validity=self.crl_validity)
+        self._issuer = Issuer(
+            self.ca, self._store, cert_days=self.cert_days, crl_validity=self.crl_validity, max_lineage=self.max_lineage
+        )
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name="tlsotp-ttp-issuer")
         self._pool.start()
 
@@ -182,6 +193,7 @@ def makeService(options: Options) -> service.IService:
             cert_days=options["cert-days"],
             timeout=options["timeout"],
             crl_validity=datetime.timedelta(hours=options["crl-hours"]),
+            max_lineage=options["max-lineage"],
         ),
     )
 

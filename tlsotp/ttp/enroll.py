@@ -9,6 +9,11 @@ Failures are typed: ``EnrollmentRefused`` (the TTP said no, with its refusal cod
 ``AlertError`` (the reply failed verification, e.g. ``unknown_ca``), ``TTPUnavailable``
 (connection, timeout), ``NotEnrolled`` / ``AlreadyEnrolled`` (the data dir's state),
 ``ValueError`` (a malformed token or name), ``PEMError`` (broken files).
+
+Retries: a new key is written to ``key.pem.next`` before the request goes out, and a later
+enrollment or renewal in the same data dir reuses that pending key. The TTP answers the same
+token (or the same certificate to renew) with the same key by sending the certificate it
+already issued, so re-running a command whose reply was lost succeeds and costs no token.
 """
 
 from __future__ import annotations
@@ -40,13 +45,16 @@ from tlsotp.ttp.credentials import (
     CERT_FILE,
     CRL_FILE,
     KEY_FILE,
+    NEXT_KEY_FILE,
     Credentials,
     RootPin,
     certified_name,
     certified_role,
     load_credentials,
+    pending_key,
     spki,
     write_credentials,
+    write_pending_key,
 )
 from tlsotp.ttp.renewal_proof import sign_renewal
 from tlsotp.ttp.wire import Refusal
@@ -108,7 +116,11 @@ def enroll(
     key_type: KeyType = KeyType.EC_P256,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> Deferred[Credentials]:
-    """Make a key and CSR, prove the token, verify the reply, write key.pem, cert.pem, ca.pem."""
+    """Make (or reuse the pending) key and a CSR, prove the token, verify the reply, write the files.
+
+    The key is kept in ``key.pem.next`` before the request is sent: if the reply is lost, calling
+    this again with the same token reuses it and gets the certificate the TTP already issued.
+    """
     return Deferred.fromCoroutine(
         _enroll(reactor, ttp, Path(data_dir), pin, token, name, role, key_type, timeout)
     )
@@ -129,7 +141,10 @@ async def _enroll(
     name = check_dns_name(name_text)
     if (data_dir / CERT_FILE).exists():
         raise AlreadyEnrolled(f"{data_dir} is already enrolled ({CERT_FILE} exists); renew instead")
-    key = await _generate_key(reactor, key_type)
+    key = pending_key(data_dir)
+    if key is None or parse_key_type(describe_key(key)) is not key_type:
+        key = await _generate_key(reactor, key_type)
+        write_pending_key(data_dir, key)
     csr_der = build_csr(key, name).public_bytes(serialization.Encoding.DER)
     nonce = secrets.token_bytes(wire.NONCE_BYTES)
     proof = tokens.enrollment_proof(token.mac_key(), token.token_id, role, name, nonce, csr_der)
@@ -149,7 +164,12 @@ def renew(
     key_type: KeyType | None = None,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> Deferred[Credentials]:
-    """Prove possession of the current key and get a fresh certificate; the pin is ca.pem."""
+    """Prove possession of the current key and get a fresh certificate; the pin is ca.pem.
+
+    A pending key (``key.pem.next``, left by a renewal whose reply was lost) is certified
+    again, with or without ``new_key``: the TTP then answers with the certificate it already
+    issued for it. Asking for the old key instead would look like a second holder of the key.
+    """
     return Deferred.fromCoroutine(_renew(reactor, ttp, Path(data_dir), new_key, key_type, timeout))
 
 
@@ -163,7 +183,20 @@ async def _renew(
     if key_type is not None and key_type is not current_type and not new_key:
         raise ValueError(f"the current key is {current_type.value}; a different key type needs a new key")
     name, role = certified_name(current.leaf), certified_role(current.leaf)
-    key = await _generate_key(reactor, key_type or current_type) if new_key else current.key
+    key = pending_key(data_dir)
+    if key is not None:
+        pending_type = parse_key_type(describe_key(key))
+        if key_type is not None and key_type is not pending_type:
+            raise ValueError(
+                f"{data_dir / NEXT_KEY_FILE} holds the {pending_type.value} key of a renewal whose reply never came; "
+                f"renew without --key-type to finish that renewal first"
+            )
+        new_key = True
+    elif new_key:
+        key = await _generate_key(reactor, key_type or current_type)
+        write_pending_key(data_dir, key)
+    else:
+        key = current.key
     cert_der = current.leaf.public_bytes(serialization.Encoding.DER)
     csr_der = build_csr(key, name).public_bytes(serialization.Encoding.DER)
     nonce = secrets.token_bytes(wire.NONCE_BYTES)

@@ -5,6 +5,13 @@ log line, and never raises. Everything it commits is committed before it returns
 network shell may only send the reply afterwards. The daemon runs it on a single worker thread
 (signing and SQLite never block the reactor, and decisions never interleave); tests call it
 directly.
+
+Retries and reuse. Enrollment and renewal are idempotent: a request whose reply was lost can
+be sent again (same token, or same certificate to renew, and the same public key in the CSR)
+and gets the certificate already issued, without another being issued. A renewal that
+presents an already renewed certificate with any other key, or a certificate two renewals
+back, cannot be a retry: two parties hold that key, so the whole lineage is revoked
+(keyCompromise) and the refusal is logged as one warning naming the enrollment.
 """
 
 from __future__ import annotations
@@ -25,11 +32,23 @@ from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import Clock, utcnow
 from tlsotp.ttp import renewal_proof, tokens, wire
 from tlsotp.ttp.ca import CertificateAuthority
-from tlsotp.ttp.store import NotRenewable, SerialInUse, Store, TokenUnavailable, renewal_problem, serial_text
+from tlsotp.ttp.store import (
+    CertificateRecord,
+    LineageRevocation,
+    NotRenewable,
+    SerialInUse,
+    Store,
+    TokenUnavailable,
+    lineage_end,
+    public_key_der,
+    renewal_problem,
+    serial_text,
+)
 from tlsotp.ttp.wire import Refusal, RequestRefused
 
 DEFAULT_CERT_DAYS = 7
 DEFAULT_CRL_VALIDITY = datetime.timedelta(days=1)
+DEFAULT_MAX_LINEAGE = datetime.timedelta(days=90)
 SERIAL_ATTEMPTS = 3
 
 _TOKEN_REFUSALS = {
@@ -66,8 +85,10 @@ class Issuer:
         crl_validity: datetime.timedelta = DEFAULT_CRL_VALIDITY,
         clock: Clock = utcnow,
         timestamp_window: int = renewal_proof.TIMESTAMP_WINDOW_SECONDS,
+        max_lineage: datetime.timedelta = DEFAULT_MAX_LINEAGE,
     ) -> None:
         self.ca = ca
+        self.max_lineage = max_lineage
         self.store = store
         self.cert_days = cert_days
         self.crl_validity = crl_validity
@@ -105,6 +126,13 @@ class Issuer:
         ):
             raise RequestRefused(Refusal.bad_token_proof, f"proof for token {request.token_id} does not verify")
         if token.spent_at is not None:
+            again = self._enrollment_retry(request, token.name, token.role, now)
+            if again is not None:
+                return Outcome(
+                    wire.Issued(self._root_der, again.der),
+                    f"re-sent serial {serial_text(again.serial)} to {token.name} ({token.role.value}) for token "
+                    f"{token.token_id}: the same enrollment again (same key), its reply was lost",
+                )
             raise RequestRefused(
                 Refusal.token_spent, f"token {token.token_id} was spent at {token.spent_at:%Y-%m-%d %H:%M:%S} UTC"
             )
@@ -120,7 +148,7 @@ class Issuer:
             )
         public_key = self._checked_csr(request.csr_der, token.name)
         for _ in range(SERIAL_ATTEMPTS):
-            cert = self._issue(public_key, token.name, token.role, now)
+            cert = self._issue(public_key, token.name, token.role, now, not_after_limit=now + self.max_lineage)
             try:
                 self.store.record_enrollment(token.token_id, cert, token.role, token.name, now=now)
             except SerialInUse:
@@ -156,23 +184,50 @@ class Issuer:
                 Refusal.bad_timestamp,
                 f"renewal request time is more than {self.timestamp_window} s from the TTP's clock",
             )
-        problem = renewal_problem(record, now)
+        enrollment = None if record.enrollment is None else self.store.get_enrollment(record.enrollment)
+        lineage_open = enrollment is not None and enrollment.revoked_at is None
+        if record.superseded_by is not None and record.revoked_at is None and lineage_open:
+            return self._renewal_of_superseded(record, request.csr_der, now)
+        problem = renewal_problem(record, enrollment, now, self.max_lineage)
         if problem:
             raise RequestRefused(Refusal.not_renewable, problem)
+        assert enrollment is not None
         public_key = self._checked_csr(request.csr_der, record.name)
         for _ in range(SERIAL_ATTEMPTS):
-            cert = self._issue(public_key, record.name, record.role, now)
+            cert = self._issue(
+                public_key, record.name, record.role, now, not_after_limit=lineage_end(enrollment, self.max_lineage)
+            )
             try:
-                self.store.record_renewal(record.serial, cert, now=now)
+                self.store.record_renewal(record.serial, cert, now=now, max_lineage=self.max_lineage)
             except SerialInUse:
                 continue
-            except NotRenewable as exc:  # renewed or revoked by a concurrent request
+            except NotRenewable as exc:  # revoked by the operator meanwhile
                 raise RequestRefused(Refusal.not_renewable, str(exc)) from None
             return Outcome(
                 wire.Issued(self._root_der, cert.public_bytes(serialization.Encoding.DER)),
-                f"renewed serial {serial} as {serial_text(cert.serial_number)} for {record.name} ({record.role.value})",
+                f"renewed serial {serial} as {serial_text(cert.serial_number)} for {record.name} "
+                f"({record.role.value}), enrollment {record.enrollment}",
             )
         raise RequestRefused(Refusal.internal_error, "could not draw an unused serial")
+
+    def _renewal_of_superseded(self, record: CertificateRecord, csr_der: bytes, now: datetime.datetime) -> Outcome:
+        """A valid proof for a certificate already renewed: the same renewal again, or key reuse."""
+        serial = serial_text(record.serial)
+        try:
+            public_key: bytes | None = public_key_der(self._checked_csr(csr_der, record.name))
+        except RequestRefused:
+            public_key = None  # a retry's CSR is as good as the first one was: this is no retry
+        try:
+            result = self.store.resolve_superseded(record.serial, public_key, now=now)
+        except NotRenewable as exc:
+            raise RequestRefused(Refusal.not_renewable, str(exc)) from None
+        if isinstance(result, CertificateRecord):
+            return Outcome(
+                wire.Issued(self._root_der, result.der),
+                f"re-sent serial {serial_text(result.serial)} to {record.name} ({record.role.value}): the same "
+                f"renewal of serial {serial} again (same key), its reply was lost",
+            )
+        return _reuse_detected(record, result)
 
     # The CRL: rebuilt when a revocation was recorded (by any process) or half its life is gone.
 
@@ -207,5 +262,38 @@ class Issuer:
         except csr_checks.CSRRefused as exc:
             raise RequestRefused(Refusal.bad_csr, str(exc)) from None
 
-    def _issue(self, public_key: PublicKey, name: str, role: Role, now: datetime.datetime) -> x509.Certificate:
-        return issue_certificate(self.ca.key, self.ca.root, public_key, name=name, role=role, days=self.cert_days, now=now)
+    def _enrollment_retry(
+        self, request: wire.EnrollRequest, name: str, role: Role, now: datetime.datetime
+    ) -> CertificateRecord | None:
+        """The certificate this spent token bought, if this request is that enrollment again."""
+        if request.name != name or request.role is not role:
+            return None
+        try:
+            public_key = public_key_der(self._checked_csr(request.csr_der, name))
+        except RequestRefused:
+            return None
+        return self.store.enrollment_retry(request.token_id, public_key, now)
+
+    def _issue(
+        self, public_key: PublicKey, name: str, role: Role, now: datetime.datetime, *, not_after_limit: datetime.datetime
+    ) -> x509.Certificate:
+        return issue_certificate(
+            self.ca.key, self.ca.root, public_key, name=name, role=role, days=self.cert_days, now=now,
+            not_after_limit=not_after_limit,
+        )
+
+
+def _reuse_detected(record: CertificateRecord, revocation: LineageRevocation) -> Outcome:
+    """Refuse, and give the operator one warning line naming the enrollment (no secret in it)."""
+    serial = serial_text(record.serial)
+    revoked = ", ".join(serial_text(s) for s in revocation.serials) or "none still valid"
+    detail = (
+        f"serial {serial} was already renewed: a second holder of its key; its enrollment "
+        f"{record.enrollment} is revoked, enroll again with a new token"
+    )
+    summary = (
+        f"refused not_renewable: KEY REUSE: serial {serial} of {record.name} ({record.role.value}) was presented "
+        f"for renewal again after it was renewed, with another key: two parties hold its key. Enrollment "
+        f"{record.enrollment} revoked (key_compromise), serials revoked: {revoked}; the rightful owner needs a new token"
+    )
+    return Outcome(wire.Refused(Refusal.not_renewable, detail), summary)

@@ -14,8 +14,8 @@ from tlsotp.pki.keys import KEY_TYPE_NAMES, KeyType, parse_key_type
 from tlsotp.pki.names import check_dns_name
 from tlsotp.pki.pem import PEMError, write_crl
 from tlsotp.ttp.admin_cli import parse_role
-from tlsotp.ttp.credentials import CA_FILE, RootPin
-from tlsotp.ttp.enroll import DEFAULT_TIMEOUT, crl_number, enroll, fetch_crl, renew
+from tlsotp.ttp.credentials import CA_FILE, NEXT_KEY_FILE, RootPin
+from tlsotp.ttp.enroll import DEFAULT_TIMEOUT, TTPUnavailable, crl_number, enroll, fetch_crl, renew
 from tlsotp.ttp.store import serial_text
 
 DEFAULT_TTP = "tcp:host=127.0.0.1:port=7000"
@@ -44,6 +44,16 @@ def pin_from_options(options: usage.Options, *, required: bool) -> RootPin | Non
     if required:
         raise usage.UsageError("pin the TTP root: give --ca-fingerprint sha256:HEX or --ca-cert FILE")
     return None
+
+
+def _retry_hint(exc: TTPUnavailable, data_dir: Path) -> CommandFailed:
+    """No reply: the TTP may have issued the certificate. Say that re-running is safe."""
+    if (data_dir / NEXT_KEY_FILE).exists():
+        return CommandFailed(
+            f"{exc}; if the request got through, the TTP issued a certificate for the key kept in "
+            f"{data_dir / NEXT_KEY_FILE}: run the same command again to get it"
+        )
+    return CommandFailed(str(exc))
 
 
 class EnrollOptions(Command):
@@ -77,17 +87,20 @@ class EnrollOptions(Command):
             raise usage.UsageError(str(exc)) from None
 
     async def execute(self, reactor: Any, out: TextIO) -> int:
-        credentials = await enroll(
-            reactor,
-            self["ttp"],
-            data_dir=self["data-dir"],
-            pin=self["pin"],
-            token=self["token"],
-            name=self["name"],
-            role=self["role"],
-            key_type=self["key-type"],
-            timeout=self["timeout"],
-        )
+        try:
+            credentials = await enroll(
+                reactor,
+                self["ttp"],
+                data_dir=self["data-dir"],
+                pin=self["pin"],
+                token=self["token"],
+                name=self["name"],
+                role=self["role"],
+                key_type=self["key-type"],
+                timeout=self["timeout"],
+            )
+        except TTPUnavailable as exc:
+            raise _retry_hint(exc, self["data-dir"]) from None
         leaf = credentials.leaf
         out.write(
             f"enrolled {self['name']} as {self['role'].value}: serial {serial_text(leaf.serial_number)}, "
@@ -119,14 +132,17 @@ class RenewOptions(Command):
                 raise usage.UsageError(str(exc)) from None
 
     async def execute(self, reactor: Any, out: TextIO) -> int:
-        credentials = await renew(
-            reactor,
-            self["ttp"],
-            data_dir=self["data-dir"],
-            new_key=bool(self["new-key"]),
-            key_type=self["key-type"] or None,
-            timeout=self["timeout"],
-        )
+        try:
+            credentials = await renew(
+                reactor,
+                self["ttp"],
+                data_dir=self["data-dir"],
+                new_key=bool(self["new-key"]),
+                key_type=self["key-type"] or None,
+                timeout=self["timeout"],
+            )
+        except TTPUnavailable as exc:
+            raise _retry_hint(exc, self["data-dir"]) from None
         leaf = credentials.leaf
         out.write(
             f"renewed: serial {serial_text(leaf.serial_number)}, valid until "

@@ -9,6 +9,12 @@ are the primary key, so one can never be reused.
 The daemon uses one ``Store`` from one worker thread; the operator's commands open their own
 ``Store`` on the same file while it runs, and SQLite's locks (with a busy timeout) serialise
 the writers across processes.
+
+Lineage: every certificate belongs to an *enrollment*, named by the token that started it;
+renewals inherit it. Revocation, reuse detection and the lifetime cap act on the whole
+enrollment (``revoke``, ``resolve_superseded``, ``renewal_problem``). Schema version 2 added
+the ``enrollments`` table and ``certificates.enrollment``; ``open`` migrates a version 1 file
+in one transaction.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import datetime
 import os
 import sqlite3
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +30,7 @@ from typing import Callable, Iterator
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from tlsotp import database_checks
 from tlsotp.pki.authority import Revocation
@@ -30,10 +38,12 @@ from tlsotp.pki.roles import Role
 
 DB_NAME = "ttp.sqlite3"
 DB_MODE = 0o600  # it holds the MAC keys of unspent tokens
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_SECONDS = 10.0
 
-SCHEMA = """
+# The first schema, as version 1 files were made; ``create`` runs it, then every migration, so a
+# new file and a migrated one have exactly the same shape.
+SCHEMA_V1 = """
 CREATE TABLE meta (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -75,6 +85,19 @@ CREATE TABLE crl (
 INSERT INTO meta (key, value) VALUES ('schema_version', 1), ('crl_number', 0), ('revocation_generation', 0);
 """
 
+# Version 2: enrollment lineage. One row per spent token: when its lineage started, and whether
+# (when, why) the whole lineage was revoked. Every certificate names its enrollment.
+SCHEMA_V2 = """
+CREATE TABLE enrollments (
+    token_id TEXT PRIMARY KEY REFERENCES tokens (id),
+    started_at INTEGER NOT NULL,
+    revoked_at INTEGER,
+    reason TEXT
+);
+ALTER TABLE certificates ADD COLUMN enrollment TEXT REFERENCES enrollments (token_id);
+CREATE INDEX certificates_by_enrollment ON certificates (enrollment);
+"""
+
 
 class StoreError(Exception):
     """The database is missing, of another schema, or unusable."""
@@ -89,7 +112,7 @@ class TokenUnavailable(Exception):
 
 
 class NotRenewable(Exception):
-    """The certificate is unknown, expired, revoked or already superseded."""
+    """The certificate is unknown, expired, revoked, already superseded, or its lineage is over."""
 
 
 class SerialInUse(Exception):
@@ -129,6 +152,11 @@ def _moment(seconds: int) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
 
 
+def public_key_der(public_key: CertificatePublicKeyTypes) -> bytes:
+    """A public key's DER SubjectPublicKeyInfo: equal bytes, equal key."""
+    return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
 @dataclass(frozen=True)
 class TokenRecord:
     token_id: str
@@ -139,6 +167,16 @@ class TokenRecord:
     expires_at: datetime.datetime
     spent_at: datetime.datetime | None
     spent_serial: int | None
+
+
+@dataclass(frozen=True)
+class EnrollmentRecord:
+    """One lineage: started when its token was spent; once revoked, revoked for good."""
+
+    token_id: str
+    started_at: datetime.datetime
+    revoked_at: datetime.datetime | None
+    revocation_reason: x509.ReasonFlags | None
 
 
 @dataclass(frozen=True)
@@ -155,6 +193,7 @@ class CertificateRecord:
     superseded_by: int | None
     revoked_at: datetime.datetime | None
     revocation_reason: x509.ReasonFlags | None
+    enrollment: str | None = None
 
     def status(self, now: datetime.datetime) -> str:
         if self.revoked_at is not None:
@@ -168,6 +207,19 @@ class CertificateRecord:
 
     def certificate(self) -> x509.Certificate:
         return x509.load_der_x509_certificate(self.der)
+
+    def public_key_der(self) -> bytes:
+        return public_key_der(self.certificate().public_key())
+
+
+@dataclass(frozen=True)
+class LineageRevocation:
+    """What one revocation did: the certificate named, its enrollment, every serial newly revoked."""
+
+    record: CertificateRecord
+    enrollment: str | None
+    serials: list[int]
+    closed_lineage: bool  # the enrollment was open until now
 
 
 @dataclass(frozen=True)
@@ -194,9 +246,8 @@ class Store:
         store = cls(_connect(path), path)
         store._db.execute("PRAGMA journal_mode=WAL")
         with store._transaction():
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    store._db.execute(statement)
+            _run_script(store._db, SCHEMA_V1)
+            _migrate(store._db, 1, now=int(time.time()))
         return store
 
     @classmethod
@@ -210,9 +261,25 @@ class Store:
             row = connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         except sqlite3.DatabaseError as exc:
             raise StoreError(str(database_checks.unusable(path, exc) or f"{path}: not a TTP database ({exc})")) from None
+        if row is not None and isinstance(row[0], int) and 1 <= row[0] < SCHEMA_VERSION:
+            store = cls(connection, path)
+            store._upgrade()
+            return store
         if row is None or row[0] != SCHEMA_VERSION:
             raise StoreError(f"{path}: schema version {row and row[0]}, expected {SCHEMA_VERSION}")
         return cls(connection, path)
+
+    def _upgrade(self) -> None:
+        """Migrate an older file to SCHEMA_VERSION in one transaction (all or nothing)."""
+        try:
+            with self._transaction():
+                # Read again under the write lock: another process may have migrated meanwhile.
+                version = int(self._meta("schema_version"))
+                if version < SCHEMA_VERSION:
+                    _migrate(self._db, version, now=int(time.time()))
+        except (sqlite3.DatabaseError, StoreError) as exc:
+            self._db.close()
+            raise StoreError(f"{self.path}: cannot upgrade the database to schema version {SCHEMA_VERSION} ({exc})") from None
 
     def close(self) -> None:
         self._db.close()
@@ -257,20 +324,54 @@ class Store:
             spent_serial=None if row[7] is None else int(row[7], 16),
         )
 
+    def get_enrollment(self, token_id: str) -> EnrollmentRecord | None:
+        row = self._db.execute(
+            "SELECT token_id, started_at, revoked_at, reason FROM enrollments WHERE token_id = ?", (token_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        return EnrollmentRecord(
+            token_id=row[0],
+            started_at=_moment(row[1]),
+            revoked_at=None if row[2] is None else _moment(row[2]),
+            revocation_reason=None if row[3] is None else x509.ReasonFlags(row[3]),
+        )
+
     # Issuance
 
     def record_enrollment(self, token_id: str, cert: x509.Certificate, role: Role, name: str, *, now: datetime.datetime) -> None:
-        """Spend the token and record the certificate it bought, atomically."""
+        """Spend the token, start its enrollment and record the certificate it bought, atomically."""
         serial = serial_text(cert.serial_number)
         with self._transaction():
-            self._insert_certificate(cert, serial, name, role, now, token_id=token_id, renewed_from=None)
-            spent = self._db.execute(
-                "UPDATE tokens SET spent_at = ?, spent_serial = ? "
-                "WHERE id = ? AND spent_at IS NULL AND expires_at > ? AND name = ? AND role = ?",
-                (_seconds(now), serial, token_id, _seconds(now), name, role.value),
-            ).rowcount
-            if spent != 1:
+            available = self._db.execute(
+                "SELECT 1 FROM tokens WHERE id = ? AND spent_at IS NULL AND expires_at > ? AND name = ? AND role = ?",
+                (token_id, _seconds(now), name, role.value),
+            ).fetchone()
+            if available is None:
                 raise TokenUnavailable(self._why_unavailable(token_id, now))
+            self._db.execute("INSERT INTO enrollments (token_id, started_at) VALUES (?, ?)", (token_id, _seconds(now)))
+            self._insert_certificate(cert, serial, name, role, now, token_id=token_id, renewed_from=None, enrollment=token_id)
+            self._db.execute(
+                "UPDATE tokens SET spent_at = ?, spent_serial = ? WHERE id = ?", (_seconds(now), serial, token_id)
+            )
+
+    def enrollment_retry(self, token_id: str, public_key: bytes, now: datetime.datetime) -> CertificateRecord | None:
+        """The certificate ``token_id`` bought, if it certifies ``public_key`` and is still current.
+
+        Current means: not renewed, not revoked (nor its lineage), not expired. Then a request
+        with this token and this key is the same enrollment once more (its reply was lost), and
+        gets that certificate again; anything else is a spent token.
+        """
+        token = self.get_token(token_id)
+        if token is None or token.spent_serial is None:
+            return None
+        record = self.get_certificate(token.spent_serial)
+        if record is None or record.superseded_by is not None or record.revoked_at is not None or now > record.not_after:
+            return None
+        enrollment = self.get_enrollment(token_id)
+        if enrollment is None or enrollment.revoked_at is not None:
+            return None
+        return record if record.public_key_der() == public_key else None
 
     def _why_unavailable(self, token_id: str, now: datetime.datetime) -> str:
         token = self.get_token(token_id)
@@ -282,22 +383,56 @@ class Store:
             return "expired"
         return "mismatch"
 
-    def record_renewal(self, old_serial: int, cert: x509.Certificate, *, now: datetime.datetime) -> None:
+    def record_renewal(
+        self, old_serial: int, cert: x509.Certificate, *, now: datetime.datetime, max_lineage: datetime.timedelta
+    ) -> None:
         """Record ``cert`` as the successor of ``old_serial``, which must still be renewable."""
         old = serial_text(old_serial)
         with self._transaction():
             current = self.get_certificate(old_serial)
             if current is None:
                 raise NotRenewable(f"serial {old} was not issued by this TTP")
-            problem = renewal_problem(current, now)
+            enrollment = None if current.enrollment is None else self.get_enrollment(current.enrollment)
+            problem = renewal_problem(current, enrollment, now, max_lineage)
             if problem:
                 raise NotRenewable(problem)
             self._insert_certificate(
-                cert, serial_text(cert.serial_number), current.name, current.role, now, token_id=None, renewed_from=old
+                cert, serial_text(cert.serial_number), current.name, current.role, now,
+                token_id=None, renewed_from=old, enrollment=current.enrollment,
             )
             self._db.execute(
                 "UPDATE certificates SET superseded_by = ? WHERE serial = ?", (serial_text(cert.serial_number), old)
             )
+
+    def resolve_superseded(
+        self, old_serial: int, public_key: bytes | None, *, now: datetime.datetime
+    ) -> CertificateRecord | LineageRevocation:
+        """A valid renewal proof for an already renewed certificate: a lost reply, or key reuse.
+
+        If ``old_serial``'s successor is the lineage's current certificate (not renewed again,
+        not revoked, not expired) and certifies ``public_key``, the request is the same renewal
+        once more: return the successor, change nothing. Otherwise two parties hold the old
+        key: revoke the whole lineage (keyCompromise) in this same transaction and say what was
+        revoked.
+        """
+        with self._transaction():
+            old = self.get_certificate(old_serial)
+            if old is None or old.superseded_by is None:
+                raise NotRenewable(f"serial {serial_text(old_serial)} was not renewed")
+            successor = self.get_certificate(old.superseded_by)
+            enrollment = None if old.enrollment is None else self.get_enrollment(old.enrollment)
+            if (
+                successor is not None
+                and public_key is not None
+                and successor.superseded_by is None
+                and successor.revoked_at is None
+                and now <= successor.not_after
+                and enrollment is not None
+                and enrollment.revoked_at is None
+                and successor.public_key_der() == public_key
+            ):
+                return successor
+            return self._revoke_lineage(old, x509.ReasonFlags.key_compromise, now)
 
     def _insert_certificate(
         self,
@@ -309,12 +444,14 @@ class Store:
         *,
         token_id: str | None,
         renewed_from: str | None,
+        enrollment: str | None,
     ) -> None:
         if self._db.execute("SELECT 1 FROM certificates WHERE serial = ?", (serial,)).fetchone():
             raise SerialInUse(serial)
         self._db.execute(
-            "INSERT INTO certificates (serial, name, role, not_before, not_after, issued_at, der, token_id, renewed_from)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO certificates"
+            " (serial, name, role, not_before, not_after, issued_at, der, token_id, renewed_from, enrollment)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 serial,
                 name,
@@ -325,12 +462,13 @@ class Store:
                 cert.public_bytes(serialization.Encoding.DER),
                 token_id,
                 renewed_from,
+                enrollment,
             ),
         )
 
     _CERT_COLUMNS = (
         "SELECT c.serial, c.name, c.role, c.not_before, c.not_after, c.issued_at, c.der, c.token_id,"
-        " c.renewed_from, c.superseded_by, r.revoked_at, r.reason"
+        " c.renewed_from, c.superseded_by, r.revoked_at, r.reason, c.enrollment"
         " FROM certificates c LEFT JOIN revocations r ON r.serial = c.serial"
     )
 
@@ -342,23 +480,55 @@ class Store:
         rows = self._db.execute(self._CERT_COLUMNS + " ORDER BY c.issued_at, c.serial").fetchall()
         return [_certificate_record(row) for row in rows]
 
+    def lineage(self, enrollment: str) -> list[CertificateRecord]:
+        rows = self._db.execute(
+            self._CERT_COLUMNS + " WHERE c.enrollment = ? ORDER BY c.issued_at, c.serial", (enrollment,)
+        ).fetchall()
+        return [_certificate_record(row) for row in rows]
+
     # Revocation and the CRL
 
-    def revoke(self, serial: int, reason: x509.ReasonFlags, *, now: datetime.datetime) -> CertificateRecord:
+    def revoke(self, serial: int, reason: x509.ReasonFlags, *, now: datetime.datetime) -> LineageRevocation:
+        """Revoke ``serial``'s whole enrollment: it can never be renewed again, and every
+        certificate of it not yet expired (and ``serial`` itself, expired or not) is revoked."""
         with self._transaction():
             record = self.get_certificate(serial)
             if record is None:
                 raise UnknownSerial(f"no certificate with serial {serial_text(serial)} was issued by this TTP")
-            if record.revoked_at is not None:
-                raise AlreadyRevoked(f"serial {serial_text(serial)} is already revoked")
-            self._db.execute(
-                "INSERT INTO revocations (serial, revoked_at, reason) VALUES (?, ?, ?)",
-                (serial_text(serial), _seconds(now), reason.value),
-            )
-            self._db.execute("UPDATE meta SET value = value + 1 WHERE key = 'revocation_generation'")
+            revocation = self._revoke_lineage(record, reason, now)
+            if not revocation.serials and not revocation.closed_lineage:
+                raise AlreadyRevoked(f"serial {serial_text(serial)} is already revoked, with its whole enrollment")
         updated = self.get_certificate(serial)
         assert updated is not None
-        return updated
+        return LineageRevocation(updated, revocation.enrollment, revocation.serials, revocation.closed_lineage)
+
+    def _revoke_lineage(self, record: CertificateRecord, reason: x509.ReasonFlags, now: datetime.datetime) -> LineageRevocation:
+        """Inside a transaction: mark the enrollment revoked and revoke its live certificates."""
+        newly_revoked_lineage = False
+        if record.enrollment is None:  # not part of any enrollment (cannot be renewed): itself only
+            members = [record]
+        else:
+            newly_revoked_lineage = (
+                self._db.execute(
+                    "UPDATE enrollments SET revoked_at = ?, reason = ? WHERE token_id = ? AND revoked_at IS NULL",
+                    (_seconds(now), reason.value, record.enrollment),
+                ).rowcount
+                == 1
+            )
+            members = self.lineage(record.enrollment)
+        serials = [
+            member.serial
+            for member in members
+            if member.revoked_at is None and (member.serial == record.serial or member.not_after >= now)
+        ]
+        for member in serials:
+            self._db.execute(
+                "INSERT INTO revocations (serial, revoked_at, reason) VALUES (?, ?, ?)",
+                (serial_text(member), _seconds(now), reason.value),
+            )
+        if serials:
+            self._db.execute("UPDATE meta SET value = value + 1 WHERE key = 'revocation_generation'")
+        return LineageRevocation(record, record.enrollment, serials, newly_revoked_lineage)
 
     def revocations(self) -> list[Revocation]:
         rows = self._db.execute("SELECT serial, revoked_at, reason FROM revocations ORDER BY revoked_at, serial").fetchall()
@@ -393,16 +563,96 @@ class Store:
         return int(row[0])
 
 
-def renewal_problem(record: CertificateRecord, now: datetime.datetime) -> str:
+def lineage_end(enrollment: EnrollmentRecord, max_lineage: datetime.timedelta) -> datetime.datetime:
+    """After this moment the lineage can no longer be renewed; no certificate of it outlives it."""
+    return enrollment.started_at + max_lineage
+
+
+def renewal_problem(
+    record: CertificateRecord,
+    enrollment: EnrollmentRecord | None,
+    now: datetime.datetime,
+    max_lineage: datetime.timedelta,
+) -> str:
     """Why ``record`` may not be renewed, or '' if it may."""
     serial = serial_text(record.serial)
+    if enrollment is None:
+        return f"serial {serial} belongs to no enrollment; enroll with a new token"
+    if enrollment.revoked_at is not None:
+        return (
+            f"enrollment {enrollment.token_id} (serial {serial}'s lineage) was revoked at "
+            f"{enrollment.revoked_at:%Y-%m-%d %H:%M} UTC; enroll with a new token"
+        )
     if record.revoked_at is not None:
         return f"serial {serial} is revoked"
-    if now > record.not_after:
-        return f"serial {serial} expired at {record.not_after:%Y-%m-%d %H:%M} UTC"
     if record.superseded_by is not None:
         return f"serial {serial} was already renewed (superseded by {serial_text(record.superseded_by)})"
+    if now > record.not_after:
+        return f"serial {serial} expired at {record.not_after:%Y-%m-%d %H:%M} UTC"
+    end = lineage_end(enrollment, max_lineage)
+    if now >= end:
+        return (
+            f"enrollment {enrollment.token_id} started at {enrollment.started_at:%Y-%m-%d %H:%M} UTC and reached "
+            f"the TTP's maximum lineage at {end:%Y-%m-%d %H:%M} UTC; a new token is needed"
+        )
     return ""
+
+
+def _run_script(db: sqlite3.Connection, script: str) -> None:
+    # executescript() would COMMIT the open transaction: run statement by statement instead.
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def _migrate(db: sqlite3.Connection, version: int, *, now: int) -> None:
+    """Inside a transaction: bring a file at ``version`` to SCHEMA_VERSION."""
+    if version == 1:
+        _migrate_1_to_2(db, now)
+        version = 2
+    if version != SCHEMA_VERSION:
+        raise StoreError(f"no migration from schema version {version}")
+
+
+def _migrate_1_to_2(db: sqlite3.Connection, now: int) -> None:
+    """Give every certificate its enrollment; carry version 1 revocations over to lineages.
+
+    A version 1 revocation covered one serial only, which let a renewed (stolen) successor live
+    on. The migration applies today's rule to it: a lineage with any revoked certificate is
+    revoked (as of its first revocation, with that reason), and its certificates not yet expired
+    are revoked too.
+    """
+    _run_script(db, SCHEMA_V2)
+    db.execute(
+        "INSERT INTO enrollments (token_id, started_at)"
+        " SELECT id, spent_at FROM tokens WHERE spent_at IS NOT NULL AND spent_serial IS NOT NULL"
+    )
+    db.execute(
+        "WITH RECURSIVE lineage (serial, enrollment) AS ("
+        "  SELECT serial, token_id FROM certificates WHERE token_id IS NOT NULL"
+        "  UNION ALL"
+        "  SELECT c.serial, l.enrollment FROM certificates c JOIN lineage l ON c.renewed_from = l.serial"
+        ") UPDATE certificates SET enrollment = (SELECT l.enrollment FROM lineage l WHERE l.serial = certificates.serial)"
+    )
+    revoked = db.execute(
+        "SELECT c.enrollment, r.revoked_at, r.reason FROM revocations r JOIN certificates c ON c.serial = r.serial"
+        " WHERE c.enrollment IS NOT NULL ORDER BY r.revoked_at, r.serial"
+    ).fetchall()
+    added = 0
+    for enrollment, revoked_at, reason in revoked:
+        if db.execute(
+            "UPDATE enrollments SET revoked_at = ?, reason = ? WHERE token_id = ? AND revoked_at IS NULL",
+            (revoked_at, reason, enrollment),
+        ).rowcount:
+            added += db.execute(
+                "INSERT INTO revocations (serial, revoked_at, reason)"
+                " SELECT serial, ?, ? FROM certificates"
+                " WHERE enrollment = ? AND not_after >= ? AND serial NOT IN (SELECT serial FROM revocations)",
+                (now, reason, enrollment, now),
+            ).rowcount
+    if added:
+        db.execute("UPDATE meta SET value = value + 1 WHERE key = 'revocation_generation'")
+    db.execute("UPDATE meta SET value = 2 WHERE key = 'schema_version'")
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -427,7 +677,8 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 def _certificate_record(row: tuple[object, ...]) -> CertificateRecord:
-    serial, name, role, not_before, not_after, issued_at, der, token_id, renewed_from, superseded_by, revoked_at, reason = row
+    (serial, name, role, not_before, not_after, issued_at, der, token_id, renewed_from, superseded_by,
+     revoked_at, reason, enrollment) = row
     assert isinstance(serial, str) and isinstance(name, str) and isinstance(role, str)
     assert isinstance(not_before, int) and isinstance(not_after, int) and isinstance(issued_at, int)
     assert isinstance(der, bytes)
@@ -444,4 +695,5 @@ def _certificate_record(row: tuple[object, ...]) -> CertificateRecord:
         superseded_by=int(superseded_by, 16) if isinstance(superseded_by, str) else None,
         revoked_at=_moment(revoked_at) if isinstance(revoked_at, int) else None,
         revocation_reason=x509.ReasonFlags(reason) if isinstance(reason, str) else None,
+        enrollment=enrollment if isinstance(enrollment, str) else None,
     )
