@@ -29,6 +29,7 @@ from tlsotp.party.bootstrap import StartupError, check_can_enroll, obtain_creden
 from tlsotp.option_types import positive_float
 from tlsotp.party.options import PartyOptions
 from tlsotp.party.server import OTPServerFactory, ServerIdentity
+from tlsotp.pki.names import check_dns_name
 from tlsotp.pki.pem import PEMError, load_crl
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import utcnow, verify_crl
@@ -67,6 +68,8 @@ class Options(PartyOptions):
         if not self["name"]:
             raise usage.UsageError("--name is required: the DNS name the server's certificate is for")
         try:
+            self["name"] = check_dns_name(self["name"])
+            self["allow-client"] = [check_dns_name(name) for name in self["allow-client"]]
             self["otp-policy"] = OTPPolicy(self["otp-digits"], self["otp-ttl"], self["max-attempts"])
         except ValueError as exc:
             raise usage.UsageError(str(exc)) from None

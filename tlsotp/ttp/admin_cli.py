@@ -25,7 +25,7 @@ from tlsotp.ttp.store import AlreadyRevoked, Store, StoreError, UnknownSerial, p
 
 DEFAULT_TTL = "1h"
 MAX_TTL = datetime.timedelta(days=30)
-_DURATION = re.compile(r"^(\d+)([smhd]?)$")
+_DURATION = re.compile(r"(\d+)([smhd]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 # Reasons an operator may give; certificate_hold / remove_from_crl imply un-revoking, which the TTP does not do.
@@ -37,7 +37,7 @@ REASONS = {
 
 
 def parse_duration(text: str) -> datetime.timedelta:
-    match = _DURATION.match(text.strip().lower())
+    match = _DURATION.fullmatch(text.strip().lower())
     if match is None:
         raise ValueError(f"{text!r} is not a duration such as 90s, 30m, 1h or 7d")
     duration = datetime.timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
