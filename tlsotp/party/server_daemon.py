@@ -26,7 +26,8 @@ from tlsotp.handshake import suites_for_key
 from tlsotp.otp.authority import OTPAuthority, OTPPolicy
 from tlsotp.cli import describe_error
 from tlsotp.party.bootstrap import StartupError, check_can_enroll, obtain_credentials
-from tlsotp.option_types import positive_float
+from tlsotp.connection_slots import DEFAULT_FIRST_MESSAGE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS
+from tlsotp.option_types import positive_float, positive_int
 from tlsotp.party.options import PartyOptions
 from tlsotp.party.server import OTPServerFactory, ServerIdentity
 from tlsotp.pki.names import check_dns_name
@@ -52,7 +53,15 @@ class Options(PartyOptions):
         ["crl-refresh", None, 300.0, "Seconds between CRL refreshes from the TTP.", positive_float],
         ["renew-check", None, 3600.0, "Seconds between checks whether the certificate needs renewing.", positive_float],
         ["renew-before", None, 2 * 86400.0, "Renew when the certificate expires within this many seconds.", positive_float],
-        ["max-connections", None, 256, "Sessions served at once; further connections are refused.", int],
+        ["max-connections", None, DEFAULT_MAX_CONNECTIONS,
+         "Connections held at once. When all are taken, the oldest that has not yet sent its ClientHello "
+         "is closed to make room; only when every one has spoken is a newcomer refused (internal_error).",
+         positive_int],
+        ["max-per-address", None, DEFAULT_MAX_PER_ADDRESS,
+         "Connections held at once from one source address (an IPv6 /64), with the same rule.", positive_int],
+        ["first-message-timeout", None, DEFAULT_FIRST_MESSAGE_TIMEOUT,
+         "Seconds a new connection has to send its complete ClientHello (--timeout bounds the rest).",
+         positive_float],
     ]
 
     def __init__(self) -> None:
@@ -73,8 +82,6 @@ class Options(PartyOptions):
             self["otp-policy"] = OTPPolicy(self["otp-digits"], self["otp-ttl"], self["max-attempts"])
         except ValueError as exc:
             raise usage.UsageError(str(exc)) from None
-        if self["max-connections"] < 1:
-            raise usage.UsageError("--max-connections must be at least 1")
         # What can be known before the reactor runs is refused now, in one line, exit 1.
         try:
             if load_credentials(self["data-dir"]) is None:
@@ -129,7 +136,9 @@ class OTPServerService(service.Service):
             allowed_clients=o["allow-client"] or None,
             crl=crl,
             timeout_seconds=o["timeout"],
+            first_message_timeout=o["first-message-timeout"],
             max_connections=o["max-connections"],
+            max_per_address=o["max-per-address"],
         )
         self.port = await serverFromString(self.reactor, o["listen"]).listen(self.factory)  # type: ignore[no-untyped-call]
         log.info(
