@@ -11,8 +11,10 @@ from pathlib import Path
 from twisted.internet import reactor, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from tlsotp.alerts import Alert
@@ -122,6 +124,16 @@ class ServerSlotsTests(unittest.TestCase):
         protocol, transport = self.connect()
         protocol.dataReceived(b"3:\x16\x01\x00,")  # garbage: refused at once
         self.assertTrue(transport.disconnecting)
+        self.assertEqual(len(self.factory.slots.slots), 0)
+
+    def test_peers_leaving_before_a_word_are_counted_not_logged_each(self) -> None:
+        for i in range(5):
+            protocol, _ = self.connect(f"10.0.1.{i}")
+            protocol.connectionLost(Failure(ConnectionDone()))
+        (line,) = self.lines()
+        self.assertIn("10.0.1.0:40000: closed by the peer before sending anything", line)
+        self.clock.advance(10)
+        self.assertIn("4 connections closed by the peer before sending anything", self.lines()[-1])
         self.assertEqual(len(self.factory.slots.slots), 0)
 
     def test_stopping_the_factory_logs_what_is_counted(self) -> None:

@@ -184,6 +184,7 @@ EVENT_TEXT = {
     "evicted": "silent connections closed to make room for new ones",
     "refused": "connections refused because every slot held a connection that had spoken",
     "silent": "connections closed for sending no complete first message in time",
+    "gone": "connections closed by the peer before sending anything",
 }
 
 

@@ -147,6 +147,10 @@ class OTPServerProtocol(SecureChannelProtocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.server.open_connections -= 1
         self.server.slots.release(self)
+        if not self.finished and not self.first_message_seen:
+            # Closed before sending anything (a probe, or a flood letting go): counted, not logged each.
+            self.quiet = True
+            self.server.slots.event("gone", f"{self.peer}: closed by the peer before sending anything")
         super().connectionLost(reason)
 
     def handshake_complete(self, event: HandshakeComplete) -> None:
