@@ -22,7 +22,10 @@ from typing import ClassVar
 from twisted.trial import unittest
 
 from tlsotp.connection_slots import DEFAULT_MAX_PER_ADDRESS
+from tlsotp.handshake import ClientConfig, ClientConnection
+from tlsotp.pki.roles import Role
 
+from tests.credentials import test_ca
 from tests.processes import unused_port
 from tests.test_end_to_end import OTP_LINE, Daemon, tlsotp
 
@@ -33,6 +36,15 @@ FLOOD_WAIT_SECONDS = 30.0
 FILES_NEEDED = 2500
 #: The alert an evicted connection gets before the server closes it: handshake_failure.
 EVICTION_ALERT = b"2:\x15(,"
+
+
+def client_hello() -> bytes:
+    """A real ClientHello frame, as a netstring (it carries no certificate: any client key will do)."""
+    identity = test_ca("flood").issue("stalling.example", Role.CLIENT)
+    connection = ClientConnection(ClientConfig(identity.chain, identity.key, validate_peer=lambda chain: None))
+    connection.initiate()
+    (frame,) = connection.frames_to_send()
+    return b"%d:%s," % (len(frame), frame)
 
 
 def raise_file_limit() -> None:
@@ -220,6 +232,35 @@ class FloodTests(unittest.TestCase):
         self.addCleanup(flood.close)
         closed, seen = flood.wait_until_closed(5)
         self.assertEqual((closed, seen), (5, {EVICTION_ALERT: 5}))
+
+    def test_full_of_clients_that_spoke_refuses_with_an_alert(self) -> None:
+        # A server with two slots, both held by connections that sent a ClientHello and then
+        # stalled: the real client is refused with internal_error, in one line, exit 1.
+        port = unused_port()
+        daemon = Daemon(
+            FloodCluster.workdir, "small-server", "tlsotp-server", port,
+            "--data-dir", str(FloodCluster.workdir / "small-server"), "--name", "small.example",
+            "--listen", f"tcp:{port}:interface=127.0.0.1", "--ttp", FloodCluster.ttp_endpoint(),
+            "--ca-fingerprint", FloodCluster.fingerprint, "--token", FloodCluster.token("small.example", "server"),
+            "--max-connections", "2",
+        )
+        self.addCleanup(daemon.stop)
+        daemon.wait_ready()
+        stalled = []
+        for source in ("127.0.0.5", "127.0.0.6"):
+            s = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+            self.addCleanup(s.close)
+            s.sendall(client_hello())
+            self.assertTrue(s.recv(1))  # the server answered: this connection has spoken
+            stalled.append(s)
+        result = tlsotp(
+            "client", "--data-dir", str(FloodCluster.client_dir), "--ttp", FloodCluster.ttp_endpoint(),
+            "--server", f"tcp:host=127.0.0.1:port={port}", "--server-name", "small.example", check=False,
+        )
+        self.assertEqual(result.returncode, 1, result.stdout)
+        self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
+        self.assertIn("internal_error: the server refused the session", result.stderr)
+        self.assertNotIn("Traceback", daemon.log())
 
     def test_ttp_flood_from_another_address(self) -> None:
         before = len(FloodCluster.ttp.log())
