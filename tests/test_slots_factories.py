@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
@@ -25,6 +26,7 @@ from tlsotp.pki.roles import Role
 from tlsotp.ttp import wire
 from tlsotp.ttp.issuer import Outcome
 from tlsotp.ttp.server import EnrollmentServerFactory, EnrollmentServerProtocol
+from tlsotp.ttp.daemon import makeService
 from tlsotp.ttp.wire import Refusal
 
 from tests.credentials import test_ca
@@ -222,3 +224,37 @@ class TTPSlotsTests(unittest.TestCase):
         self.factory.doStop()
         self.assertEqual(len(self.clock.getDelayedCalls()), 2)
 
+
+
+class DaemonOptionTests(unittest.TestCase):
+    """The slot options of both daemons reach their factories, and bad values are usage errors."""
+
+    def test_ttp_options(self) -> None:
+        from tlsotp.ttp.ca import init_ca
+        from tlsotp.ttp.daemon import Options, TTPService
+
+        data_dir = Path(self.mktemp())
+        init_ca(data_dir)
+        base = ["--data-dir", str(data_dir)]
+        for bad in (["--max-connections", "0"], ["--max-per-address", "-1"], ["--first-message-timeout", "0"]):
+            with self.assertRaises(usage.UsageError, msg=bad):
+                Options().parseOptions(base + bad)
+        options = Options()
+        options.parseOptions(base + ["--max-connections", "10", "--max-per-address", "4", "--first-message-timeout", "2"])
+        service = makeService(options)
+        assert isinstance(service, TTPService)
+        self.assertEqual((service.factory.slots.slots.max_connections, service.factory.slots.slots.max_per_address), (10, 4))
+        self.assertEqual(service.factory.buildProtocol(None)._timeout, 2)
+        defaults = Options()
+        defaults.parseOptions(base)
+        self.assertEqual(
+            (defaults["max-connections"], defaults["max-per-address"], defaults["first-message-timeout"]), (256, 32, 5.0)
+        )
+
+    def test_server_options(self) -> None:
+        from tlsotp.party.server_daemon import Options
+
+        base = ["--data-dir", self.mktemp(), "--name", "bank.example", "--ca-fingerprint", "sha256:" + "00" * 32, "--token", "x"]
+        for bad in (["--max-connections", "0"], ["--max-per-address", "0"], ["--first-message-timeout", "-5"]):
+            with self.assertRaises(usage.UsageError, msg=bad):
+                Options().parseOptions(base + bad)
