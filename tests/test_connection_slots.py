@@ -204,5 +204,12 @@ class SlotKeeperTests(unittest.SynchronousTestCase):
         self.keeper.stop()
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertIn("4 connections refused", self.lines[1])
-        self.assertEqual(self.keeper.totals["refused"], 5)
+        # After the factory stopped, a straggler is logged as it comes, and no timer is left behind.
+        self.assertFalse(self.keeper.admit(Occupant(), IPv4Address("TCP", "10.0.0.9", 1)))
+        self.assertEqual(len(self.lines), 3)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.keeper.start()
+        self.keeper.admit(Occupant(), IPv4Address("TCP", "10.0.0.9", 1))
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.assertEqual(self.keeper.totals["refused"], 7)
         self.assertFalse(any(o.evicted for o in speakers))

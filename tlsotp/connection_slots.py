@@ -206,6 +206,7 @@ class SlotKeeper:
         self.interval = interval
         self._throttle = ThrottledLog()
         self._timer: Any = None
+        self._stopped = False
         self.totals: Counter[str] = Counter()
 
     def admit(self, occupant: Occupant, addr: object) -> bool:
@@ -232,7 +233,9 @@ class SlotKeeper:
     def event(self, kind: str, detail: str) -> None:
         """Log ``detail`` now if nothing was logged in this interval; else count it for the summary."""
         self.totals[kind] += 1
-        if self._throttle.event(kind):
+        if self._stopped:  # no timer outlives the factory: the stragglers are logged as they come
+            self.log.warn("{detail}", detail=detail)
+        elif self._throttle.event(kind):
             self.log.warn("{detail}", detail=detail)
             self._start_interval()
 
@@ -259,8 +262,13 @@ class SlotKeeper:
                 seconds=self.interval, summary=summary, open=len(self.slots), max=self.slots.max_connections,
             )
 
+    def start(self) -> None:
+        """The factory (re)starts listening: throttle again."""
+        self._stopped = False
+
     def stop(self) -> None:
-        """Log what is still counted and cancel the timer (the factory stops)."""
+        """The factory stops: log what is still counted, cancel the timer and start no other."""
+        self._stopped = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None

@@ -190,5 +190,8 @@ class EnrollmentServerFactory(Factory):
         protocol.busy = not self.slots.admit(protocol, addr)
         return protocol
 
+    def startFactory(self) -> None:
+        self.slots.start()
+
     def stopFactory(self) -> None:
         self.slots.stop()
