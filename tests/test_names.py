@@ -155,6 +155,26 @@ class OptionNameTests(unittest.SynchronousTestCase):
         with self.assertRaises(usage.UsageError):
             ClientOptions().parseOptions(base + ["--server-name", "bank.example", "--name", "alice\n.example"])
 
+    def test_server_factory_allow_list(self) -> None:
+        from tlsotp.party.server import OTPServerFactory, ServerIdentity
+        from tests.credentials import test_ca
+
+        server = test_ca().issue("bank.example", Role.SERVER)
+        identity = ServerIdentity(server.key, server.chain, server.root)
+        with self.assertRaises(ValueError):
+            OTPServerFactory(identity, None, allowed_clients=["alice\n.example"])  # type: ignore[arg-type]
+        factory = OTPServerFactory(identity, None, allowed_clients=[" Alice.Example"])  # type: ignore[arg-type]
+        self.assertEqual(factory.allowed_clients, {"alice.example"})
+
+    def test_client_settings_server_name(self) -> None:
+        from tlsotp.party.client import ClientSettings
+        from tests.credentials import test_ca
+
+        client = test_ca().issue("alice.example", Role.CLIENT)
+        with self.assertRaises(ValueError):
+            ClientSettings(client.key, client.chain, client.root, "bank\n.example", None)
+        self.assertEqual(ClientSettings(client.key, client.chain, client.root, "Bank.Example", None).server_name, "bank.example")
+
     def test_verifier_expected_names(self) -> None:
         root = TTPFixture(Path(tempfile.mkdtemp())).ca.root
         with self.assertRaises(ValueError):

@@ -27,6 +27,7 @@ from tlsotp.otp.authority import OTPAuthority
 from tlsotp.otp.store import Confirmation, IssuedOTP
 from tlsotp.party.channel import SansIOConnection, SecureChannelProtocol
 from tlsotp.pki.keys import PrivateKey
+from tlsotp.pki.names import check_dns_name
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import PeerVerifier
 from tlsotp.ttp.credentials import certified_name
@@ -64,7 +65,8 @@ class OTPServerFactory(Factory):
         self.identity = identity
         self.authority = authority
         self.suites = tuple(suites)
-        self.allowed_clients = None if allowed_clients is None else frozenset(allowed_clients)
+        # Checked here, once, rather than by the verifier built for each connection.
+        self.allowed_clients = None if allowed_clients is None else frozenset(map(check_dns_name, allowed_clients))
         self.crl = crl
         self.timeout_seconds = timeout_seconds
         self.first_message_timeout = first_message_timeout
