@@ -2,7 +2,8 @@
 
 All protocol decisions are the sans-I/O connection's; this class only moves netstring payloads
 between the transport and that object, turns its events into method calls, counts bytes, and
-bounds every wait with ``TimeoutMixin``. A failure of any kind ends in exactly one call to
+bounds every wait with ``TimeoutMixin`` (and, for the side that listens, the wait for the peer's
+first complete frame with a shorter deadline of its own). A failure of any kind ends in exactly one call to
 ``failed`` with an ``AlertError`` (or one to ``closed_cleanly``), made only once the connection
 is closed, so that the alert we queued has been written before anybody acts on the outcome
 (a command that stops the reactor at once would otherwise lose it).
@@ -86,9 +87,15 @@ class SecureChannelProtocol(NetstringReceiver, TimeoutMixin):
     #: Bounds the whole handshake, and then each wait for the peer's next message.
     timeout_seconds: float = 30.0
 
+    #: When set, the peer's first complete frame must arrive this many seconds after connecting
+    #: (the side that listens uses it, so that a silent connection does not hold a slot for long).
+    first_message_timeout: float | None = None
+
     def __init__(self) -> None:
         self.stats = ChannelStats()
         self.finished = False
+        self.first_message_seen = False
+        self._first_message_call: Any = None
         self._outcome: tuple[AlertError | None, bool] | None = None
         self.connection: SansIOConnection = self.make_connection()
 
@@ -109,6 +116,16 @@ class SecureChannelProtocol(NetstringReceiver, TimeoutMixin):
     def closed_cleanly(self) -> None:
         """Called once when the session ended with close_notify, sent by either side."""
 
+    def first_message_received(self) -> None:
+        """Called once, when the peer's first complete frame has arrived (before it is handled)."""
+
+    def first_message_missed(self) -> None:
+        """Called when ``first_message_timeout`` passes with no complete frame: refuse by default."""
+        assert self.first_message_timeout is not None
+        self.abort(
+            Alert.handshake_failure, f"no complete first message within {self.first_message_timeout:g} s"
+        )
+
     # -- moving bytes ------------------------------------------------------------------------
 
     @property
@@ -118,6 +135,10 @@ class SecureChannelProtocol(NetstringReceiver, TimeoutMixin):
     def connectionMade(self) -> None:
         self.stats = ChannelStats()
         self.setTimeout(self.timeout_seconds)  # type: ignore[no-untyped-call]
+        if self.first_message_timeout is not None:
+            self._first_message_call = self.callLater(  # type: ignore[no-untyped-call]
+                self.first_message_timeout, self._first_message_deadline
+            )
         self.start()
         self.flush()
 
@@ -132,12 +153,26 @@ class SecureChannelProtocol(NetstringReceiver, TimeoutMixin):
     def stringReceived(self, string: bytes) -> None:
         if self.finished:
             return  # NetstringReceiver keeps delivering buffered frames after we decided to close.
+        if not self.first_message_seen:
+            self.first_message_seen = True
+            self._cancel_first_message_deadline()
+            self.first_message_received()
         self.stats.received(len(string))
         try:
             self.dispatch(self.connection.receive_frame(string))
         except Exception as exc:  # noqa: BLE001 - a bug in a subclass's handler: fail closed
             # One alert to the peer and one log line (by ``failed``), not "Unhandled Error".
             self.abort(Alert.internal_error, f"failed handling the {self.peer_role}'s message: {type(exc).__name__}: {exc}")
+
+    def _first_message_deadline(self) -> None:
+        self._first_message_call = None
+        if not self.finished and not self.first_message_seen:
+            self.first_message_missed()
+
+    def _cancel_first_message_deadline(self) -> None:
+        call, self._first_message_call = self._first_message_call, None
+        if call is not None and call.active():
+            call.cancel()
 
     def dispatch(self, events: Sequence[Event]) -> None:
         self.flush()
@@ -189,6 +224,7 @@ class SecureChannelProtocol(NetstringReceiver, TimeoutMixin):
         self.finished = True
         self._outcome = (error, sent)
         self.setTimeout(None)  # type: ignore[no-untyped-call]
+        self._cancel_first_message_deadline()
         self.flush()
         if self.transport is not None:
             cast(Any, self.transport).loseConnection()
@@ -206,6 +242,7 @@ class SecureChannelProtocol(NetstringReceiver, TimeoutMixin):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.setTimeout(None)  # type: ignore[no-untyped-call]
+        self._cancel_first_message_deadline()
         if not self.finished:
             self.finished = True
             # The peer closed TCP without an alert: a truncation, as TLS would call it.

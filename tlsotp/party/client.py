@@ -21,6 +21,7 @@ from tlsotp.handshake import DEFAULT_SUITES, ClientConfig, ClientConnection, Han
 from tlsotp.otp import messages
 from tlsotp.party.channel import ChannelStats, SansIOConnection, SecureChannelProtocol
 from tlsotp.pki.keys import PrivateKey
+from tlsotp.pki.names import check_dns_name
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import PeerVerifier
 
@@ -41,6 +42,10 @@ class ClientSettings:
     timeout_seconds: float = 30.0
     observer: Callable[[TraceRecord], None] | None = None
     clock: Callable[[], float] = field(default=time.time)
+
+    def __post_init__(self) -> None:
+        # Checked (full match, no control characters) when the settings are made, not per connection.
+        object.__setattr__(self, "server_name", check_dns_name(self.server_name))
 
     def client_config(self) -> ClientConfig:
         verifier = PeerVerifier(self.root, Role.SERVER, expected_names=[self.server_name], crl=self.crl)

@@ -8,6 +8,7 @@ from twisted.python import usage
 
 from tlsotp.otp.messages import check_code, check_transaction
 from tlsotp.party.options import PartyOptions
+from tlsotp.pki.names import check_dns_name
 
 DEFAULT_TRANSACTION = "Rs 1,00,000 to your friend's account"
 
@@ -31,6 +32,9 @@ class ClientOptions(PartyOptions):
         if not self["server-name"]:
             raise usage.UsageError("--server-name is required: the name the server must prove")
         try:
+            self["server-name"] = check_dns_name(self["server-name"])
+            if self["name"] is not None:
+                self["name"] = check_dns_name(self["name"])
             check_transaction(self["transaction"])
             if self["confirm"] is not None:
                 check_code(self["confirm"])

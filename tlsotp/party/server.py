@@ -1,14 +1,17 @@
 """The bank server's protocol and factory: handshake, then one OTP request per session.
 
 The factory holds what may change while the daemon runs (credentials after renewal, the CRL
-after a refresh) so each new connection is verified with the current ones.
+after a refresh) so each new connection is verified with the current ones. It also holds the
+connection slots (``tlsotp.connection_slots``): a connection that has not sent its ClientHello
+gives way to a newcomer when the server is full, and one refused because every slot holds a
+client that has spoken gets an ``internal_error`` alert rather than a silent close.
 """
 
 from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass
-from typing import Callable, Collection, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 from cryptography import x509
 from twisted.internet.defer import Deferred
@@ -17,12 +20,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from tlsotp.alerts import Alert, AlertError
+from tlsotp.connection_slots import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS, SlotKeeper
 from tlsotp.handshake import DEFAULT_SUITES, HandshakeComplete, ServerConfig, ServerConnection, Suite, TraceRecord
 from tlsotp.otp import messages
 from tlsotp.otp.authority import OTPAuthority
 from tlsotp.otp.store import Confirmation, IssuedOTP
 from tlsotp.party.channel import SansIOConnection, SecureChannelProtocol
 from tlsotp.pki.keys import PrivateKey
+from tlsotp.pki.names import check_dns_name
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import PeerVerifier
 from tlsotp.ttp.credentials import certified_name
@@ -49,16 +54,27 @@ class OTPServerFactory(Factory):
         allowed_clients: Collection[str] | None = None,
         crl: x509.CertificateRevocationList | None = None,
         timeout_seconds: float = 30.0,
-        max_connections: int = 256,
+        first_message_timeout: float | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_per_address: int = DEFAULT_MAX_PER_ADDRESS,
+        call_later: Callable[..., Any] | None = None,
         observer: Callable[[TraceRecord], None] | None = None,
     ) -> None:
+        """``first_message_timeout`` bounds the wait for the ClientHello (None: only
+        ``timeout_seconds`` applies); ``call_later`` is a test clock's, else the reactor's."""
         self.identity = identity
         self.authority = authority
         self.suites = tuple(suites)
-        self.allowed_clients = None if allowed_clients is None else frozenset(allowed_clients)
+        # Checked here, once, rather than by the verifier built for each connection.
+        self.allowed_clients = None if allowed_clients is None else frozenset(map(check_dns_name, allowed_clients))
         self.crl = crl
         self.timeout_seconds = timeout_seconds
+        self.first_message_timeout = first_message_timeout
         self.max_connections = max_connections
+        self.call_later = call_later
+        self.slots = SlotKeeper(
+            max_connections=max_connections, max_per_address=max_per_address, call_later=call_later, log=log
+        )
         self.observer = observer
         self.open_connections = 0
         self.sessions_completed = 0
@@ -75,13 +91,20 @@ class OTPServerFactory(Factory):
             observer=self.observer,
         )
 
-    def buildProtocol(self, addr: object) -> OTPServerProtocol | None:
-        if self.open_connections >= self.max_connections:
-            log.warn("refusing a connection from {addr}: {n} sessions already open", addr=addr, n=self.open_connections)
-            return None
+    def buildProtocol(self, addr: object) -> OTPServerProtocol:
         protocol = OTPServerProtocol(self)
         protocol.factory = self
+        if self.call_later is not None:
+            protocol.callLater = self.call_later  # type: ignore[method-assign]
+        # A refused connection is still accepted, to be told why (an alert) and closed.
+        protocol.busy = not self.slots.admit(protocol, addr)
         return protocol
+
+    def startFactory(self) -> None:
+        self.slots.start()
+
+    def stopFactory(self) -> None:
+        self.slots.stop()
 
 
 class OTPServerProtocol(SecureChannelProtocol):
@@ -90,8 +113,13 @@ class OTPServerProtocol(SecureChannelProtocol):
     def __init__(self, factory: OTPServerFactory) -> None:
         self.server = factory
         self.timeout_seconds = factory.timeout_seconds
+        self.first_message_timeout = factory.first_message_timeout
         self.client_name: str | None = None
         self.request_seen = False
+        #: No slot was free: refuse at once. ``quiet``: the slot keeper counts how this one ended,
+        #: so that a flood is one line per interval in the log, not one per connection.
+        self.busy = False
+        self.quiet = False
         super().__init__()
 
     def make_connection(self) -> SansIOConnection:
@@ -100,9 +128,34 @@ class OTPServerProtocol(SecureChannelProtocol):
     def connectionMade(self) -> None:
         self.server.open_connections += 1
         super().connectionMade()
+        if self.busy:
+            self.quiet = True
+            self.abort(Alert.internal_error, "the server is at its connection limit")
+
+    def first_message_received(self) -> None:
+        self.server.slots.spoke(self)
+
+    def first_message_missed(self) -> None:
+        self.quiet = True
+        self.server.slots.event("silent", f"{self.peer}: closed, no complete first message in time")
+        super().first_message_missed()
+
+    def evict(self) -> None:
+        """Called by the slot keeper: give way to a newcomer (this one has not spoken yet)."""
+        self.quiet = True
+        self.abort(Alert.handshake_failure, "closed to make room: no complete first message while the server was full")
+
+    def finish(self, error: AlertError | None, *, sent: bool) -> None:
+        super().finish(error, sent=sent)
+        self.server.slots.release(self)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.server.open_connections -= 1
+        self.server.slots.release(self)
+        if not self.finished and not self.first_message_seen:
+            # Closed before sending anything (a probe, or a flood letting go): counted, not logged each.
+            self.quiet = True
+            self.server.slots.event("gone", f"{self.peer}: closed by the peer before sending anything")
         super().connectionLost(reason)
 
     def handshake_complete(self, event: HandshakeComplete) -> None:
@@ -173,5 +226,7 @@ class OTPServerProtocol(SecureChannelProtocol):
         self.abort(Alert.internal_error, "the OTP store failed")
 
     def failed(self, error: AlertError, *, sent: bool) -> None:
+        if self.quiet:
+            return  # counted by the slot keeper, which logs once per interval
         who = "refused" if sent else "peer alert"
         log.warn("{peer}: session ended, {who}: {error}", peer=self.peer, who=who, error=str(error))

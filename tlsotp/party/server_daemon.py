@@ -27,9 +27,11 @@ from tlsotp.database_checks import DatabaseUnusable, check_database
 from tlsotp.otp.authority import DATABASE_FILE, OTPAuthority, OTPPolicy
 from tlsotp.cli import describe_error
 from tlsotp.party.bootstrap import StartupError, check_can_enroll, obtain_credentials
-from tlsotp.option_types import positive_float
+from tlsotp.connection_slots import DEFAULT_FIRST_MESSAGE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS
+from tlsotp.option_types import positive_float, positive_int
 from tlsotp.party.options import PartyOptions
 from tlsotp.party.server import OTPServerFactory, ServerIdentity
+from tlsotp.pki.names import check_dns_name
 from tlsotp.pki.pem import PEMError, load_crl
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import utcnow, verify_crl
@@ -52,7 +54,15 @@ class Options(PartyOptions):
         ["crl-refresh", None, 300.0, "Seconds between CRL refreshes from the TTP.", positive_float],
         ["renew-check", None, 3600.0, "Seconds between checks whether the certificate needs renewing.", positive_float],
         ["renew-before", None, 2 * 86400.0, "Renew when the certificate expires within this many seconds.", positive_float],
-        ["max-connections", None, 256, "Sessions served at once; further connections are refused.", int],
+        ["max-connections", None, DEFAULT_MAX_CONNECTIONS,
+         "Connections held at once. When all are taken, the oldest that has not yet sent its ClientHello "
+         "is closed to make room; only when every one has spoken is a newcomer refused (internal_error).",
+         positive_int],
+        ["max-per-address", None, DEFAULT_MAX_PER_ADDRESS,
+         "Connections held at once from one source address (an IPv6 /64), with the same rule.", positive_int],
+        ["first-message-timeout", None, DEFAULT_FIRST_MESSAGE_TIMEOUT,
+         "Seconds a new connection has to send its complete ClientHello (--timeout bounds the rest).",
+         positive_float],
     ]
 
     def __init__(self) -> None:
@@ -68,11 +78,11 @@ class Options(PartyOptions):
         if not self["name"]:
             raise usage.UsageError("--name is required: the DNS name the server's certificate is for")
         try:
+            self["name"] = check_dns_name(self["name"])
+            self["allow-client"] = [check_dns_name(name) for name in self["allow-client"]]
             self["otp-policy"] = OTPPolicy(self["otp-digits"], self["otp-ttl"], self["max-attempts"])
         except ValueError as exc:
             raise usage.UsageError(str(exc)) from None
-        if self["max-connections"] < 1:
-            raise usage.UsageError("--max-connections must be at least 1")
         # What can be known before the reactor runs is refused now, in one line, exit 1.
         try:
             if load_credentials(self["data-dir"]) is None:
@@ -131,7 +141,9 @@ class OTPServerService(service.Service):
             allowed_clients=o["allow-client"] or None,
             crl=crl,
             timeout_seconds=o["timeout"],
+            first_message_timeout=o["first-message-timeout"],
             max_connections=o["max-connections"],
+            max_per_address=o["max-per-address"],
         )
         self.port = await serverFromString(self.reactor, o["listen"]).listen(self.factory)  # type: ignore[no-untyped-call]
         log.info(

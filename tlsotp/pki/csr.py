@@ -6,12 +6,15 @@ with what the operator authorised, and checks the CSR's own signature (proof of 
 
 from __future__ import annotations
 
+from typing import Iterable
+
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.x509.oid import NameOID
 
 from tlsotp.pki import der as der_loader
 from tlsotp.pki.keys import PrivateKey, PublicKey, UnacceptableKey, check_public_key, signature_hash_for
+from tlsotp.pki.names import check_peer_name
 
 MAX_CSR_BYTES = 16384
 
@@ -55,21 +58,28 @@ def load_csr(der: bytes) -> x509.CertificateSigningRequest:
 
 
 def requested_names(csr: x509.CertificateSigningRequest) -> set[str]:
-    """Every name the CSR asks for: subject CNs and DNS SANs. Other SAN kinds are refused."""
+    """Every name the CSR asks for: subject CNs and DNS SANs. Other SAN kinds are refused, and so is
+    any name not already in its one spelling (a newline or other control character, upper case,
+    surrounding spaces): a peer's name is checked exactly, never normalised."""
     names: set[str] = set()
     try:
         for attribute in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME):
             names.add(str(attribute.value))
         try:
-            san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            san: Iterable[x509.GeneralName] = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         except x509.ExtensionNotFound:
-            return names
+            san = ()
     except ValueError as exc:
         raise CSRRefused(f"malformed CSR contents: {exc}") from None
     for general_name in san:
         if not isinstance(general_name, x509.DNSName):
             raise CSRNameMismatch(f"only DNS names may be requested, not {type(general_name).__name__}")
         names.add(general_name.value)
+    for name in names:
+        try:
+            check_peer_name(name)
+        except ValueError as exc:
+            raise CSRNameMismatch(f"CSR asks for a name that is not acceptable: {exc}") from None
     return names
 
 

@@ -22,6 +22,7 @@ from service_identity.cryptography import verify_certificate_hostname
 
 from tlsotp.alerts import Alert, AlertError
 from tlsotp.pki.keys import UnacceptableKey, check_public_key
+from tlsotp.pki.names import check_dns_name
 from tlsotp.pki.roles import Role
 
 Clock = Callable[[], datetime.datetime]
@@ -76,7 +77,8 @@ class PeerVerifier:
             raise ValueError("a server is verified against exactly one expected name")
         self.root = root
         self.peer_role = peer_role
-        self.expected_names = None if expected_names is None else frozenset(expected_names)
+        # Checked like every name at the edge (full match, no control characters), then compared.
+        self.expected_names = None if expected_names is None else frozenset(map(check_dns_name, expected_names))
         self.crl = crl
         self._clock = clock
 

@@ -32,6 +32,7 @@ from tlsotp.alerts import Alert, AlertError
 from tlsotp.pki import pem
 from tlsotp.pki.fingerprint import PREFIX, fingerprint, matches_fingerprint, parse_fingerprint
 from tlsotp.pki.keys import PrivateKey
+from tlsotp.pki.names import check_peer_name
 from tlsotp.pki.roles import Role
 
 KEY_FILE = "key.pem"
@@ -95,7 +96,10 @@ def certified_name(cert: x509.Certificate) -> str:
         names = []
     if len(names) != 1:
         raise AlertError(Alert.bad_certificate, f"certificate names {names}, not exactly one DNS name")
-    return names[0]
+    try:
+        return check_peer_name(names[0])
+    except ValueError as exc:
+        raise AlertError(Alert.bad_certificate, f"certificate name refused: {exc}") from None
 
 
 def certified_role(cert: x509.Certificate) -> Role:

@@ -27,6 +27,7 @@ from twisted.python.threadpool import ThreadPool
 
 from tlsotp import shutdown
 from tlsotp.addresses import describe_address
+from tlsotp.connection_slots import DEFAULT_FIRST_MESSAGE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS
 from tlsotp.option_types import duration, positive_float, positive_int
 from tlsotp.ttp.ca import CAError, CertificateAuthority, TTPPaths, load_ca, read_passphrase
 from tlsotp.ttp.issuer import DEFAULT_CERT_DAYS, DEFAULT_MAX_LINEAGE, Issuer, Outcome
@@ -49,7 +50,16 @@ class Options(usage.Options):
         ["listen", "l", DEFAULT_LISTEN, "Endpoint string to listen on."],
         ["passphrase-file", None, None, "File whose first line is the CA key's passphrase."],
         ["cert-days", None, DEFAULT_CERT_DAYS, "Lifetime of issued certificates, in days.", positive_int],
-        ["timeout", None, DEFAULT_TIMEOUT, "Seconds a requester has to send its complete request.", positive_float],
+        ["timeout", None, DEFAULT_TIMEOUT, "Seconds a requester has to send its complete request, at most.", positive_float],
+        ["first-message-timeout", None, DEFAULT_FIRST_MESSAGE_TIMEOUT,
+         "Seconds a new connection has to send its complete request (the smaller of this and --timeout applies).",
+         positive_float],
+        ["max-connections", None, DEFAULT_MAX_CONNECTIONS,
+         "Connections held at once. When all are taken, the oldest whose request is not complete yet is "
+         "closed to make room; only when every one holds a request is a newcomer refused (internal_error).",
+         positive_int],
+        ["max-per-address", None, DEFAULT_MAX_PER_ADDRESS,
+         "Connections held at once from one source address (an IPv6 /64), with the same rule.", positive_int],
         ["crl-hours", None, DEFAULT_CRL_HOURS, "Hours from a CRL's issue to its next update.", positive_float],
         [
             "max-lineage", None, f"{DEFAULT_MAX_LINEAGE.days}d",
@@ -101,6 +111,9 @@ class TTPService(service.Service):
         timeout: float = DEFAULT_TIMEOUT,
         crl_validity: datetime.timedelta = datetime.timedelta(hours=DEFAULT_CRL_HOURS),
         max_lineage: datetime.timedelta = DEFAULT_MAX_LINEAGE,
+        first_message_timeout: float | None = DEFAULT_FIRST_MESSAGE_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_per_address: int = DEFAULT_MAX_PER_ADDRESS,
     ) -> None:
         self.reactor = reactor
         self.ca = ca
@@ -114,7 +127,10 @@ class TTPService(service.Service):
         self._pool: ThreadPool | None = None
         self._store: Store | None = None
         self._issuer: Issuer | None = None
-        self.factory = EnrollmentServerFactory(self._decide, timeout=timeout)
+        self.factory = EnrollmentServerFactory(
+            self._decide, timeout=timeout, first_message_timeout=first_message_timeout,
+            max_connections=max_connections, max_per_address=max_per_address,
+        )
 
     def privilegedStartService(self) -> None:
         # Listen before twistd drops privileges, and fail at once (not later, in a log) if we can't.
@@ -194,6 +210,9 @@ def makeService(options: Options) -> service.IService:
             timeout=options["timeout"],
             crl_validity=datetime.timedelta(hours=options["crl-hours"]),
             max_lineage=options["max-lineage"],
+            first_message_timeout=options["first-message-timeout"],
+            max_connections=options["max-connections"],
+            max_per_address=options["max-per-address"],
         ),
     )
 

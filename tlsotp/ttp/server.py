@@ -3,6 +3,11 @@
 The protocol only moves bytes: it hands the one request it accepts to ``handle`` (the Issuer,
 on the daemon's worker thread) and sends what comes back. Framing errors, oversized frames and
 idle peers are refused here, with a typed reply, one log line and a closed connection.
+
+The factory holds the connection slots (``tlsotp.connection_slots``): a connection whose request
+is not complete yet gives way to a newcomer when the TTP is full (refused ``timeout``), and one
+refused because every slot holds a request under way gets ``internal_error``. Under a flood,
+these (and idle peers timing out) are logged once, then counted once per interval.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from tlsotp.addresses import describe_address
+from tlsotp.connection_slots import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS, SlotKeeper
 from tlsotp.ttp import wire
 from tlsotp.ttp.issuer import Outcome, refused
 from tlsotp.ttp.wire import Refusal
@@ -42,15 +48,26 @@ class _State(enum.Enum):
 class EnrollmentServerProtocol(NetstringReceiver, TimeoutMixin):
     MAX_LENGTH = wire.MAX_REQUEST_LENGTH
 
-    def __init__(self, handle: Handler, timeout: float | None) -> None:
+    def __init__(
+        self, handle: Handler, timeout: float | None, *, first_message_timeout: float | None = None,
+        slots: SlotKeeper | None = None,
+    ) -> None:
         self._handle = handle
-        self._timeout = timeout
+        # The request is the first and only message: the shorter of the two deadlines applies.
+        deadlines = [t for t in (timeout, first_message_timeout) if t is not None]
+        self._timeout = min(deadlines) if deadlines else None
+        self._slots = slots
         self._phase = _State.waiting
         self._lost = False
         self._peer = "?"
+        #: No slot was free: refuse at once (counted by the slot keeper, not logged one by one).
+        self.busy = False
 
     def connectionMade(self) -> None:
         self._peer = describe_address(cast(Any, self.transport).getPeer())
+        if self.busy:
+            self._send(refused(Refusal.internal_error, "the TTP is at its connection limit; try again shortly"), quiet=True)
+            return
         self._set_timeout(self._timeout)
 
     def dataReceived(self, data: bytes) -> None:
@@ -65,6 +82,8 @@ class EnrollmentServerProtocol(NetstringReceiver, TimeoutMixin):
             return
         self._phase = _State.working
         self._set_timeout(None)  # the wait is ours now, not the peer's
+        if self._slots is not None:
+            self._slots.spoke(self)
         try:
             deciding = self._handle(string)
         except Exception as exc:
@@ -78,17 +97,27 @@ class EnrollmentServerProtocol(NetstringReceiver, TimeoutMixin):
         kind = failure.type.__name__ if failure.type is not None else "failure"
         return Outcome(outcome.reply, f"{outcome.summary} ({kind}: {failure.getErrorMessage()})")
 
-    def _send(self, outcome: Outcome) -> None:
+    def _send(self, outcome: Outcome, *, quiet: bool = False) -> None:
         if self._phase is _State.done:
             return
         self._phase = _State.done
-        if outcome.refusal is None:
+        self._set_timeout(None)
+        if quiet:
+            pass  # the slot keeper has counted it
+        elif outcome.refusal is None:
             log.info("{peer}: {summary}", peer=self._peer, summary=outcome.summary)
         else:
             log.warn("{peer}: {summary}", peer=self._peer, summary=outcome.summary)
-        if not self._lost:
+        if not self._lost and self.transport is not None:
             self.sendString(wire.encode(outcome.reply))  # type: ignore[no-untyped-call]
             cast(Any, self.transport).loseConnection()
+        if self._slots is not None:
+            self._slots.release(self)
+
+    def evict(self) -> None:
+        """Called by the slot keeper: give way to a newcomer (no complete request yet)."""
+        if self._phase is _State.waiting:
+            self._send(refused(Refusal.timeout, "closed to make room: no complete request while the TTP was full"), quiet=True)
 
     def _handleParseError(self) -> None:
         # NetstringReceiver's hook for every framing error: say which, instead of a bare close.
@@ -106,7 +135,12 @@ class EnrollmentServerProtocol(NetstringReceiver, TimeoutMixin):
 
     def timeoutConnection(self) -> None:
         if self._phase is _State.waiting:
-            self._send(refused(Refusal.timeout, f"no complete request within {self._timeout:g} s"))
+            outcome = refused(Refusal.timeout, f"no complete request within {self._timeout:g} s")
+            if self._slots is None:
+                self._send(outcome)
+            else:  # logged at once if it is the first in a while, else counted for the interval
+                self._slots.event("silent", f"{self._peer}: {outcome.summary}")
+                self._send(outcome, quiet=True)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         # A decision under way still completes and is logged; only its reply goes nowhere.
@@ -114,21 +148,50 @@ class EnrollmentServerProtocol(NetstringReceiver, TimeoutMixin):
         self._set_timeout(None)
         if self._phase is _State.waiting:
             self._phase = _State.done
+        if self._slots is not None:
+            self._slots.release(self)
 
 
 class EnrollmentServerFactory(Factory):
-    """Builds one protocol per connection; ``call_later`` lets tests drive the idle timeout."""
+    """Builds one protocol per connection; ``call_later`` lets tests drive the idle timeout.
+
+    ``first_message_timeout`` (None: only ``timeout``) bounds the wait for the complete request;
+    ``max_connections`` and ``max_per_address`` are the slot caps.
+    """
 
     noisy = False  # the daemon logs its own line when it listens
 
-    def __init__(self, handle: Handler, *, timeout: float | None = DEFAULT_TIMEOUT, call_later: Any = None) -> None:
+    def __init__(
+        self,
+        handle: Handler,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        call_later: Any = None,
+        first_message_timeout: float | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_per_address: int = DEFAULT_MAX_PER_ADDRESS,
+    ) -> None:
         self.handle = handle
         self.timeout = timeout
         self.call_later = call_later
+        self.first_message_timeout = first_message_timeout
+        self.slots = SlotKeeper(
+            max_connections=max_connections, max_per_address=max_per_address, call_later=call_later, log=log
+        )
 
     def buildProtocol(self, addr: IAddress | None) -> EnrollmentServerProtocol:
-        protocol = EnrollmentServerProtocol(self.handle, self.timeout)
+        protocol = EnrollmentServerProtocol(
+            self.handle, self.timeout, first_message_timeout=self.first_message_timeout, slots=self.slots
+        )
         protocol.factory = self
         if self.call_later is not None:
             protocol.callLater = self.call_later  # type: ignore[method-assign]
+        # A refused connection is still accepted, to be told why (a typed refusal) and closed.
+        protocol.busy = not self.slots.admit(protocol, addr)
         return protocol
+
+    def startFactory(self) -> None:
+        self.slots.start()
+
+    def stopFactory(self) -> None:
+        self.slots.stop()

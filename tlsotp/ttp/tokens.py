@@ -34,7 +34,7 @@ MAC_KEY_LABEL = b"tlsotp-ttp token mac key v1"
 ENROLL_PROOF_LABEL = "tlsotp-ttp enroll proof v1"
 
 _B64 = r"[A-Za-z0-9_-]"
-_TOKEN = re.compile(rf"^({_B64}{{22}})\.({_B64}{{43}})$")
+_TOKEN = re.compile(rf"({_B64}{{22}})\.({_B64}{{43}})")
 
 
 def _b64(data: bytes) -> str:
@@ -56,7 +56,7 @@ class Token:
 
     @classmethod
     def parse(cls, text: str) -> Token:
-        match = _TOKEN.match(text.strip())
+        match = _TOKEN.fullmatch(text.strip())
         if match is None:
             raise ValueError("a token looks like <22 characters>.<43 characters>, as 'tlsotp ttp token' prints it")
         return cls(match.group(1), _unb64(match.group(2)))
