@@ -82,7 +82,7 @@ class SessionTests(LoopbackCase):
         self.assertEqual(result.stats.flights_received, 2)
 
         confirmed = await confirm_otp(reactor, server, self.settings(), TX, grant.code)
-        self.assertEqual(confirmed.answer, messages.ConfirmResult(messages.ConfirmStatus.accepted, 3))
+        self.assertEqual(confirmed.answer, messages.ConfirmResult(messages.ConfirmStatus.accepted, 0))
         again = await confirm_otp(reactor, server, self.settings(), TX, grant.code)
         assert isinstance(again.answer, messages.ConfirmResult)
         self.assertEqual(again.answer.status, messages.ConfirmStatus.already_used)
