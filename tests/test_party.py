@@ -214,10 +214,10 @@ class FramingTests(unittest.TestCase):
 
     def test_oversized_frame_refused_before_buffering(self) -> None:
         self.protocol.dataReceived(b"99999999:")
-        self.assertEqual(self.transport.value(), alert_frame(Alert.decode_error))
+        self.assertEqual(self.transport.value(), alert_frame(Alert.record_overflow))
         self.assertTrue(self.transport.disconnecting)
         self.protocol.dataReceived(b"x" * 1000)
-        self.assertEqual(self.transport.value(), alert_frame(Alert.decode_error))
+        self.assertEqual(self.transport.value(), alert_frame(Alert.record_overflow))
 
     def test_garbage_frame_in_one_byte_chunks(self) -> None:
         for byte in b"3:\x16\x01\x00,":
