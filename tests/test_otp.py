@@ -114,6 +114,15 @@ class StoreTests(unittest.TestCase):
         self.assertEqual(self.confirm(self.wrong(third.code)), store.Confirmation(ConfirmStatus.locked, 0))
         self.assertEqual(self.confirm(third.code), store.Confirmation(ConfirmStatus.locked, 0))
 
+    def test_an_accepted_code_ends_the_count(self) -> None:
+        """A later request with the same text is a new transaction: earlier misses do not count."""
+        first = self.issue(now=1000)
+        self.confirm(self.wrong(first.code))
+        self.confirm(self.wrong(first.code))
+        self.assertEqual(self.confirm(first.code), store.Confirmation(ConfirmStatus.accepted, 0))
+        second = self.issue(now=1001)
+        self.assertEqual(self.confirm(self.wrong(second.code)), store.Confirmation(ConfirmStatus.wrong_code, 2))
+
     def test_a_locked_transaction_gets_no_new_code(self) -> None:
         issued = self.issue()
         for _ in range(3):

@@ -7,10 +7,11 @@ useless. Each OTP is bound to the authenticated client name and the transaction 
 and is accepted once.
 
 Lockout is per transaction, not per code: wrong confirmations are counted over every OTP
-issued for one (client, transaction) pair, superseded ones included, and when the count
-reaches ``max_attempts`` the pair is locked for good: every later confirmation is ``locked``
-and a new request for it is refused (``TransactionLocked``), so asking for a fresh code does
-not buy more guesses. The bank must start a new transaction (a new description) instead.
+issued for one (client, transaction) pair since its last accepted one (superseded ones
+included), and when the count reaches ``max_attempts`` the pair is locked for good: every
+later confirmation is ``locked`` and a new request for it is refused (``TransactionLocked``),
+so asking for a fresh code does not buy more guesses. The bank must start a new transaction
+(a new description) instead.
 
 The functions take a cursor and run inside the caller's transaction; the daemon runs them on a
 ``SQLiteWorker`` (one connection, one thread), so every read-modify-write is serialised.
@@ -138,10 +139,13 @@ def confirm(
     ``attempts_left`` is 0 except with ``wrong_code``, where it is how many more wrong
     confirmations the pair tolerates before it locks (at least 1). Failures are counted over
     every OTP of the pair; the one that reaches ``max_attempts`` locks the pair."""
+    # Wrong confirmations since the pair's last accepted OTP (an accepted code ends a transaction;
+    # a later request with the same text starts the count afresh), over every OTP issued since.
     cursor.execute(
         "SELECT COALESCE(SUM(failed_attempts), 0), COALESCE(MAX(status = 'locked'), 0) FROM otps"
-        " WHERE client = ? AND transaction_text = ?",
-        (client, transaction),
+        " WHERE client = ? AND transaction_text = ? AND rowid > COALESCE((SELECT MAX(rowid) FROM otps"
+        " WHERE client = ? AND transaction_text = ? AND status = 'used'), 0)",
+        (client, transaction, client, transaction),
     )
     failed, any_locked = cursor.fetchone()
     cursor.execute(
