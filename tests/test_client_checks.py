@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from twisted.internet import reactor, task
+from twisted.internet.endpoints import clientFromString, connectProtocol
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from tlsotp.alerts import Alert, AlertError
 from tlsotp.codec import Writer
-from tlsotp.handshake import DEFAULT_SUITES
+from tlsotp.handshake import DEFAULT_SUITES, HandshakeComplete
 from tlsotp.otp import messages
 from tlsotp.otp.messages import ConfirmStatus, MessageType
 from tlsotp.party.client import ClientSettings, OTPClientProtocol, SessionResult, confirm_otp, request_otp
@@ -32,6 +33,10 @@ def raw_grant(code: str) -> bytes:
     """A grant with a code the encoder would refuse, as a hostile server could send it."""
     w = Writer().u8(MessageType.otp_grant).bytes8(TX_ID).text16(TX).text16(code).u64(NOW + 300)
     return w.text16(messages.otp_message(TX, code)).getvalue()
+
+
+def raw_confirm(transaction: str, code: str) -> bytes:
+    return Writer().u8(MessageType.confirm_request).text16(transaction).text16(code).getvalue()
 
 
 class GrantCheckTests(unittest.SynchronousTestCase):
@@ -115,3 +120,44 @@ class LockoutOverTheWireTests(LoopbackCase):
         self.assertEqual(refusal.alert, Alert.access_denied)
         locked = (await confirm_otp(reactor, server, settings, TX, second.code)).answer
         self.assertEqual(locked, messages.ConfirmResult(ConfirmStatus.locked, 0))
+
+
+class RawClient(OTPClientProtocol):
+    """A client that sends the given records instead of its request, as another implementation might."""
+
+    def __init__(self, settings: ClientSettings, records: list[bytes]) -> None:
+        super().__init__(settings, messages.OTPRequest(TX))
+        self.records = records
+
+    def handshake_complete(self, event: HandshakeComplete) -> None:
+        self.suite = event.suite
+        for record in self.records:
+            self.connection.send_application_data(record)
+
+
+class ServerRefusalTests(LoopbackCase):
+    """The server's alert for each malformed or misdirected application record, over real TCP."""
+
+    async def refusal_for(self, *records: bytes) -> Alert:
+        server = await self.listen()
+        protocol = RawClient(self.settings(), list(records))
+        endpoint = clientFromString(reactor, server)
+        await connectProtocol(endpoint, protocol)
+        return (await self.refused(protocol.result)).alert
+
+    async def test_malformed_requests(self) -> None:
+        good = messages.encode(messages.OTPRequest(TX))
+        self.assertEqual(await self.refusal_for(good[:4], good[4:]), Alert.decode_error)  # split over two records
+        self.assertEqual(await self.refusal_for(good + good), Alert.decode_error)  # two in one record
+        self.assertEqual(await self.refusal_for(raw_confirm(TX, "123")), Alert.decode_error)  # 3-digit code
+        self.assertEqual(await self.refusal_for(raw_confirm("e\u0301", "123456")), Alert.decode_error)  # not NFC
+
+    async def test_unknown_type_and_wrong_direction(self) -> None:
+        self.assertEqual(await self.refusal_for(b"\x2a" + b"\x00" * 4), Alert.unexpected_message)
+        self.assertEqual(await self.refusal_for(grant()), Alert.unexpected_message)
+        result = messages.encode(messages.ConfirmResult(ConfirmStatus.locked, 0))
+        self.assertEqual(await self.refusal_for(result), Alert.unexpected_message)
+
+    async def test_a_second_request_in_the_session(self) -> None:
+        good = messages.encode(messages.OTPRequest(TX))
+        self.assertEqual(await self.refusal_for(good, good), Alert.unexpected_message)
