@@ -65,7 +65,8 @@ APPLICATIONS: dict[str, tuple[otp_messages.AppMessage, otp_messages.AppMessage]]
         otp_messages.OTPGrant(TRANSACTION_ID, TRANSACTION, CODE, EXPIRES_AT, otp_messages.otp_message(TRANSACTION, CODE)),
     ),
     "confirm": (
-        otp_messages.ConfirmRequest(TRANSACTION, "492818"),
+        # Not ASCII: pins UTF-8 and NFC (U+20B9 RUPEE SIGN, U+00EB precomposed) in the vectors.
+        otp_messages.ConfirmRequest("\u20b91,00,000 to Zo\u00eb's account", "492818"),
         otp_messages.ConfirmResult(otp_messages.ConfirmStatus.wrong_code, 2),
     ),
 }
