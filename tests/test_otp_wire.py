@@ -18,8 +18,11 @@ from twisted.trial import unittest
 
 from tlsotp.alerts import Alert, AlertError
 from tlsotp.codec import Writer
+from tlsotp.handshake import ApplicationData, ClientConnection, ServerConnection, suite_named
+from tlsotp.handshake.frames import ContentType, encode_frame
 from tlsotp.otp import messages
 from tlsotp.otp.messages import ConfirmStatus, MessageType
+from tests.vectors.harness import Pair, make_configs
 
 
 def spec_transaction_ok(text: str) -> bool:
@@ -187,3 +190,23 @@ class BoundsTests(unittest.SynchronousTestCase):
         self.assertRaises(ValueError, messages.encode, messages.OTPGrant(b"\x01" * 16, "Rs 5", "123", 10, "m"))
         self.assertRaises(ValueError, messages.encode, messages.OTPGrant(b"\x01" * 16, "Rs 5", "1234", 10, "a\nb"))
         self.assertTrue(re.fullmatch(r"The OTP for transferring Rs 5 is 123456\.", good.message))
+
+
+class EmptyRecordTests(unittest.SynchronousTestCase):
+    def test_an_empty_record_carries_no_message_and_is_skipped(self) -> None:
+        """The record layer authenticates an empty application_data record, counts its sequence
+        number and delivers nothing, so the application never sees (or refuses) it."""
+        client_config, server_config = make_configs(suite_named("TLSOTP_ECDHE_X25519_ECDSA_WITH_AES_128_GCM_SHA256"))
+        pair = Pair(ClientConnection(client_config), ServerConnection(server_config))
+        pair.client.initiate()
+        pair.pump()
+        sealer = pair.client._sealer  # a peer that sends an empty record, as TLS 1.3 allows
+        assert sealer is not None
+        empty = encode_frame(ContentType.application_data, sealer.seal(ContentType.application_data, b""))
+        self.assertEqual(len(empty), 1 + 16)
+        self.assertEqual(pair.server.receive_frame(empty), [])
+        request = messages.encode(messages.OTPRequest("Rs 5 to Bob"))
+        pair.client.send_application_data(request)
+        pair.pump()
+        self.assertEqual(pair.server_events[-1], ApplicationData(request))
+        self.assertFalse(pair.server.closed)
