@@ -7,6 +7,8 @@ import sqlite3
 import stat
 from pathlib import Path
 
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
 from twisted.internet import reactor
 from twisted.trial import unittest
 
@@ -209,3 +211,84 @@ class AuthorityTests(unittest.TestCase):
         self.assertRaises(ValueError, OTPPolicy, digits=2)
         self.assertRaises(ValueError, OTPPolicy, ttl_seconds=0)
         self.assertRaises(ValueError, OTPPolicy, max_attempts=0)
+
+
+class LockoutModel(RuleBasedStateMachine):
+    """The store against the lockout rules of docs/protocol.rst, written as a tiny model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.db = sqlite3.connect(":memory:")
+        store.create_schema(self.db.cursor())
+        self.now = 1000
+        self.max_attempts = 3
+        self.pairs: dict[str, dict[str, object]] = {}
+
+    @initialize(max_attempts=st.integers(1, 4))
+    def policy(self, max_attempts: int) -> None:
+        self.max_attempts = max_attempts
+
+    def model(self, tx: str) -> dict[str, object]:
+        return self.pairs.setdefault(tx, {"locked": False, "failed": 0, "newest": None})
+
+    @rule(tx=st.sampled_from(["Rs 5 to Bob", "Rs 6 to Bob"]))
+    def request(self, tx: str) -> None:
+        m = self.model(tx)
+        try:
+            with self.db:
+                issued = store.issue(
+                    self.db.cursor(), pepper=PEPPER, client="alice.example", transaction=tx, digits=6,
+                    ttl_seconds=60, now=self.now,
+                )
+        except store.TransactionLocked:
+            assert m["locked"], "refused a new code for an unlocked transaction"
+            return
+        assert not m["locked"], "issued a code for a locked transaction"
+        m["newest"] = {"code": issued.code, "expires": issued.expires_at, "used": False}
+
+    @rule(tx=st.sampled_from(["Rs 5 to Bob", "Rs 6 to Bob"]), right=st.booleans())
+    def confirm(self, tx: str, right: bool) -> None:
+        m = self.model(tx)
+        newest = m["newest"]
+        code = "000000"
+        if isinstance(newest, dict):
+            code = str(newest["code"]) if right else str((int(str(newest["code"])) + 1) % 10**6).zfill(6)
+        with self.db:
+            got = store.confirm(
+                self.db.cursor(), pepper=PEPPER, client="alice.example", transaction=tx, code=code,
+                max_attempts=self.max_attempts, now=self.now,
+            )
+        if not isinstance(newest, dict):
+            want = store.Confirmation(ConfirmStatus.unknown_transaction, 0)
+        elif m["locked"]:
+            want = store.Confirmation(ConfirmStatus.locked, 0)
+        elif newest["used"]:
+            want = store.Confirmation(ConfirmStatus.already_used, 0)
+        elif self.now >= int(str(newest["expires"])):
+            want = store.Confirmation(ConfirmStatus.expired, 0)
+        elif right:
+            newest["used"] = True
+            m["failed"] = 0
+            want = store.Confirmation(ConfirmStatus.accepted, 0)
+        else:
+            m["failed"] = int(str(m["failed"])) + 1
+            if int(str(m["failed"])) >= self.max_attempts:
+                m["locked"] = True
+                want = store.Confirmation(ConfirmStatus.locked, 0)
+            else:
+                want = store.Confirmation(ConfirmStatus.wrong_code, self.max_attempts - int(str(m["failed"])))
+        assert got == want, (got, want)
+        # whatever the store answers, the wire format accepts
+        messages.decode(messages.encode(messages.ConfirmResult(got.status, got.attempts_left)))
+
+    @rule(seconds=st.integers(1, 90))
+    def wait(self, seconds: int) -> None:
+        self.now += seconds
+
+    def teardown(self) -> None:
+        self.db.close()
+
+
+class LockoutModelTests(unittest.SynchronousTestCase):
+    def test_the_store_follows_the_lockout_rules(self) -> None:
+        run_state_machine_as_test(LockoutModel)
