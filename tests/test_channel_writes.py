@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import socket
+from typing import Any
 
 from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred
@@ -142,9 +143,16 @@ class NoDelayTests(unittest.TestCase):
         self.assertEqual(await servers[0].nodelay, 1)
         self.assertEqual(client.transport.getHandle().getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)  # type: ignore[union-attr]
         done: Deferred[None] = Deferred()
-        client.connectionLost = lambda reason: done.callback(None)  # type: ignore[method-assign,assignment]
+        lost = client.connectionLost
+
+        def connection_lost(reason: Any = None) -> None:
+            lost(reason) if reason is not None else lost()
+            done.callback(None)
+
+        client.connectionLost = connection_lost  # type: ignore[method-assign]
         await done
         self.assertEqual(client.answers, [b"answer to request"])
+        self.assertTrue(client.clean)
 
 
 def alert_frame(alert: Alert) -> bytes:
