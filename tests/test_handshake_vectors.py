@@ -31,6 +31,7 @@ from tlsotp.handshake import (
     ClientConfig,
     ClientConnection,
     Group,
+    PeerClosed,
     ServerConfig,
     ServerConnection,
     parse_suite_list,
@@ -73,6 +74,29 @@ class VectorTests(unittest.TestCase):
         for path in VECTOR_FILES:
             vector = load(path)
             self.assertEqual(vector["deterministic"], vector["suite"]["key_exchange"] == "ECDHE")
+        # Both exchanges of the OTP application, each in a deterministic vector.
+        kinds = {(load(p)["application"], load(p)["deterministic"]) for p in VECTOR_FILES}
+        self.assertLessEqual({("otp", True), ("confirm", True)}, kinds)
+
+    def test_frames_follow_the_documented_flow(self) -> None:
+        for path in VECTOR_FILES:
+            vector = load(path)
+            flow = []
+            for frame in vector["frames"]:
+                data = bytes.fromhex(frame["hex"])
+                name = {21: "alert", 23: "data"}.get(data[0]) or {
+                    1: "ClientHello", 2: "ServerHello", 11: "Certificate", 15: "CertificateVerify",
+                    16: "KeyTransport", 20: "Finished",
+                }[data[1]]
+                flow.append(f"{frame['direction']} {name}")
+            transport = ["c2s KeyTransport"] if vector["suite"]["key_exchange"] == "RSA_OAEP" else []
+            self.assertEqual(flow, [
+                "c2s ClientHello",
+                "s2c ServerHello", "s2c Certificate", "s2c CertificateVerify",
+                *transport, "c2s Certificate", "c2s CertificateVerify", "c2s Finished", "c2s data",
+                "s2c Finished", "s2c data", "s2c alert",
+                "c2s alert",
+            ], path.name)
 
     # -- replay with the library ------------------------------------------------------------
 
@@ -108,15 +132,12 @@ class VectorTests(unittest.TestCase):
             ephemeral_keys=server_eph.__getitem__,
         )
         pair = Pair(ClientConnection(client_config), ServerConnection(server_config))
-        pair.client.initiate()
-        pair.pump()
-        pair.client.send_application_data(bytes.fromhex(inputs["client_application_data"]))
-        pair.pump()
-        pair.server.send_application_data(bytes.fromhex(inputs["server_application_data"]))
-        pair.pump()
+        request, answer = bytes.fromhex(inputs["client_application_data"]), bytes.fromhex(inputs["server_application_data"])
+        pair.run_session(request, answer)
         self.assertEqual(pair.client.suite, suite_named(vector["suite"]["name"]))
-        self.assertEqual(pair.server_events[-1], ApplicationData(bytes.fromhex(inputs["client_application_data"])))
-        self.assertEqual(pair.client_events[-1], ApplicationData(bytes.fromhex(inputs["server_application_data"])))
+        self.assertIn(ApplicationData(request), pair.server_events)
+        self.assertEqual(pair.client_events[-2:], [ApplicationData(answer), PeerClosed()])
+        self.assertTrue(pair.client.closed and pair.server.closed)
         return pair
 
     def test_library_reproduces_every_frame_of_deterministic_vectors(self) -> None:
@@ -145,6 +166,40 @@ class VectorTests(unittest.TestCase):
     def test_independent_recomputation_agrees_with_every_vector(self) -> None:
         for path in VECTOR_FILES:
             IndependentCheck(self, load(path)).run()
+
+
+def decode_otp_message(data: bytes) -> dict[str, Any]:
+    """The OTP application layer read from docs/protocol.rst alone: u8 type, then the fields;
+    text16 = u16 byte length + UTF-8, bytes8 = u8 length + bytes, u64 big-endian."""
+    pos = 1
+
+    def take(n: int) -> bytes:
+        nonlocal pos
+        assert pos + n <= len(data), "truncated"
+        pos += n
+        return data[pos - n : pos]
+
+    def text16() -> str:
+        return take(int.from_bytes(take(2), "big")).decode("utf-8")
+
+    kind = data[0]
+    fields: dict[str, Any]
+    if kind == 1:
+        fields = {"type": "OTPRequest", "transaction": text16()}
+    elif kind == 2:
+        transaction_id = take(take(1)[0])
+        assert len(transaction_id) == 16
+        fields = {"type": "OTPGrant", "transaction_id": transaction_id.hex(), "transaction": text16(), "code": text16(),
+                  "expires_at": int.from_bytes(take(8), "big"), "message": text16()}
+        assert fields["message"] == f"The OTP for transferring {fields['transaction']} is {fields['code']}."
+    elif kind == 3:
+        fields = {"type": "ConfirmRequest", "transaction": text16(), "code": text16()}
+    else:
+        assert kind == 4, kind
+        status = ["accepted", "wrong_code", "expired", "already_used", "locked", "unknown_transaction"][take(1)[0]]
+        fields = {"type": "ConfirmResult", "status": status, "attempts_left": take(1)[0]}
+    assert pos == len(data), "trailing bytes"
+    return fields
 
 
 class IndependentCheck:
@@ -269,16 +324,36 @@ class IndependentCheck:
         t.assertEqual(self.message("client", "Finished")[4:], client_finished)
         t.assertEqual(self.message("server", "Finished")[4:], server_finished)
 
-        # Application records: nonce = iv XOR seq, aad = type || u16 length.
+        # Protected records: every frame after its sender's Finished, application data and
+        # alerts alike; nonce = iv XOR seq, aad = type || u16 length.
         aead_class = ChaCha20Poly1305 if v["suite"]["aead"] == "CHACHA20_POLY1305" else AESGCM
-        for record in v["application_records"]:
-            frame = bytes.fromhex(record["frame"])
-            prefix = "client" if record["sender"] == "client" else "server"
-            cipher = aead_class(mine[f"{prefix}_write_key"])
+        sequence = {"client": 0, "server": 0}
+        finished = {"client": False, "server": False}
+        protected = []
+        for frame_entry in v["frames"]:
+            frame = bytes.fromhex(frame_entry["hex"])
+            sender = "client" if frame_entry["direction"] == "c2s" else "server"
+            if frame[0] == 22:
+                finished[sender] = finished[sender] or frame[1] == 20
+                continue
+            t.assertTrue(finished[sender], "protected record before the sender's Finished")
+            iv = mine[f"{sender}_write_iv"]
+            nonce = bytes(a ^ b for a, b in zip(iv, sequence[sender].to_bytes(12, "big")))
+            sequence[sender] += 1
             aad = frame[:1] + (len(frame) - 1).to_bytes(2, "big")
-            t.assertEqual(aad.hex(), record["aad"])
-            plaintext = cipher.decrypt(mine[f"{prefix}_write_iv"], frame[1:], aad)
-            t.assertEqual(plaintext.hex(), record["plaintext"])
+            plaintext = aead_class(mine[f"{sender}_write_key"]).decrypt(nonce, frame[1:], aad)
+            protected.append({"sender": sender, "nonce": nonce.hex(), "aad": aad.hex(), "plaintext": plaintext.hex(),
+                              "frame": frame.hex()})
+        t.assertEqual(len(protected), len(v["application_records"]))
+        for mine_record, record in zip(protected, v["application_records"]):
+            for key in ("sender", "nonce", "aad", "plaintext", "frame"):
+                t.assertEqual(mine_record[key], record[key], f"{name}: record {key}")
+            plaintext = bytes.fromhex(record["plaintext"])
+            if record["content_type"] == "alert":
+                t.assertEqual(plaintext, b"\x00")  # close_notify
+            else:
+                t.assertEqual(decode_otp_message(plaintext), record["message"], name)
+        t.assertEqual(bytes.fromhex(v["application_records"][0]["plaintext"]).hex(), inputs["client_application_data"])
 
         # The certificates were valid at the pinned time (so the vector cannot expire).
         root = x509.load_pem_x509_certificate(inputs["root_certificate_pem"].encode())

@@ -7,15 +7,27 @@ import sqlite3
 import stat
 from pathlib import Path
 
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
 from twisted.internet import reactor
 from twisted.trial import unittest
 
 from tlsotp.alerts import Alert, AlertError
+from tlsotp.codec import Writer
 from tlsotp.otp import messages, store
 from tlsotp.otp.authority import DATABASE_FILE, PEPPER_FILE, OTPAuthority, OTPPolicy
 from tlsotp.otp.messages import ConfirmStatus
 
 PEPPER = b"p" * 32
+
+
+def raw_request(transaction: str) -> bytes:
+    """An OTPRequest encoded without the encoder's checks, as a hostile peer could send it."""
+    return Writer().u8(messages.MessageType.otp_request).text16(transaction).getvalue()
+
+
+def raw_confirm(transaction: str, code: str) -> bytes:
+    return Writer().u8(messages.MessageType.confirm_request).text16(transaction).text16(code).getvalue()
 
 
 class MessageCodecTests(unittest.TestCase):
@@ -35,8 +47,8 @@ class MessageCodecTests(unittest.TestCase):
             good[:-1]: Alert.decode_error,
             good + b"\x00": Alert.decode_error,
             b"\x63": Alert.unexpected_message,
-            messages.encode(messages.OTPRequest("line\nbreak")): Alert.decode_error,
-            messages.encode(messages.ConfirmRequest("Rs 5", "12a456")): Alert.decode_error,
+            raw_request("line\nbreak"): Alert.decode_error,
+            raw_confirm("Rs 5", "12a456"): Alert.decode_error,
             b"\x04\x09\x00": Alert.decode_error,
         }
         for data, alert in cases.items():
@@ -90,9 +102,53 @@ class StoreTests(unittest.TestCase):
         issued = self.issue()
         first = self.confirm(self.wrong(issued.code))
         self.assertEqual((first.status, first.attempts_left), (ConfirmStatus.wrong_code, 2))
-        self.assertEqual(self.confirm(self.wrong(issued.code)).status, ConfirmStatus.wrong_code)
-        self.assertEqual(self.confirm(self.wrong(issued.code)).status, ConfirmStatus.locked)
+        self.assertEqual(self.confirm(self.wrong(issued.code)), store.Confirmation(ConfirmStatus.wrong_code, 1))
+        self.assertEqual(self.confirm(self.wrong(issued.code)), store.Confirmation(ConfirmStatus.locked, 0))
+        self.assertEqual(self.confirm(issued.code), store.Confirmation(ConfirmStatus.locked, 0))
+
+    def test_a_fresh_code_does_not_reset_the_count(self) -> None:
+        """The lock holds for the transaction: guesses are counted over every code issued for it."""
+        first = self.issue(now=1000)
+        self.assertEqual(self.confirm(self.wrong(first.code)), store.Confirmation(ConfirmStatus.wrong_code, 2))
+        second = self.issue(now=1001)
+        self.assertEqual(self.confirm(self.wrong(second.code)), store.Confirmation(ConfirmStatus.wrong_code, 1))
+        third = self.issue(now=1002)
+        self.assertEqual(self.confirm(self.wrong(third.code)), store.Confirmation(ConfirmStatus.locked, 0))
+        self.assertEqual(self.confirm(third.code), store.Confirmation(ConfirmStatus.locked, 0))
+
+    def test_an_accepted_code_ends_the_count(self) -> None:
+        """A later request with the same text is a new transaction: earlier misses do not count."""
+        first = self.issue(now=1000)
+        self.confirm(self.wrong(first.code))
+        self.confirm(self.wrong(first.code))
+        self.assertEqual(self.confirm(first.code), store.Confirmation(ConfirmStatus.accepted, 0))
+        second = self.issue(now=1001)
+        self.assertEqual(self.confirm(self.wrong(second.code)), store.Confirmation(ConfirmStatus.wrong_code, 2))
+
+    def test_a_locked_transaction_gets_no_new_code(self) -> None:
+        issued = self.issue()
+        for _ in range(3):
+            self.confirm(self.wrong(issued.code))
+        with self.assertRaises(store.TransactionLocked):
+            self.issue(now=1001)
         self.assertEqual(self.confirm(issued.code).status, ConfirmStatus.locked)
+        # Only that pair: the same client's other transactions, and other clients, are unaffected.
+        other = self.issue(now=1002, tx="Rs 6 to Bob")
+        self.assertEqual(self.confirm(other.code, tx="Rs 6 to Bob").status, ConfirmStatus.accepted)
+        bobs = self.issue(now=1003, client="bob.example")
+        self.assertEqual(self.confirm(bobs.code, client="bob.example").status, ConfirmStatus.accepted)
+
+    def test_attempts_left_is_zero_except_after_a_wrong_code(self) -> None:
+        self.assertEqual(self.confirm("123456"), store.Confirmation(ConfirmStatus.unknown_transaction, 0))
+        issued = self.issue(now=1000)
+        self.assertEqual(self.confirm(self.wrong(issued.code)).attempts_left, 2)
+        self.assertEqual(self.confirm(issued.code, now=1060), store.Confirmation(ConfirmStatus.expired, 0))
+        self.assertEqual(self.confirm(issued.code), store.Confirmation(ConfirmStatus.accepted, 0))
+        self.assertEqual(self.confirm(issued.code), store.Confirmation(ConfirmStatus.already_used, 0))
+        for status in ConfirmStatus:
+            # every Confirmation the store can return is one the wire format accepts
+            left = 1 if status is ConfirmStatus.wrong_code else 0
+            self.assertEqual(messages.decode(messages.encode(messages.ConfirmResult(status, left))).attempts_left, left)
 
     def test_otp_is_bound_to_client_and_transaction(self) -> None:
         issued = self.issue()
@@ -133,7 +189,106 @@ class AuthorityTests(unittest.TestCase):
         d.addCallback(lambda c: self.assertEqual(c.status, ConfirmStatus.accepted))
         return d
 
+    def test_a_locked_transaction_is_refused_with_access_denied(self) -> None:
+        data_dir = Path(self.mktemp())
+        data_dir.mkdir()
+        authority = OTPAuthority(reactor, data_dir, OTPPolicy(max_attempts=1))
+        self.addCleanup(authority.close)
+
+        def issued(result: tuple[store.IssuedOTP, str]) -> object:
+            wrong = str((int(result[0].code) + 1) % 10**6).zfill(6)
+            return authority.confirm("bob.example", "Rs 5 to Bob", wrong)
+
+        def locked(confirmation: store.Confirmation) -> object:
+            self.assertEqual(confirmation, store.Confirmation(ConfirmStatus.locked, 0))
+            return self.assertFailure(authority.issue("bob.example", "Rs 5 to Bob"), AlertError)
+
+        d = authority.issue("bob.example", "Rs 5 to Bob").addCallback(issued).addCallback(locked)
+        d.addCallback(lambda error: self.assertEqual(error.alert, Alert.access_denied))
+        return d
+
     def test_policy_bounds(self) -> None:
         self.assertRaises(ValueError, OTPPolicy, digits=2)
         self.assertRaises(ValueError, OTPPolicy, ttl_seconds=0)
         self.assertRaises(ValueError, OTPPolicy, max_attempts=0)
+
+
+class LockoutModel(RuleBasedStateMachine):
+    """The store against the lockout rules of docs/protocol.rst, written as a tiny model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.db = sqlite3.connect(":memory:")
+        store.create_schema(self.db.cursor())
+        self.now = 1000
+        self.max_attempts = 3
+        self.pairs: dict[str, dict[str, object]] = {}
+
+    @initialize(max_attempts=st.integers(1, 4))
+    def policy(self, max_attempts: int) -> None:
+        self.max_attempts = max_attempts
+
+    def model(self, tx: str) -> dict[str, object]:
+        return self.pairs.setdefault(tx, {"locked": False, "failed": 0, "newest": None})
+
+    @rule(tx=st.sampled_from(["Rs 5 to Bob", "Rs 6 to Bob"]))
+    def request(self, tx: str) -> None:
+        m = self.model(tx)
+        try:
+            with self.db:
+                issued = store.issue(
+                    self.db.cursor(), pepper=PEPPER, client="alice.example", transaction=tx, digits=6,
+                    ttl_seconds=60, now=self.now,
+                )
+        except store.TransactionLocked:
+            assert m["locked"], "refused a new code for an unlocked transaction"
+            return
+        assert not m["locked"], "issued a code for a locked transaction"
+        m["newest"] = {"code": issued.code, "expires": issued.expires_at, "used": False}
+
+    @rule(tx=st.sampled_from(["Rs 5 to Bob", "Rs 6 to Bob"]), right=st.booleans())
+    def confirm(self, tx: str, right: bool) -> None:
+        m = self.model(tx)
+        newest = m["newest"]
+        code = "000000"
+        if isinstance(newest, dict):
+            code = str(newest["code"]) if right else str((int(str(newest["code"])) + 1) % 10**6).zfill(6)
+        with self.db:
+            got = store.confirm(
+                self.db.cursor(), pepper=PEPPER, client="alice.example", transaction=tx, code=code,
+                max_attempts=self.max_attempts, now=self.now,
+            )
+        if not isinstance(newest, dict):
+            want = store.Confirmation(ConfirmStatus.unknown_transaction, 0)
+        elif m["locked"]:
+            want = store.Confirmation(ConfirmStatus.locked, 0)
+        elif newest["used"]:
+            want = store.Confirmation(ConfirmStatus.already_used, 0)
+        elif self.now >= int(str(newest["expires"])):
+            want = store.Confirmation(ConfirmStatus.expired, 0)
+        elif right:
+            newest["used"] = True
+            m["failed"] = 0
+            want = store.Confirmation(ConfirmStatus.accepted, 0)
+        else:
+            m["failed"] = int(str(m["failed"])) + 1
+            if int(str(m["failed"])) >= self.max_attempts:
+                m["locked"] = True
+                want = store.Confirmation(ConfirmStatus.locked, 0)
+            else:
+                want = store.Confirmation(ConfirmStatus.wrong_code, self.max_attempts - int(str(m["failed"])))
+        assert got == want, (got, want)
+        # whatever the store answers, the wire format accepts
+        messages.decode(messages.encode(messages.ConfirmResult(got.status, got.attempts_left)))
+
+    @rule(seconds=st.integers(1, 90))
+    def wait(self, seconds: int) -> None:
+        self.now += seconds
+
+    def teardown(self) -> None:
+        self.db.close()
+
+
+class LockoutModelTests(unittest.SynchronousTestCase):
+    def test_the_store_follows_the_lockout_rules(self) -> None:
+        run_state_machine_as_test(LockoutModel)

@@ -82,7 +82,7 @@ class SessionTests(LoopbackCase):
         self.assertEqual(result.stats.flights_received, 2)
 
         confirmed = await confirm_otp(reactor, server, self.settings(), TX, grant.code)
-        self.assertEqual(confirmed.answer, messages.ConfirmResult(messages.ConfirmStatus.accepted, 3))
+        self.assertEqual(confirmed.answer, messages.ConfirmResult(messages.ConfirmStatus.accepted, 0))
         again = await confirm_otp(reactor, server, self.settings(), TX, grant.code)
         assert isinstance(again.answer, messages.ConfirmResult)
         self.assertEqual(again.answer.status, messages.ConfirmStatus.already_used)
@@ -214,10 +214,10 @@ class FramingTests(unittest.TestCase):
 
     def test_oversized_frame_refused_before_buffering(self) -> None:
         self.protocol.dataReceived(b"99999999:")
-        self.assertEqual(self.transport.value(), alert_frame(Alert.decode_error))
+        self.assertEqual(self.transport.value(), alert_frame(Alert.record_overflow))
         self.assertTrue(self.transport.disconnecting)
         self.protocol.dataReceived(b"x" * 1000)
-        self.assertEqual(self.transport.value(), alert_frame(Alert.decode_error))
+        self.assertEqual(self.transport.value(), alert_frame(Alert.record_overflow))
 
     def test_garbage_frame_in_one_byte_chunks(self) -> None:
         for byte in b"3:\x16\x01\x00,":

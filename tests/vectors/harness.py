@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tlsotp.handshake import (
+    ApplicationData,
     ClientConfig,
     ClientConnection,
     Event,
+    HandshakeComplete,
     ServerConfig,
     ServerConnection,
     Suite,
@@ -77,6 +79,26 @@ class Pair:
             self.wire.append((direction, frame))
             events.extend(receiver.receive_frame(frame))
         return len(frames)
+
+    def run_session(self, request: bytes, answer: bytes) -> None:
+        """The flow of docs/protocol.rst, frame by frame: the client queues ``request`` as soon
+        as the server's CertificateVerify has verified (so it rides in the client's second
+        flight, after its Finished); the server, once it has the request, queues ``answer``
+        and close_notify after its Finished; the client answers close_notify with its own."""
+        self.client.initiate()
+        requested = answered = False
+        while True:
+            moved = self._deliver("c2s")
+            if not answered and ApplicationData(request) in self.server_events:
+                self.server.send_application_data(answer)
+                self.server.close()
+                answered = True
+            moved += self._deliver("s2c")
+            if not requested and any(isinstance(e, HandshakeComplete) for e in self.client_events):
+                self.client.send_application_data(request)
+                requested = True
+            if not moved:
+                return
 
     def bytes_sent(self, direction: str) -> int:
         return sum(len(f) for d, f in self.wire if d == direction)

@@ -1,6 +1,8 @@
 """Write the published handshake test vectors: ``python -m tests.vectors.make_vectors``.
 
-Each vector is one complete handshake plus one application record each way, with every input
+Each vector is one complete session as docs/protocol.rst's flow runs it: the handshake, the
+client's OTP application request in its second flight, the server's answer after its Finished,
+and both close_notify alerts (the server's, and the client's reply), with every input
 fixed (randoms, ephemeral keys, certificate keys and certificates, validation time) and every
 intermediate value written out (message bytes, transcript hashes, secrets, keys, IVs, frames),
 so that an independent implementation can check itself against docs/protocol.rst and the
@@ -29,6 +31,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from tlsotp.handshake import (
     DEFAULT_SUITES,
     ClientConfig,
+    ClientConnection,
+    ServerConnection,
     ServerConfig,
     Suite,
     suite_named,
@@ -39,8 +43,9 @@ from tlsotp.handshake.keyschedule import derive_application_secrets, derive_hand
 from tlsotp.handshake.messages import HandshakeType
 from tlsotp.handshake.signatures import CLIENT_CONTEXT, SERVER_CONTEXT, signed_content
 from tlsotp.handshake.suites import KeyExchange, groups_of
+from tlsotp.otp import messages as otp_messages
 from tests.vectors import fixtures
-from tests.vectors.harness import Pair, connect
+from tests.vectors.harness import Pair
 
 VECTORS_DIR = Path(__file__).parent
 
@@ -48,8 +53,35 @@ CLIENT_RANDOM = bytes(range(0x00, 0x20))
 SERVER_RANDOM = bytes(range(0x80, 0xA0))
 TRANSPORTED_SECRET = bytes(range(0xC0, 0xE0))
 RSA_REPLACEMENT_SECRET = b"\xee" * 32  # drawn by the server before decrypting; unused when decryption succeeds
-CLIENT_APPLICATION_DATA = b'{"request": "otp", "account": "alice"}'
-SERVER_APPLICATION_DATA = b'{"otp": "492817", "expires_in": 60}'
+TRANSACTION = "Rs 1,00,000 to your friend's account"
+CODE = "492817"
+TRANSACTION_ID = bytes(range(0x10, 0x20))
+EXPIRES_AT = int(fixtures.VECTOR_TIME.timestamp()) + 300
+
+#: The two exchanges of the OTP application: a request for a code, and a confirmation of one.
+APPLICATIONS: dict[str, tuple[otp_messages.AppMessage, otp_messages.AppMessage]] = {
+    "otp": (
+        otp_messages.OTPRequest(TRANSACTION),
+        otp_messages.OTPGrant(TRANSACTION_ID, TRANSACTION, CODE, EXPIRES_AT, otp_messages.otp_message(TRANSACTION, CODE)),
+    ),
+    "confirm": (
+        # Not ASCII: pins UTF-8 and NFC (U+20B9 RUPEE SIGN, U+00EB precomposed) in the vectors.
+        otp_messages.ConfirmRequest("\u20b91,00,000 to Zo\u00eb's account", "492818"),
+        otp_messages.ConfirmResult(otp_messages.ConfirmStatus.wrong_code, 2),
+    ),
+}
+
+
+def message_fields(message: otp_messages.AppMessage) -> dict[str, Any]:
+    """The decoded fields of an OTP application message, as the vector spells them."""
+    fields: dict[str, Any] = {"type": type(message).__name__}
+    for name, value in vars(message).items():
+        if isinstance(value, bytes):
+            value = value.hex()
+        elif isinstance(value, otp_messages.ConfirmStatus):
+            value = value.name
+        fields[name] = value
+    return fields
 
 _MESSAGE_NAMES = {
     HandshakeType.client_hello: "ClientHello",
@@ -66,6 +98,15 @@ class VectorSpec:
     suite_name: str
     server_key: str
     client_key: str
+    application: str  # a key of APPLICATIONS
+
+    @property
+    def request(self) -> bytes:
+        return otp_messages.encode(APPLICATIONS[self.application][0])
+
+    @property
+    def answer(self) -> bytes:
+        return otp_messages.encode(APPLICATIONS[self.application][1])
 
     @property
     def suite(self) -> Suite:
@@ -77,10 +118,10 @@ class VectorSpec:
 
 
 SPECS = (
-    VectorSpec("TLSOTP_ECDHE_X25519_ECDSA_WITH_AES_256_GCM_SHA384", "ec-p256", "ec-p256"),
-    VectorSpec("TLSOTP_ECDHE_P256_ECDSA_WITH_AES_128_GCM_SHA256", "ec-p384", "ec-p256"),
-    VectorSpec("TLSOTP_ECDHE_X25519_ECDSA_WITH_CHACHA20_POLY1305_SHA256", "ec-p256", "ec-p384"),
-    VectorSpec("TLSOTP_RSA_OAEP_WITH_AES_256_GCM_SHA384", "rsa-2048", "ec-p256"),
+    VectorSpec("TLSOTP_ECDHE_X25519_ECDSA_WITH_AES_256_GCM_SHA384", "ec-p256", "ec-p256", "otp"),
+    VectorSpec("TLSOTP_ECDHE_P256_ECDSA_WITH_AES_128_GCM_SHA256", "ec-p384", "ec-p256", "confirm"),
+    VectorSpec("TLSOTP_ECDHE_X25519_ECDSA_WITH_CHACHA20_POLY1305_SHA256", "ec-p256", "ec-p384", "confirm"),
+    VectorSpec("TLSOTP_RSA_OAEP_WITH_AES_256_GCM_SHA384", "rsa-2048", "ec-p256", "otp"),
 )
 
 
@@ -105,7 +146,7 @@ def ephemeral_private_hex(key: EphemeralPrivateKey) -> str:
 
 
 def run(spec: VectorSpec) -> Pair:
-    """The handshake and one record each way, with every input fixed."""
+    """The whole session (handshake, request, answer, close_notify both ways), every input fixed."""
     client_id, server_id = fixtures.identity("client", spec.client_key), fixtures.identity("server", spec.server_key)
     client_random = [CLIENT_RANDOM] + ([TRANSPORTED_SECRET] if spec.suite.key_exchange is KeyExchange.RSA_OAEP else [])
     server_random = [SERVER_RANDOM] + ([RSA_REPLACEMENT_SECRET] if spec.suite.key_exchange is KeyExchange.RSA_OAEP else [])
@@ -125,12 +166,10 @@ def run(spec: VectorSpec) -> Pair:
         random_bytes=fixtures.FixedRandom(server_random),
         ephemeral_keys=fixtures.fixed_ephemeral_keys("server"),
     )
-    pair = connect(client_config, server_config)
-    pair.client.send_application_data(CLIENT_APPLICATION_DATA)
-    pair.pump()
-    pair.server.send_application_data(SERVER_APPLICATION_DATA)
-    pair.pump()
+    pair = Pair(ClientConnection(client_config), ServerConnection(server_config))
+    pair.run_session(spec.request, spec.answer)
     assert pair.client.suite == spec.suite and pair.server.handshake_complete, "vector handshake failed"
+    assert pair.client.closed and pair.server.closed, "vector session did not close cleanly"
     return pair
 
 
@@ -192,8 +231,8 @@ def build(spec: VectorSpec) -> dict[str, Any]:
         "server_private_key_pem": key_pem(server_id.key),
         "client_chain_pem": [pem(c) for c in client_id.chain],
         "client_private_key_pem": key_pem(client_id.key),
-        "client_application_data": CLIENT_APPLICATION_DATA.hex(),
-        "server_application_data": SERVER_APPLICATION_DATA.hex(),
+        "client_application_data": spec.request.hex(),
+        "server_application_data": spec.answer.hex(),
     }
     if suite.group is not None:
         inputs["server_ephemeral_private_key"] = {suite.group.name: ephemeral_private_hex(fixtures.ephemeral_key("server", suite.group))}
@@ -201,26 +240,43 @@ def build(spec: VectorSpec) -> dict[str, Any]:
         inputs["transported_secret"] = TRANSPORTED_SECRET.hex()
         inputs["server_replacement_secret"] = RSA_REPLACEMENT_SECRET.hex()
 
+    # Every protected record: after its sender's Finished, application data and alerts alike.
     records = []
+    sequence = {"client": 0, "server": 0}
+    finished = {"client": False, "server": False}
+    request, answer = APPLICATIONS[spec.application]
     for direction, frame in pair.wire:
+        sender = "client" if direction == "c2s" else "server"
+        if frame[0] == ContentType.handshake:
+            finished[sender] = finished[sender] or frame[1] == HandshakeType.finished
+            continue
+        assert finished[sender], "a protected record before its sender's Finished"
+        keys = ap.client_keys if sender == "client" else ap.server_keys
+        seq = sequence[sender]
+        sequence[sender] += 1
+        record: dict[str, Any] = {
+            "sender": sender,
+            "content_type": ContentType(frame[0]).name,
+            "sequence_number": seq,
+            "nonce": bytes(a ^ b for a, b in zip(keys.iv, seq.to_bytes(12, "big"))).hex(),
+            "aad": frame[:1].hex() + (len(frame) - 1).to_bytes(2, "big").hex(),
+        }
         if frame[0] == ContentType.application_data:
-            sender = "client" if direction == "c2s" else "server"
-            keys = ap.client_keys if sender == "client" else ap.server_keys
-            records.append(
-                {
-                    "sender": sender,
-                    "sequence_number": 0,
-                    "plaintext": (CLIENT_APPLICATION_DATA if sender == "client" else SERVER_APPLICATION_DATA).hex(),
-                    "nonce": keys.iv.hex(),  # sequence number 0: nonce = iv
-                    "aad": bytes([ContentType.application_data]).hex() + (len(frame) - 1).to_bytes(2, "big").hex(),
-                    "frame": frame.hex(),
-                }
-            )
+            message = request if sender == "client" else answer
+            record["plaintext"] = otp_messages.encode(message).hex()
+            record["message"] = message_fields(message)
+        else:
+            record["plaintext"] = "00"  # close_notify
+            record["alert"] = "close_notify"
+        record["frame"] = frame.hex()
+        records.append(record)
 
     return {
         "description": (
-            f"tlsotp/1 handshake with {suite.name}: the client offers every suite, the server accepts only this one. "
-            "See docs/protocol.rst for every format and derivation."
+            f"tlsotp/1 session with {suite.name}: the client offers every suite, the server accepts only this one; "
+            f"the client sends {type(request).__name__} in its second flight, the server answers "
+            f"{type(answer).__name__} after its Finished and closes with close_notify, and the client "
+            "replies close_notify. See docs/protocol.rst for every format and derivation."
         ),
         "protocol_version": 1,
         "suite": {
@@ -268,6 +324,7 @@ def build(spec: VectorSpec) -> dict[str, Any]:
             "server_write_key": ap.server_keys.key.hex(),
             "server_write_iv": ap.server_keys.iv.hex(),
         },
+        "application": spec.application,
         "application_records": records,
         "frames": [{"direction": d, "hex": f.hex()} for d, f in pair.wire],
     }

@@ -13,6 +13,9 @@ from typing import Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
+from twisted.python.failure import Failure
+
+from tlsotp.alerts import Alert, AlertError
 
 from tlsotp.otp import store
 from tlsotp.otp.messages import otp_message
@@ -36,6 +39,11 @@ class OTPPolicy:
             raise ValueError("allowed wrong guesses are between 1 and 100")
 
 
+def _refuse_locked(failure: Failure) -> store.IssuedOTP:
+    failure.trap(store.TransactionLocked)  # type: ignore[no-untyped-call]
+    raise AlertError(Alert.access_denied, str(failure.value))
+
+
 class OTPAuthority:
     def __init__(
         self,
@@ -55,7 +63,8 @@ class OTPAuthority:
         return self._worker.open()
 
     def issue(self, client: str, transaction: str) -> "Deferred[tuple[store.IssuedOTP, str]]":
-        """Issue an OTP; fires with it and the sentence to show the client."""
+        """Issue an OTP; fires with it and the sentence to show the client, or fails with
+        ``AlertError(access_denied)`` when wrong confirmations locked the transaction."""
         d = self._worker.run(
             store.issue,
             pepper=self._pepper,
@@ -65,6 +74,7 @@ class OTPAuthority:
             ttl_seconds=self.policy.ttl_seconds,
             now=int(self._clock()),
         )
+        d.addErrback(_refuse_locked)
         return d.addCallback(lambda issued: (issued, otp_message(transaction, issued.code)))
 
     def confirm(self, client: str, transaction: str, code: str) -> "Deferred[store.Confirmation]":

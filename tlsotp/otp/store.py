@@ -4,7 +4,14 @@ Codes are never stored: only HMAC-SHA256(pepper, transaction id || code), where 
 random key in the server's data dir (mode 0600). A six-digit code has only a million values, so
 a plain hash would be reversed offline in a moment; without the pepper a stolen database is
 useless. Each OTP is bound to the authenticated client name and the transaction text, expires,
-is accepted once, and locks after a bounded number of wrong guesses.
+and is accepted once.
+
+Lockout is per transaction, not per code: wrong confirmations are counted over every OTP
+issued for one (client, transaction) pair since its last accepted one (superseded ones
+included), and when the count reaches ``max_attempts`` the pair is locked for good: every
+later confirmation is ``locked`` and a new request for it is refused (``TransactionLocked``),
+so asking for a fresh code does not buy more guesses. The bank must start a new transaction
+(a new description) instead.
 
 The functions take a cursor and run inside the caller's transaction; the daemon runs them on a
 ``SQLiteWorker`` (one connection, one thread), so every read-modify-write is serialised.
@@ -45,6 +52,10 @@ class IssuedOTP:
     transaction_id: bytes
     code: str
     expires_at: int
+
+
+class TransactionLocked(Exception):
+    """A new OTP was requested for a (client, transaction) pair that wrong guesses locked."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +101,15 @@ def issue(
     ttl_seconds: int,
     now: int,
 ) -> IssuedOTP:
-    """A fresh OTP for (client, transaction); any earlier pending one for the pair is superseded."""
+    """A fresh OTP for (client, transaction); any earlier pending one for the pair is superseded.
+
+    Raises ``TransactionLocked`` if wrong confirmations locked the pair."""
+    cursor.execute(
+        "SELECT 1 FROM otps WHERE client = ? AND transaction_text = ? AND status = 'locked' LIMIT 1",
+        (client, transaction),
+    )
+    if cursor.fetchone() is not None:
+        raise TransactionLocked(f"the transaction {transaction!r} of {client} is locked after wrong confirmations")
     transaction_id = secrets.token_bytes(TRANSACTION_ID_BYTES)
     code = generate_code(digits)
     cursor.execute(
@@ -115,7 +134,20 @@ def confirm(
     max_attempts: int,
     now: int,
 ) -> Confirmation:
-    """Check ``code`` against the newest OTP issued to ``client`` for ``transaction``."""
+    """Check ``code`` against the newest OTP issued to ``client`` for ``transaction``.
+
+    ``attempts_left`` is 0 except with ``wrong_code``, where it is how many more wrong
+    confirmations the pair tolerates before it locks (at least 1). Failures are counted over
+    every OTP of the pair; the one that reaches ``max_attempts`` locks the pair."""
+    # Wrong confirmations since the pair's last accepted OTP (an accepted code ends a transaction;
+    # a later request with the same text starts the count afresh), over every OTP issued since.
+    cursor.execute(
+        "SELECT COALESCE(SUM(failed_attempts), 0), COALESCE(MAX(status = 'locked'), 0) FROM otps"
+        " WHERE client = ? AND transaction_text = ? AND rowid > COALESCE((SELECT MAX(rowid) FROM otps"
+        " WHERE client = ? AND transaction_text = ? AND status = 'used'), 0)",
+        (client, transaction, client, transaction),
+    )
+    failed, any_locked = cursor.fetchone()
     cursor.execute(
         "SELECT id, code_mac, expires_at, status, failed_attempts FROM otps"
         " WHERE client = ? AND transaction_text = ? ORDER BY issued_at DESC, rowid DESC LIMIT 1",
@@ -124,26 +156,25 @@ def confirm(
     row = cursor.fetchone()
     if row is None:
         return Confirmation(ConfirmStatus.unknown_transaction, 0)
-    transaction_id, stored_mac, expires_at, status, failed = row
-    left = max(max_attempts - failed, 0)
+    transaction_id, stored_mac, expires_at, status, failed_here = row
+    if any_locked or failed >= max_attempts:
+        return Confirmation(ConfirmStatus.locked, 0)
     if status == "used":
         return Confirmation(ConfirmStatus.already_used, 0)
-    if status == "locked":
-        return Confirmation(ConfirmStatus.locked, 0)
     if status != "pending":
         return Confirmation(ConfirmStatus.unknown_transaction, 0)
     if now >= expires_at:
         return Confirmation(ConfirmStatus.expired, 0)
     if hmac.compare_digest(_code_mac(pepper, bytes(transaction_id), code), bytes(stored_mac)):
         cursor.execute("UPDATE otps SET status = 'used' WHERE id = ?", (transaction_id,))
-        return Confirmation(ConfirmStatus.accepted, left)
+        return Confirmation(ConfirmStatus.accepted, 0)
     failed += 1
     if failed >= max_attempts:
         cursor.execute(
-            "UPDATE otps SET status = 'locked', failed_attempts = ? WHERE id = ?", (failed, transaction_id)
+            "UPDATE otps SET status = 'locked', failed_attempts = ? WHERE id = ?", (failed_here + 1, transaction_id)
         )
         return Confirmation(ConfirmStatus.locked, 0)
-    cursor.execute("UPDATE otps SET failed_attempts = ? WHERE id = ?", (failed, transaction_id))
+    cursor.execute("UPDATE otps SET failed_attempts = ? WHERE id = ?", (failed_here + 1, transaction_id))
     return Confirmation(ConfirmStatus.wrong_code, max_attempts - failed)
 
 

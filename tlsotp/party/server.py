@@ -222,6 +222,9 @@ class OTPServerProtocol(SecureChannelProtocol):
         self.close()
 
     def _internal_error(self, failure: Failure) -> None:
+        if isinstance(failure.value, AlertError):  # a refusal by the OTP rules (a locked transaction)
+            self.abort(failure.value.alert, failure.value.detail)
+            return
         log.error("{peer}: OTP store failed: {error}", peer=self.peer, error=failure.getErrorMessage())
         self.abort(Alert.internal_error, "the OTP store failed")
 
