@@ -204,3 +204,60 @@ class BadNetstringTests(unittest.SynchronousTestCase):
         last = netstrings(c_transport.value())[-1]
         self.assertEqual((last[0], len(last)), (21, 18))
 
+
+
+class BankServerFlightTests(unittest.TestCase):
+    """The real bank server, with its real OTP store (answering from a thread, later than the
+    handshake): its second flight, Finished + grant + close_notify, is still one write."""
+
+    async def test_finished_waits_for_the_answer_and_leaves_with_it(self) -> None:
+        from pathlib import Path
+
+        from twisted.internet.task import deferLater
+
+        from tlsotp.handshake import DEFAULT_SUITES, suites_for_key
+        from tlsotp.otp import messages
+        from tlsotp.otp.authority import OTPAuthority, OTPPolicy
+        from tlsotp.party.client import ClientSettings, OTPClientProtocol
+        from tlsotp.party.server import OTPServerFactory, ServerIdentity
+        from tlsotp.pki.roles import Role
+        from tests.credentials import test_ca
+
+        ca = test_ca()
+        bank, alice = ca.issue("bank.example", Role.SERVER), ca.issue("alice.example", Role.CLIENT)
+        data_dir = Path(self.mktemp())
+        data_dir.mkdir()
+        authority = OTPAuthority(reactor, data_dir, OTPPolicy())
+        self.addCleanup(authority.close)
+        factory = OTPServerFactory(
+            ServerIdentity(bank.key, bank.chain, bank.root),
+            authority,
+            suites=suites_for_key(bank.certificate.public_key(), DEFAULT_SUITES),
+        )
+        server = factory.buildProtocol(None)
+        assert server is not None
+        settings = ClientSettings(
+            key=alice.key, chain=alice.chain, root=alice.root, server_name="bank.example", crl=ca.crl()
+        )
+        client = OTPClientProtocol(settings, messages.OTPRequest("Rs 500 to Bob"))
+        offline(server)
+        offline(client)
+        c_transport, s_transport = RecordingTransport(), RecordingTransport()
+        server.makeConnection(s_transport)
+        client.makeConnection(c_transport)
+        delivered = {"c": 0, "s": 0}
+        for _ in range(500):  # bounded: the store answers within milliseconds
+            for writes, receiver, key in ((c_transport.writes, server, "c"), (s_transport.writes, client, "s")):
+                for data in writes[delivered[key] :]:
+                    receiver.dataReceived(data)
+                delivered[key] = len(writes)
+            if client.answer is not None:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        client.connectionLost()
+        server.connectionLost()
+        result = await client.result
+        self.assertIsInstance(result.answer, messages.OTPGrant)
+        kinds = lambda writes: [[frame[0] for frame in netstrings(w)] for w in writes]  # noqa: E731
+        # server: ServerHello, Certificate, CertificateVerify | Finished, grant, close_notify
+        self.assertEqual(kinds(s_transport.writes), [[22, 22, 22], [22, 23, 21]])

@@ -116,6 +116,7 @@ class OTPServerProtocol(SecureChannelProtocol):
         self.first_message_timeout = factory.first_message_timeout
         self.client_name: str | None = None
         self.request_seen = False
+        self.awaiting_store = False
         #: No slot was free: refuse at once. ``quiet``: the slot keeper counts how this one ended,
         #: so that a flood is one line per interval in the log, not one per connection.
         self.busy = False
@@ -174,6 +175,9 @@ class OTPServerProtocol(SecureChannelProtocol):
             self.abort(Alert.unexpected_message, "one request per session")
             return
         self.request_seen = True
+        # Hold what the core queued (our Finished) until the answer joins it: the server's
+        # second flight is one write even though the OTP store answers asynchronously.
+        self.awaiting_store = True
         try:
             request = messages.decode(data)
         except AlertError as exc:
@@ -193,6 +197,13 @@ class OTPServerProtocol(SecureChannelProtocol):
             self.abort(Alert.unexpected_message, f"a client does not send {type(request).__name__}")
             return
         d.addErrback(self._internal_error)
+
+    def flush(self) -> None:
+        # Held only while the store decides; once the session ends (answered, aborted, timed
+        # out: the core is then closed), everything queued leaves together.
+        if self.awaiting_store and not self.connection.closed:
+            return
+        super().flush()
 
     def _send_grant(self, result: tuple[IssuedOTP, str], transaction: str) -> None:
         issued, sentence = result
