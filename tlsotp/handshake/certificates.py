@@ -24,7 +24,7 @@ PeerKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 def parse_chain(chain_der: Sequence[bytes]) -> tuple[x509.Certificate, ...]:
     try:
         return tuple(x509.load_der_x509_certificate(der) for der in chain_der)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):  # a version field other than v1/v3 is not a ValueError
         raise AlertError(Alert.bad_certificate, "certificate is not valid DER X.509") from None
 
 
