@@ -49,7 +49,7 @@ def load_csr(der: bytes) -> x509.CertificateSigningRequest:
         raise CSRRefused(f"CSR of {len(der)} bytes exceeds {MAX_CSR_BYTES}")
     try:
         csr = x509.load_der_x509_csr(der)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):  # a bad version field is not a ValueError
         raise CSRRefused("not a DER certificate signing request") from None
     return csr
 
@@ -77,7 +77,7 @@ def check_csr(csr: x509.CertificateSigningRequest, expected_name: str) -> Public
     """Return the CSR's public key if it may be certified for exactly ``expected_name``."""
     try:
         public_key = csr.public_key()
-    except (ValueError, TypeError, x509.UnsupportedGeneralNameType) as exc:
+    except (ValueError, TypeError, x509.UnsupportedGeneralNameType, UnsupportedAlgorithm) as exc:
         raise CSRRefused(f"unreadable CSR: {exc}") from None
     # The key policy first: it bounds RSA sizes before any signature work is spent on them.
     try:

@@ -14,6 +14,7 @@ import sqlite3
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from tlsotp.pki import csr as csr_checks
@@ -139,7 +140,7 @@ class Issuer:
         try:
             current = x509.load_der_x509_certificate(request.cert_der)
             current_key = check_public_key(current.public_key())
-        except (ValueError, UnacceptableKey):
+        except (ValueError, x509.InvalidVersion, UnsupportedAlgorithm, UnacceptableKey):  # the middle two are no ValueError
             raise RequestRefused(Refusal.not_renewable, "the current certificate is unreadable") from None
         serial = serial_text(current.serial_number)
         record = self.store.get_certificate(current.serial_number)
