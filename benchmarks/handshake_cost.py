@@ -42,7 +42,7 @@ from tlsotp.handshake import (  # noqa: E402
     Suite,
     parse_suite_list,
 )
-from tlsotp.pki.authority import build_root, issue_certificate  # noqa: E402
+from tlsotp.pki.builders import build_root, issue_certificate  # noqa: E402
 from tlsotp.pki.keys import KeyType, PrivateKey, generate_private_key  # noqa: E402
 from tlsotp.pki.roles import Role  # noqa: E402
 from tlsotp.pki.verify import PeerVerifier  # noqa: E402

@@ -1,6 +1,6 @@
 """A ``tlsotp`` subcommand that fails in every way a bug can, for the no-traceback tests.
 
-Not a mock: the real ``tlsotp.cli.main`` runs it in a subprocess (see ``run_faulty``), exactly as
+Not a mock: the real ``tlsotp.commands.main.main`` runs it in a subprocess (see ``run_faulty``), exactly as
 it runs the real subcommands. No tests here.
 """
 
@@ -13,7 +13,7 @@ from typing import Any, TextIO
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
-from tlsotp import cli
+from tlsotp.commands import main as cli
 
 MODES = ("execute", "run", "callback", "lost-deferred", "options")
 

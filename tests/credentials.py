@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
-from tlsotp.pki.authority import Revocation, build_crl, build_root, issue_certificate
+from tlsotp.pki.builders import Revocation, build_crl, build_root, issue_certificate
 from tlsotp.pki.keys import KeyType, PrivateKey, generate_private_key
 from tlsotp.pki.roles import Role
 

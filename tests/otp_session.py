@@ -1,8 +1,8 @@
 """One OTP session in memory, frame by frame, with an adversary's hands on the frames in flight.
 
 ``Session`` holds a sans-I/O ``ClientConnection`` and ``ServerConnection`` and, on top of each,
-the OTP application logic exactly as the Twisted shells run it (``tlsotp.party.client`` /
-``tlsotp.party.server``: request on HandshakeComplete, one request per session, grant then
+the OTP application logic exactly as the Twisted shells run it (``tlsotp.services.otp_client`` /
+``tlsotp.services.bank_server``: request on HandshakeComplete, one request per session, grant then
 close_notify, the client's ``check_grant``, the client accepting its answer only on the
 server's close_notify). Between them are two FIFO queues of frames in flight (``c2s`` and
 ``s2c``, TCP's order) that a test may edit before delivering.
@@ -51,8 +51,8 @@ from tlsotp.handshake import (
 )
 from tlsotp.handshake.frames import ContentType
 from tlsotp.otp import messages, store
-from tlsotp.party.client import check_grant
-from tlsotp.ttp.credentials import certified_name
+from tlsotp.services.otp_client import check_grant
+from tlsotp.pki.credentials import certified_name
 from tests.vectors import fixtures
 
 DIRECTIONS = ("c2s", "s2c")
@@ -120,7 +120,7 @@ class Side:
 
 
 class ClientApp(Side):
-    """``tlsotp.party.client.OTPClientProtocol``'s logic for an OTPRequest."""
+    """``tlsotp.services.otp_client.OTPClientProtocol``'s logic for an OTPRequest."""
 
     def __init__(self, connection: ClientConnection, request: messages.OTPRequest) -> None:
         super().__init__()
@@ -164,7 +164,7 @@ class ClientApp(Side):
 
 
 class ServerApp(Side):
-    """``tlsotp.party.server.OTPServerProtocol``'s logic, with a synchronous authority."""
+    """``tlsotp.services.bank_server.OTPServerProtocol``'s logic, with a synchronous authority."""
 
     def __init__(self, connection: ServerConnection, issuer: StoreIssuer) -> None:
         super().__init__()

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]
 
 #: argv that runs the tlsotp command from this checkout.
-TLSOTP = [sys.executable, "-m", "tlsotp.cli"]
+TLSOTP = [sys.executable, "-m", "tlsotp.commands.main"]
 
 
 def subprocess_env() -> dict[str, str]:

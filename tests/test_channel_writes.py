@@ -18,7 +18,7 @@ from twisted.trial import unittest
 
 from tlsotp.alerts import Alert, AlertError
 from tlsotp.handshake import MAX_FRAME, ClientConnection, HandshakeComplete, ServerConnection, suite_named
-from tlsotp.party.channel import SansIOConnection, SecureChannelProtocol, refusal_for_bad_netstring
+from tlsotp.services.channel import SansIOConnection, SecureChannelProtocol, refusal_for_bad_netstring
 from tests.vectors.harness import make_configs
 
 SUITE = suite_named("TLSOTP_ECDHE_X25519_ECDSA_WITH_AES_128_GCM_SHA256")
@@ -217,9 +217,9 @@ class BankServerFlightTests(unittest.TestCase):
 
         from tlsotp.handshake import DEFAULT_SUITES, suites_for_key
         from tlsotp.otp import messages
-        from tlsotp.otp.authority import OTPAuthority, OTPPolicy
-        from tlsotp.party.client import ClientSettings, OTPClientProtocol
-        from tlsotp.party.server import OTPServerFactory, ServerIdentity
+        from tlsotp.services.otp_authority import OTPAuthority, OTPPolicy
+        from tlsotp.services.otp_client import ClientSettings, OTPClientProtocol
+        from tlsotp.services.bank_server import OTPServerFactory, ServerIdentity
         from tlsotp.pki.roles import Role
         from tests.credentials import test_ca
 

@@ -1,7 +1,7 @@
 """The ``tlsotp`` command for the TTP's operator and for a party: exit codes and one-line messages.
 
 Most tests run a command's ``run(reactor, out, err)`` in-process against a TTP on loopback; a
-few run ``python -m tlsotp.cli`` as a subprocess to see exactly what a user sees.
+few run ``python -m tlsotp.commands.main`` as a subprocess to see exactly what a user sees.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from twisted.trial import unittest
 
-from tlsotp import cli
+from tlsotp.commands import main as cli
 from tlsotp.pki import pem
 from tlsotp.pki.fingerprint import fingerprint
 from tlsotp.ttp.ca import TTPPaths
@@ -213,7 +213,7 @@ class PartyCommandTests(unittest.TestCase):
 
 
 class SubprocessTests(unittest.TestCase):
-    """What a user sees from ``python -m tlsotp.cli``: codes, single lines, no tracebacks."""
+    """What a user sees from ``python -m tlsotp.commands.main``: codes, single lines, no tracebacks."""
 
     def tlsotp(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -12,7 +12,7 @@ from tlsotp.codec import Writer
 from tlsotp.handshake import DEFAULT_SUITES, HandshakeComplete
 from tlsotp.otp import messages
 from tlsotp.otp.messages import ConfirmStatus, MessageType
-from tlsotp.party.client import ClientSettings, OTPClientProtocol, SessionResult, confirm_otp, request_otp
+from tlsotp.services.otp_client import ClientSettings, OTPClientProtocol, SessionResult, confirm_otp, request_otp
 from tlsotp.pki.roles import Role
 
 from tests.credentials import test_ca

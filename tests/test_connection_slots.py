@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger, formatEvent
 from twisted.trial import unittest
 
-from tlsotp.connection_slots import ConnectionSlots, SlotKeeper, address_key
+from tlsotp.services.connection_slots import ConnectionSlots, SlotKeeper, address_key
 
 
 @dataclass

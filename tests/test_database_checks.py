@@ -29,12 +29,12 @@ from twisted.trial import unittest
 
 from tlsotp import database_checks
 from tlsotp.database_checks import Cause, DatabaseUnusable, check_connection, check_database
-from tlsotp.demo import mint, port_of
-from tlsotp.otp.authority import DATABASE_FILE, OTPAuthority, OTPPolicy
-from tlsotp.party import server_daemon
+from tlsotp.commands.demo import mint, port_of
+from tlsotp.services.otp_authority import DATABASE_FILE, OTPAuthority, OTPPolicy
+from tlsotp.commands import server_daemon
 from tlsotp.pki.roles import Role
 from tlsotp.ttp.ca import TTPPaths, init_ca
-from tlsotp.ttp.daemon import TTPService
+from tlsotp.commands.ttp_daemon import TTPService
 from tlsotp.ttp import wire
 from tlsotp.ttp.store import Store, StoreError
 from tlsotp.ttp.wire import Refusal

@@ -46,12 +46,12 @@ from tlsotp.handshake.messages import (
     split_handshake,
 )
 from tlsotp.otp import messages as otp
-from tlsotp.party.channel import SansIOConnection, SecureChannelProtocol
+from tlsotp.services.channel import SansIOConnection, SecureChannelProtocol
 from tlsotp.pki.csr import build_csr
 from tlsotp.pki.keys import KeyType
 from tlsotp.pki.roles import Role
 from tlsotp.ttp import wire
-from tlsotp.ttp.enroll import accept_crl, accept_issued
+from tlsotp.services.enrollment import accept_crl, accept_issued
 from tlsotp.ttp.renewal_proof import sign_renewal
 from tlsotp.ttp.wire import Refusal, RequestRefused
 
@@ -520,7 +520,7 @@ class RequesterFuzzTests(TTPFixtureCase):
     """What the requester does with the TTP's reply: decode_reply, then accept_issued/accept_crl."""
 
     def accept(self, payload: bytes, cert: x509.Certificate) -> None:
-        from tlsotp.ttp.enroll import EnrollmentRefused
+        from tlsotp.services.enrollment import EnrollmentRefused
 
         try:
             reply = wire.decode_reply(payload)

@@ -40,8 +40,8 @@ from tlsotp.pki.csr import build_csr
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import PeerVerifier
 from tlsotp.ttp import tokens, wire
-from tlsotp.ttp.client import exchange
-from tlsotp.ttp.enroll import load_credentials
+from tlsotp.services.ttp_client import exchange
+from tlsotp.services.enrollment import load_credentials
 
 from tests.cli_faults import MODES
 from tests.der_mutations import with_version
@@ -128,7 +128,7 @@ class ClientCommandTests(NoTracebackCase):
         out, err, code = await getProcessOutputAndValue(
             sys.executable,
             [
-                "-m", "tlsotp.cli", "client", "--data-dir", str(Cluster.clients["ec"]), "--ttp", Cluster.ttp_endpoint,
+                "-m", "tlsotp.commands.main", "client", "--data-dir", str(Cluster.clients["ec"]), "--ttp", Cluster.ttp_endpoint,
                 "--server", f"tcp:host=127.0.0.1:port={port.getHost().port}", "--server-name", server_name,
                 "--transaction", "Rs 10 to Bob",
             ],
@@ -196,7 +196,7 @@ class DaemonTests(NoTracebackCase):
 
 
 class CommandBackstopTests(unittest.SynchronousTestCase):
-    """The real ``tlsotp.cli.main`` running a subcommand with a bug in each place one can be."""
+    """The real ``tlsotp.commands.main.main`` running a subcommand with a bug in each place one can be."""
 
     def run_faulty(self, mode: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

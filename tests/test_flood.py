@@ -21,7 +21,7 @@ from typing import ClassVar
 
 from twisted.trial import unittest
 
-from tlsotp.connection_slots import DEFAULT_MAX_PER_ADDRESS
+from tlsotp.services.connection_slots import DEFAULT_MAX_PER_ADDRESS
 from tlsotp.handshake import ClientConfig, ClientConnection
 from tlsotp.pki.roles import Role
 

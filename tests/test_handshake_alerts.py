@@ -47,7 +47,7 @@ from tlsotp.handshake.messages import (
 )
 from tlsotp.handshake.signatures import CLIENT_CONTEXT, SignatureScheme, sign, signed_content
 from tlsotp.handshake.suites import Group, HashAlgorithm
-from tlsotp.pki.authority import issue_certificate
+from tlsotp.pki.builders import issue_certificate
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import PeerVerifier
 from tests.vectors import fixtures

@@ -17,8 +17,8 @@ from hypothesis import given, strategies as st
 from twisted.python import usage
 from twisted.trial import unittest
 
-from tlsotp.party.client_options import ClientOptions
-from tlsotp.party.server_daemon import Options as ServerOptions
+from tlsotp.commands.client_options import ClientOptions
+from tlsotp.commands.server_daemon import Options as ServerOptions
 from tlsotp.pki.csr import CSRNameMismatch, check_csr
 from tlsotp.pki.keys import KeyType
 from tlsotp.pki.names import check_dns_name, check_peer_name
@@ -156,7 +156,7 @@ class OptionNameTests(unittest.SynchronousTestCase):
             ClientOptions().parseOptions(base + ["--server-name", "bank.example", "--name", "alice\n.example"])
 
     def test_server_factory_allow_list(self) -> None:
-        from tlsotp.party.server import OTPServerFactory, ServerIdentity
+        from tlsotp.services.bank_server import OTPServerFactory, ServerIdentity
         from tests.credentials import test_ca
 
         server = test_ca().issue("bank.example", Role.SERVER)
@@ -167,7 +167,7 @@ class OptionNameTests(unittest.SynchronousTestCase):
         self.assertEqual(factory.allowed_clients, {"alice.example"})
 
     def test_client_settings_server_name(self) -> None:
-        from tlsotp.party.client import ClientSettings
+        from tlsotp.services.otp_client import ClientSettings
         from tests.credentials import test_ca
 
         client = test_ca().issue("alice.example", Role.CLIENT)

@@ -14,9 +14,9 @@ from twisted.trial import unittest
 from tlsotp.alerts import Alert, AlertError
 from tlsotp.handshake import DEFAULT_SUITES, suite_named, suites_for_key
 from tlsotp.otp import messages
-from tlsotp.otp.authority import OTPAuthority, OTPPolicy
-from tlsotp.party.client import ClientSettings, SessionResult, confirm_otp, request_otp, request_otp_message
-from tlsotp.party.server import OTPServerFactory, ServerIdentity
+from tlsotp.services.otp_authority import OTPAuthority, OTPPolicy
+from tlsotp.services.otp_client import ClientSettings, SessionResult, confirm_otp, request_otp, request_otp_message
+from tlsotp.services.bank_server import OTPServerFactory, ServerIdentity
 from tlsotp.pki.keys import KeyType
 from tlsotp.pki.roles import Role
 

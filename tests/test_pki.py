@@ -16,7 +16,7 @@ from twisted.trial import unittest
 
 from tlsotp.alerts import Alert, AlertError
 from tlsotp.pki import pem
-from tlsotp.pki.authority import Revocation, build_crl, build_root, issue_certificate
+from tlsotp.pki.builders import Revocation, build_crl, build_root, issue_certificate
 from tlsotp.pki.csr import CSRBadSignature, CSRNameMismatch, CSRRefused, CSRWeakKey, build_csr, check_csr, load_csr
 from tlsotp.pki.fingerprint import fingerprint, matches_fingerprint, parse_fingerprint
 from tlsotp.pki.keys import KeyType

@@ -6,7 +6,7 @@ from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
 from twisted.trial import unittest
 
-from tlsotp.ttp import daemon
+from tlsotp.commands import ttp_daemon as daemon
 
 
 class PluginTests(unittest.TestCase):

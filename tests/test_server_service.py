@@ -12,16 +12,16 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
-from tlsotp.demo import mint, port_of
-from tlsotp.party import server_daemon
-from tlsotp.party.bootstrap import EXPIRED_CERT_FILE, StartupError, obtain_credentials
+from tlsotp.commands.demo import mint, port_of
+from tlsotp.commands import server_daemon
+from tlsotp.services.credentials import EXPIRED_CERT_FILE, StartupError, obtain_credentials
 from tlsotp.pki.keys import KeyType
 from tlsotp.pki.pem import load_certificate
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import utcnow
 from tlsotp.ttp.ca import init_ca, open_store
-from tlsotp.ttp.daemon import TTPService
-from tlsotp.ttp.enroll import Credentials, RootPin, enroll
+from tlsotp.commands.ttp_daemon import TTPService
+from tlsotp.services.enrollment import Credentials, RootPin, enroll
 
 WAIT_SECONDS = 15.0
 

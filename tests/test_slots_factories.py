@@ -20,13 +20,13 @@ from twisted.trial import unittest
 
 from tlsotp.alerts import Alert
 from tlsotp.handshake import ClientConfig, ClientConnection
-from tlsotp.otp.authority import OTPAuthority, OTPPolicy
-from tlsotp.party.server import OTPServerFactory, OTPServerProtocol, ServerIdentity
+from tlsotp.services.otp_authority import OTPAuthority, OTPPolicy
+from tlsotp.services.bank_server import OTPServerFactory, OTPServerProtocol, ServerIdentity
 from tlsotp.pki.roles import Role
 from tlsotp.ttp import wire
 from tlsotp.ttp.issuer import Outcome
-from tlsotp.ttp.server import EnrollmentServerFactory, EnrollmentServerProtocol
-from tlsotp.ttp.daemon import makeService
+from tlsotp.services.ttp_server import EnrollmentServerFactory, EnrollmentServerProtocol
+from tlsotp.commands.ttp_daemon import makeService
 from tlsotp.ttp.wire import Refusal
 
 from tests.credentials import test_ca
@@ -231,7 +231,7 @@ class DaemonOptionTests(unittest.TestCase):
 
     def test_ttp_options(self) -> None:
         from tlsotp.ttp.ca import init_ca
-        from tlsotp.ttp.daemon import Options, TTPService
+        from tlsotp.commands.ttp_daemon import Options, TTPService
 
         data_dir = Path(self.mktemp())
         init_ca(data_dir)
@@ -252,7 +252,7 @@ class DaemonOptionTests(unittest.TestCase):
         )
 
     def test_server_options(self) -> None:
-        from tlsotp.party.server_daemon import Options
+        from tlsotp.commands.server_daemon import Options
 
         base = ["--data-dir", self.mktemp(), "--name", "bank.example", "--ca-fingerprint", "sha256:" + "00" * 32, "--token", "x"]
         for bad in (["--max-connections", "0"], ["--max-per-address", "0"], ["--first-message-timeout", "-5"]):

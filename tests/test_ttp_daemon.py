@@ -20,8 +20,8 @@ from twisted.trial import unittest
 
 from tlsotp.pki.roles import Role
 from tlsotp.ttp.ca import TTPPaths, init_ca
-from tlsotp.ttp.daemon import Options, makeService
-from tlsotp.ttp.enroll import Credentials, EnrollmentRefused, RootPin, TTPUnavailable, enroll
+from tlsotp.commands.ttp_daemon import Options, makeService
+from tlsotp.services.enrollment import Credentials, EnrollmentRefused, RootPin, TTPUnavailable, enroll
 from tlsotp.ttp.store import Store
 from tlsotp.ttp.wire import Refusal
 

@@ -19,8 +19,8 @@ from tlsotp.pki.keys import KeyType, describe_key
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import PeerVerifier
 from tlsotp.ttp.ca import TTPPaths, init_ca
-from tlsotp.ttp.credentials import NEXT_KEY_FILE, write_credentials
-from tlsotp.ttp.enroll import (
+from tlsotp.pki.credentials import NEXT_KEY_FILE, write_credentials
+from tlsotp.services.enrollment import (
     AlreadyEnrolled,
     Credentials,
     EnrollmentRefused,
@@ -190,7 +190,7 @@ class CredentialFileTests(unittest.TestCase):
                              token=str(mint_token(ttp_dir, "bank.example", Role.SERVER)), name="bank.example", role=Role.SERVER)
         # Simulate the crash: the new key and certificate written, the rename not done.
         from tlsotp.pki.keys import generate_private_key
-        from tlsotp.pki.authority import issue_certificate
+        from tlsotp.pki.builders import issue_certificate
 
         new_key = generate_private_key(KeyType.EC_P256)
         new_leaf = issue_certificate(ca.key, ca.root, new_key.public_key(), name="bank.example", role=Role.SERVER, days=7, now=first.leaf.not_valid_before_utc)

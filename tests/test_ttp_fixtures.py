@@ -20,7 +20,7 @@ from tlsotp.pki.roles import Role
 from tlsotp.ttp import tokens, wire
 from tlsotp.ttp import ca
 from tlsotp.ttp.ca import CertificateAuthority, TTPPaths, init_ca
-from tlsotp.ttp.daemon import TTPService
+from tlsotp.commands.ttp_daemon import TTPService
 from tlsotp.ttp.issuer import Issuer
 from tlsotp.ttp.store import Store
 

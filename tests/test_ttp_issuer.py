@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from twisted.trial import unittest
 
-from tlsotp.pki.authority import issue_certificate
+from tlsotp.pki.builders import issue_certificate
 from tlsotp.pki.keys import KeyType, PrivateKey
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import PeerVerifier, verify_crl

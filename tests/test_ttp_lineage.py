@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from twisted.trial.unittest import SynchronousTestCase
 
-from tlsotp.pki.authority import build_root, issue_certificate
+from tlsotp.pki.builders import build_root, issue_certificate
 from tlsotp.pki.keys import KeyType, PrivateKey
 from tlsotp.pki.roles import Role
 from tlsotp.ttp import wire

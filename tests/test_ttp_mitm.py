@@ -22,15 +22,15 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from tlsotp.alerts import Alert, AlertError
-from tlsotp.pki.authority import build_crl, build_root, issue_certificate
+from tlsotp.pki.builders import build_crl, build_root, issue_certificate
 from tlsotp.pki import pem
 from tlsotp.pki.keys import KeyType, describe_key
 from tlsotp.pki.roles import Role
 from tlsotp.ttp import wire
 from tlsotp.ttp.ca import TTPPaths, init_ca
-from tlsotp.ttp.client import exchange
-from tlsotp.ttp.credentials import NEXT_KEY_FILE, spki
-from tlsotp.ttp.enroll import (
+from tlsotp.services.ttp_client import exchange
+from tlsotp.pki.credentials import NEXT_KEY_FILE, spki
+from tlsotp.services.enrollment import (
     Credentials,
     EnrollmentRefused,
     RootPin,
@@ -253,7 +253,7 @@ class LostReplyTests(MITMTestCase):
             await renew(reactor, self.via_proxy, data_dir=party, new_key=True, key_type=KeyType.RSA_2048)
 
     async def test_a_daemon_that_lost_its_enrollment_reply_starts_on_the_next_try(self) -> None:
-        from tlsotp.party.bootstrap import obtain_credentials
+        from tlsotp.services.credentials import obtain_credentials
 
         token = self.token()
         party = self.base / "server"

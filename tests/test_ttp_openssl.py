@@ -12,7 +12,7 @@ from twisted.trial import unittest
 from tlsotp.pki import pem
 from tlsotp.pki.roles import Role
 from tlsotp.ttp.ca import TTPPaths, init_ca
-from tlsotp.ttp.enroll import RootPin, enroll, fetch_crl
+from tlsotp.services.enrollment import RootPin, enroll, fetch_crl
 from tlsotp.ttp.store import Store
 
 from tests.test_ttp_fixtures import mint_token, reactor, start_ttp

@@ -18,9 +18,9 @@ from tlsotp.alerts import Alert, AlertError
 from tlsotp.pki.keys import KeyType
 from tlsotp.pki.roles import Role
 from tlsotp.ttp import wire
-from tlsotp.ttp.client import EnrollmentClientProtocol, TTPUnavailable, exchange
+from tlsotp.services.ttp_client import EnrollmentClientProtocol, TTPUnavailable, exchange
 from tlsotp.ttp.issuer import Outcome
-from tlsotp.ttp.server import EnrollmentServerFactory, EnrollmentServerProtocol
+from tlsotp.services.ttp_server import EnrollmentServerFactory, EnrollmentServerProtocol
 from tlsotp.ttp.wire import Refusal
 
 from tests.test_ttp_fixtures import TTPFixture, cached_key, enroll_request

@@ -12,7 +12,7 @@ from pathlib import Path
 from cryptography import x509
 from twisted.trial import unittest
 
-from tlsotp.pki.authority import issue_certificate
+from tlsotp.pki.builders import issue_certificate
 from tlsotp.pki.keys import KeyType
 from tlsotp.pki.roles import Role
 from tlsotp.ttp.ca import CAError, TTPPaths, init_ca, load_ca, open_store

@@ -16,7 +16,7 @@ from tlsotp.pki.keys import KeyType
 from tlsotp.pki.roles import Role
 from tlsotp.ttp import wire
 from tlsotp.ttp.ca import init_ca
-from tlsotp.ttp.client import exchange
+from tlsotp.services.ttp_client import exchange
 from tlsotp.ttp.renewal_proof import sign_renewal
 from tlsotp.ttp.tokens import Token
 from tlsotp.ttp.wire import Refusal

@@ -13,7 +13,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.trial import unittest
 
 from tlsotp.alerts import Alert, AlertError
-from tlsotp.pki.authority import BACKDATE, build_crl
+from tlsotp.pki.builders import BACKDATE, build_crl
 from tlsotp.pki.keys import PrivateKey
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import PeerVerifier

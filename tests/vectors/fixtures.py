@@ -1,7 +1,7 @@
 """A fully deterministic PKI and randomness for handshake tests and test vectors.
 
 Everything here is a pure function of constants, built with the project's own CA code
-(``tlsotp.pki.authority``): RSA keys are read from PEM files next to this module (RSA key
+(``tlsotp.pki.builders``): RSA keys are read from PEM files next to this module (RSA key
 generation is slow and not reproducible), EC keys are derived from fixed scalars, serials and
 dates are fixed, and the root's key is RSA so that certificate signatures (PKCS#1 v1.5) are
 deterministic too. Certificates are verified with a ``PeerVerifier`` whose clock is pinned to
@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from tlsotp.handshake import EphemeralPrivateKey, Group
-from tlsotp.pki.authority import Revocation, build_crl, build_root, issue_certificate
+from tlsotp.pki.builders import Revocation, build_crl, build_root, issue_certificate
 from tlsotp.pki.keys import PrivateKey
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import PeerVerifier

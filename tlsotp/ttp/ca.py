@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from tlsotp.pki import pem
-from tlsotp.pki.authority import build_root
+from tlsotp.pki.builders import build_root
 from tlsotp.pki.fingerprint import fingerprint
 from tlsotp.pki.keys import KeyType, PrivateKey, generate_private_key
 from tlsotp.pki.roles import Role

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from tlsotp import database_checks
 from tlsotp.pki import csr as csr_checks
 from tlsotp.pki import der
-from tlsotp.pki.authority import Revocation, build_crl, issue_certificate
+from tlsotp.pki.builders import Revocation, build_crl, issue_certificate
 from tlsotp.pki.keys import PublicKey, check_public_key
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import Clock, utcnow

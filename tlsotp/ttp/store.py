@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from tlsotp import database_checks
-from tlsotp.pki.authority import Revocation
+from tlsotp.pki.builders import Revocation
 from tlsotp.pki.roles import Role
 
 DB_NAME = "ttp.sqlite3"

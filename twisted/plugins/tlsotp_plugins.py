@@ -7,19 +7,19 @@ from twisted.application.service import ServiceMaker
 
 tlsotpTTP = ServiceMaker(
     "tlsotp-ttp",
-    "tlsotp.ttp.daemon",
+    "tlsotp.commands.ttp_daemon",
     "tlsotp trusted third party: a certificate authority serving enrollment",
     "tlsotp-ttp",
 )
 tlsotpServer = ServiceMaker(
     "tlsotp-server",
-    "tlsotp.party.server_daemon",
+    "tlsotp.commands.server_daemon",
     "tlsotp bank server: mutually authenticated handshake, then a one-time password",
     "tlsotp-server",
 )
 tlsotpClient = ServiceMaker(
     "tlsotp-client",
-    "tlsotp.party.client_daemon",
+    "tlsotp.commands.client_daemon",
     "tlsotp client: enroll, handshake with the server, receive and verify the OTP",
     "tlsotp-client",
 )

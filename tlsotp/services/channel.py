@@ -22,7 +22,7 @@ from twisted.protocols.basic import NetstringReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
-from tlsotp.addresses import describe_address
+from tlsotp.services.addresses import describe_address
 from tlsotp.alerts import Alert, AlertError
 from tlsotp.handshake import (
     MAX_FRAME,

@@ -8,14 +8,14 @@ from typing import Any, TextIO
 from cryptography import x509
 from twisted.python import usage
 
-from tlsotp.cli import Command, CommandFailed
-from tlsotp.option_types import positive_float
+from tlsotp.commands.main import Command, CommandFailed
+from tlsotp.commands.option_types import positive_float
 from tlsotp.pki.keys import KEY_TYPE_NAMES, KeyType, parse_key_type
 from tlsotp.pki.names import check_dns_name
 from tlsotp.pki.pem import PEMError, write_crl
-from tlsotp.ttp.admin_cli import parse_role
-from tlsotp.ttp.credentials import CA_FILE, NEXT_KEY_FILE, RootPin
-from tlsotp.ttp.enroll import DEFAULT_TIMEOUT, TTPUnavailable, crl_number, enroll, fetch_crl, renew
+from tlsotp.commands.ttp_admin import parse_role
+from tlsotp.pki.credentials import CA_FILE, NEXT_KEY_FILE, RootPin
+from tlsotp.services.enrollment import DEFAULT_TIMEOUT, TTPUnavailable, crl_number, enroll, fetch_crl, renew
 from tlsotp.ttp.store import serial_text
 
 DEFAULT_TTP = "tcp:host=127.0.0.1:port=7000"

@@ -14,8 +14,8 @@ from typing import Any, TextIO
 from cryptography import x509
 from twisted.python import usage
 
-from tlsotp.cli import Command, CommandFailed, CommandGroup, Subcommand
-from tlsotp.option_types import duration
+from tlsotp.commands.main import Command, CommandFailed, CommandGroup, Subcommand
+from tlsotp.commands.option_types import duration
 from tlsotp.pki.keys import KEY_TYPE_NAMES, KeyType, parse_key_type
 from tlsotp.pki.names import check_dns_name
 from tlsotp.pki.roles import Role
@@ -35,7 +35,7 @@ REASONS = {
 
 
 def parse_duration(text: str) -> datetime.timedelta:
-    """A token's time to live: a duration (see ``tlsotp.option_types.duration``) of at most 30 days."""
+    """A token's time to live: a duration (see ``tlsotp.commands.option_types.duration``) of at most 30 days."""
     value = duration(text)
     if value > MAX_TTL:
         raise ValueError(f"a token lives more than 0 s and at most {MAX_TTL.days} days")
@@ -216,10 +216,10 @@ class TTPOptions(CommandGroup):
     """Operate the TTP's data dir (times are UTC)."""
 
     commands = [
-        Subcommand("init", None, "tlsotp.ttp.admin_cli:InitOptions", "Create the CA key and root; print its fingerprint."),
-        Subcommand("token", None, "tlsotp.ttp.admin_cli:TokenOptions", "Mint a one-time enrollment token."),
+        Subcommand("init", None, "tlsotp.commands.ttp_admin:InitOptions", "Create the CA key and root; print its fingerprint."),
+        Subcommand("token", None, "tlsotp.commands.ttp_admin:TokenOptions", "Mint a one-time enrollment token."),
         Subcommand(
-            "revoke", None, "tlsotp.ttp.admin_cli:RevokeOptions", "Revoke the whole enrollment of a certificate, by serial."
+            "revoke", None, "tlsotp.commands.ttp_admin:RevokeOptions", "Revoke the whole enrollment of a certificate, by serial."
         ),
-        Subcommand("list", None, "tlsotp.ttp.admin_cli:ListOptions", "List issued certificates and their status."),
+        Subcommand("list", None, "tlsotp.commands.ttp_admin:ListOptions", "List issued certificates and their status."),
     ]

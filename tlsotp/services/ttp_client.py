@@ -1,7 +1,7 @@
 """The requester's side of the TTP link: send one request, receive one reply, bounded in time.
 
 Only bytes move here. What the reply means, and whether to believe it, is decided by
-``tlsotp.ttp.enroll`` against the pinned root.
+``tlsotp.services.enrollment`` against the pinned root.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import time
 from typing import Callable, TextIO
 
 from tlsotp.handshake import TraceRecord
-from tlsotp.party.channel import ChannelStats
+from tlsotp.services.channel import ChannelStats
 
 
 class TracePrinter:

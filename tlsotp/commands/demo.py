@@ -17,16 +17,16 @@ from twisted.internet.defer import Deferred
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.python import usage
 
-from tlsotp.cli import Command
+from tlsotp.commands.main import Command
 from tlsotp.handshake import DEFAULT_SUITES, SignatureKind, suite_named
-from tlsotp.party import server_daemon
-from tlsotp.party.client_command import ClientCommandOptions
-from tlsotp.party.client_options import DEFAULT_TRANSACTION
+from tlsotp.commands import server_daemon
+from tlsotp.commands.client_command import ClientCommandOptions
+from tlsotp.commands.client_options import DEFAULT_TRANSACTION
 from tlsotp.pki.keys import KeyType, parse_key_type
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import utcnow
 from tlsotp.ttp.ca import init_ca, mint_token, open_store
-from tlsotp.ttp.daemon import TTPService
+from tlsotp.commands.ttp_daemon import TTPService
 
 SERVER_NAME = "bank.example"
 CLIENT_NAME = "alice.example"
@@ -46,7 +46,7 @@ def demo_log_observer(out: TextIO) -> ILogObserver:
 
     def observe(event: LogEvent) -> None:
         namespace = str(event.get("log_namespace", ""))
-        if not namespace.startswith(("tlsotp.ttp", "tlsotp.party.server")):
+        if not namespace.startswith(("tlsotp.ttp", "tlsotp.services.bank_server")):
             return
         party = "TTP" if namespace.startswith("tlsotp.ttp") else "server"
         out.write(f"{'':14}({party} log) {formatEvent(event)}\n")

@@ -19,7 +19,7 @@ from tlsotp.alerts import Alert, AlertError
 
 from tlsotp.otp import store
 from tlsotp.otp.messages import otp_message
-from tlsotp.sqlite_worker import SQLiteWorker
+from tlsotp.services.sqlite_worker import SQLiteWorker
 
 DATABASE_FILE = "otp.sqlite3"
 PEPPER_FILE = "otp-pepper.bin"

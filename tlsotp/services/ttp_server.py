@@ -4,7 +4,7 @@ The protocol only moves bytes: it hands the one request it accepts to ``handle``
 on the daemon's worker thread) and sends what comes back. Framing errors, oversized frames and
 idle peers are refused here, with a typed reply, one log line and a closed connection.
 
-The factory holds the connection slots (``tlsotp.connection_slots``): a connection whose request
+The factory holds the connection slots (``tlsotp.services.connection_slots``): a connection whose request
 is not complete yet gives way to a newcomer when the TTP is full (refused ``timeout``), and one
 refused because every slot holds a request under way gets ``internal_error``. Under a flood,
 these (and idle peers timing out) are logged once, then counted once per interval.
@@ -24,8 +24,8 @@ from twisted.protocols.basic import NetstringReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
-from tlsotp.addresses import describe_address
-from tlsotp.connection_slots import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS, SlotKeeper
+from tlsotp.services.addresses import describe_address
+from tlsotp.services.connection_slots import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS, SlotKeeper
 from tlsotp.ttp import wire
 from tlsotp.ttp.issuer import Outcome, refused
 from tlsotp.ttp.wire import Refusal

@@ -39,8 +39,8 @@ from tlsotp.pki.names import check_dns_name
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import PeerVerifier, utcnow, verify_crl
 from tlsotp.ttp import tokens, wire
-from tlsotp.ttp.client import TTPUnavailable, exchange
-from tlsotp.ttp.credentials import (
+from tlsotp.services.ttp_client import TTPUnavailable, exchange
+from tlsotp.pki.credentials import (
     CA_FILE,
     CERT_FILE,
     CRL_FILE,

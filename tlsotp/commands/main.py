@@ -48,12 +48,12 @@ class Subcommand:
 
 
 SUBCOMMANDS: list[Subcommand] = [
-    Subcommand("ttp", None, "tlsotp.ttp.admin_cli:TTPOptions", "Operate the TTP: init, token, revoke, list."),
-    Subcommand("enroll", None, "tlsotp.ttp.requester_cli:EnrollOptions", "Enroll with the TTP using a token."),
-    Subcommand("renew", None, "tlsotp.ttp.requester_cli:RenewOptions", "Renew this party's certificate."),
-    Subcommand("crl", None, "tlsotp.ttp.requester_cli:CRLOptions", "Fetch and verify the TTP's CRL."),
-    Subcommand("client", None, "tlsotp.party.client_command:ClientCommandOptions", "Get (or confirm) an OTP from the server."),
-    Subcommand("demo", None, "tlsotp.demo:DemoOptions", "Run TTP, server and client in one process, with the trace."),
+    Subcommand("ttp", None, "tlsotp.commands.ttp_admin:TTPOptions", "Operate the TTP: init, token, revoke, list."),
+    Subcommand("enroll", None, "tlsotp.commands.requester:EnrollOptions", "Enroll with the TTP using a token."),
+    Subcommand("renew", None, "tlsotp.commands.requester:RenewOptions", "Renew this party's certificate."),
+    Subcommand("crl", None, "tlsotp.commands.requester:CRLOptions", "Fetch and verify the TTP's CRL."),
+    Subcommand("client", None, "tlsotp.commands.client_command:ClientCommandOptions", "Get (or confirm) an OTP from the server."),
+    Subcommand("demo", None, "tlsotp.commands.demo:DemoOptions", "Run TTP, server and client in one process, with the trace."),
 ]
 
 
@@ -269,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     # Run the imported module's main, not this __main__ copy: subcommand modules import
-    # tlsotp.cli, and two copies of its classes would not recognise each other.
-    from tlsotp.cli import main as _main
+    # tlsotp.commands.main, and two copies of its classes would not recognise each other.
+    from tlsotp.commands.main import main as _main
 
     _main()

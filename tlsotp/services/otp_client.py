@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 from tlsotp.alerts import Alert, AlertError
 from tlsotp.handshake import DEFAULT_SUITES, ClientConfig, ClientConnection, HandshakeComplete, Suite, TraceRecord
 from tlsotp.otp import messages
-from tlsotp.party.channel import ChannelStats, SansIOConnection, SecureChannelProtocol
+from tlsotp.services.channel import ChannelStats, SansIOConnection, SecureChannelProtocol
 from tlsotp.pki.keys import PrivateKey
 from tlsotp.pki.names import check_dns_name
 from tlsotp.pki.roles import Role

@@ -2,7 +2,7 @@
 
 The factory holds what may change while the daemon runs (credentials after renewal, the CRL
 after a refresh) so each new connection is verified with the current ones. It also holds the
-connection slots (``tlsotp.connection_slots``): a connection that has not sent its ClientHello
+connection slots (``tlsotp.services.connection_slots``): a connection that has not sent its ClientHello
 gives way to a newcomer when the server is full, and one refused because every slot holds a
 client that has spoken gets an ``internal_error`` alert rather than a silent close.
 """
@@ -20,17 +20,17 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from tlsotp.alerts import Alert, AlertError
-from tlsotp.connection_slots import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS, SlotKeeper
+from tlsotp.services.connection_slots import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS, SlotKeeper
 from tlsotp.handshake import DEFAULT_SUITES, HandshakeComplete, ServerConfig, ServerConnection, Suite, TraceRecord
 from tlsotp.otp import messages
-from tlsotp.otp.authority import OTPAuthority
+from tlsotp.services.otp_authority import OTPAuthority
 from tlsotp.otp.store import Confirmation, IssuedOTP
-from tlsotp.party.channel import SansIOConnection, SecureChannelProtocol
+from tlsotp.services.channel import SansIOConnection, SecureChannelProtocol
 from tlsotp.pki.keys import PrivateKey
 from tlsotp.pki.names import check_dns_name
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import PeerVerifier
-from tlsotp.ttp.credentials import certified_name
+from tlsotp.pki.credentials import certified_name
 
 log = Logger()
 
