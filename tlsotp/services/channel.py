@@ -2,9 +2,10 @@
 
 All protocol decisions are the sans-I/O connection's; this class only moves netstring payloads
 (parsed by ``tlsotp.framing.NetstringDecoder``, which says which framing error it found, so that
-no private hook of Twisted's ``NetstringReceiver`` is needed) between the transport and that object, turns its events into method calls, counts bytes, and
-bounds every wait with ``TimeoutMixin`` (and, for the side that listens, the wait for the peer's
-first complete frame with a shorter deadline of its own). A failure of any kind ends in exactly one call to
+no private hook of Twisted's ``NetstringReceiver`` is needed) between the transport and that
+object, turns its events into method calls, counts bytes, and bounds every wait with
+``TimeoutMixin`` (and, for the side that listens, the wait for the peer's first complete frame
+with a shorter deadline of its own). A failure of any kind ends in exactly one call to
 ``failed`` with an ``AlertError`` (or one to ``closed_cleanly``), made only once the connection
 is closed, so that the alert we queued has been written before anybody acts on the outcome
 (a command that stops the reactor at once would otherwise lose it).
