@@ -2,7 +2,7 @@
 
 A hostile peer decides what arrives; these bounds decide how much work and memory it can
 make us spend. Exceeding a size is ``record_overflow`` (records) or ``decode_error``
-(handshake fields); the shell derives ``NetstringReceiver.MAX_LENGTH`` from ``MAX_FRAME``.
+(handshake fields); the shell's netstring decoder (``tlsotp.framing``) is bounded by ``MAX_FRAME``.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """The Twisted shell shared by the server and the client: frames in, frames out, one timeout.
 
 All protocol decisions are the sans-I/O connection's; this class only moves netstring payloads
-between the transport and that object, turns its events into method calls, counts bytes, and
-bounds every wait with ``TimeoutMixin`` (and, for the side that listens, the wait for the peer's
-first complete frame with a shorter deadline of its own). A failure of any kind ends in exactly one call to
+(parsed by ``tlsotp.framing.NetstringDecoder``, which says which framing error it found, so that
+no private hook of Twisted's ``NetstringReceiver`` is needed) between the transport and that
+object, turns its events into method calls, counts bytes, and bounds every wait with
+``TimeoutMixin`` (and, for the side that listens, the wait for the peer's first complete frame
+with a shorter deadline of its own). A failure of any kind ends in exactly one call to
 ``failed`` with an ``AlertError`` (or one to ``closed_cleanly``), made only once the connection
 is closed, so that the alert we queued has been written before anybody acts on the outcome
 (a command that stops the reactor at once would otherwise lose it).
@@ -11,19 +13,18 @@ is closed, so that the alert we queued has been written before anybody acts on t
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any, Callable, ClassVar, Sequence, Union, cast
 
 from twisted.internet.interfaces import ITCPTransport
-from twisted.internet.protocol import connectionDone
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
-from twisted.protocols.basic import NetstringReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from tlsotp.services.addresses import describe_address
 from tlsotp.alerts import Alert, AlertError
+from tlsotp.framing import Frame, FrameTooLong, FramingError, NetstringDecoder, encode, netstring_size
 from tlsotp.handshake import (
     MAX_FRAME,
     AlertReceived,
@@ -39,30 +40,24 @@ from tlsotp.handshake import (
 SansIOConnection = Union[ClientConnection, ServerConnection]
 
 
-def netstring_size(payload_length: int) -> int:
-    """Bytes a payload takes on the wire as a netstring: ``LEN:`` + payload + ``,``."""
-    return len(str(payload_length)) + 2 + payload_length
-
-
-def netstring(payload: bytes) -> bytes:
-    return b"%d:%s," % (len(payload), payload)
-
-
-_LENGTH_PREFIX = re.compile(rb"(0|[1-9][0-9]*)")
+def refusal_for_framing_error(error: FramingError) -> tuple[Alert, str]:
+    """The alert for a netstring the shell cannot accept: ``record_overflow`` when its length
+    prefix announces more than the bound (refused before any of it is buffered), ``decode_error``
+    for any other malformation (no digits, a leading zero, a non-digit, a missing ``:`` or ``,``)."""
+    if isinstance(error, FrameTooLong):
+        return Alert.record_overflow, error.detail
+    return Alert.decode_error, error.detail
 
 
 def refusal_for_bad_netstring(unparsed: bytes, max_length: int) -> tuple[Alert, str]:
-    """The alert for a netstring the receiver could not parse, given the bytes from its start:
-    ``record_overflow`` when its length prefix announces more than ``max_length`` bytes (it is
-    refused before any of them is buffered), ``decode_error`` for any other malformation (no
-    digits, a leading zero, a missing ``:`` or ``,``)."""
-    match = _LENGTH_PREFIX.match(unparsed)
-    if match is not None:
-        digits = match.group(1)
-        if len(digits) > len(str(max_length)) or int(digits) > max_length:
-            shown = digits.decode() if len(digits) <= 20 else f"a {len(digits)}-digit number of"
-            return Alert.record_overflow, f"a frame of {shown} bytes exceeds the {max_length}-byte limit"
-    return Alert.decode_error, "malformed netstring"
+    """The alert for the netstring starting ``unparsed`` (``decode_error`` when it is not refused
+    as too long: a caller asks only about bytes that failed)."""
+    decoder = NetstringDecoder(max_length)
+    decoder.receive_data(unparsed)
+    error = decoder.failed
+    if error is None:
+        return Alert.decode_error, "malformed netstring"
+    return refusal_for_framing_error(error)
 
 
 class ChannelStats:
@@ -100,7 +95,8 @@ class ChannelStats:
         self.handshake_cpu_seconds = time.process_time() - self.cpu_started
 
 
-class SecureChannelProtocol(NetstringReceiver, TimeoutMixin):
+class SecureChannelProtocol(Protocol, TimeoutMixin):
+    #: The largest frame accepted, read from the netstring's length prefix.
     MAX_LENGTH = MAX_FRAME
     log: ClassVar[Logger] = Logger()
 
@@ -120,8 +116,7 @@ class SecureChannelProtocol(NetstringReceiver, TimeoutMixin):
         self.first_message_seen = False
         self._first_message_call: Any = None
         self._outcome: tuple[AlertError | None, bool] | None = None
-        # Received bytes not yet delivered as a frame: the start of the netstring being parsed.
-        self._unparsed = bytearray()
+        self.decoder = NetstringDecoder(self.MAX_LENGTH)
         self.connection: SansIOConnection = self.make_connection()
 
     # -- what subclasses provide -------------------------------------------------------------
@@ -177,15 +172,24 @@ class SecureChannelProtocol(NetstringReceiver, TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:
         if self.finished:
             return
-        self._unparsed += data
-        super().dataReceived(data)  # type: ignore[no-untyped-call]
+        self.decoder.receive_data(data)
+        while not self.finished:
+            event = self.decoder.next_event()
+            if isinstance(event, Frame):
+                self.stringReceived(event.payload)
+            elif isinstance(event, FramingError):
+                # A bad length, a missing comma, or a length over MAX_LENGTH (refused before
+                # buffering): a typed alert, not a silent drop.
+                self.abort(*refusal_for_framing_error(event))
+            else:
+                break
         # Everything the frames of this chunk produced goes out together, in one write.
         self.flush()
 
     def stringReceived(self, string: bytes) -> None:
-        del self._unparsed[: netstring_size(len(string))]
+        """One frame from the peer."""
         if self.finished:
-            return  # NetstringReceiver keeps delivering buffered frames after we decided to close.
+            return  # the session is decided: frames still buffered (or fed in) are ignored
         if not self.first_message_seen:
             self.first_message_seen = True
             self._cancel_first_message_deadline()
@@ -237,7 +241,7 @@ class SecureChannelProtocol(NetstringReceiver, TimeoutMixin):
             return
         for frame in frames:
             self.stats.sent(len(frame))
-        cast(Any, self.transport).write(b"".join(netstring(frame) for frame in frames))
+        cast(Any, self.transport).write(b"".join(encode(frame) for frame in frames))
 
     def abort(self, alert: Alert, detail: str) -> None:
         """A local refusal: queue the alert, send it, and close."""
@@ -268,12 +272,6 @@ class SecureChannelProtocol(NetstringReceiver, TimeoutMixin):
             cast(Any, self.transport).loseConnection()
 
     # -- the ways a session ends without the sans-I/O core deciding ---------------------------
-
-    def _handleParseError(self) -> None:
-        # NetstringReceiver's hook for a bad length, a missing comma, or a length over
-        # MAX_LENGTH (refused before buffering). Send a typed alert instead of a silent drop.
-        self.brokenPeer = 1
-        self.abort(*refusal_for_bad_netstring(bytes(self._unparsed), self.MAX_LENGTH))
 
     def timeoutConnection(self) -> None:
         self.abort(Alert.handshake_failure, f"timed out after {self.timeout_seconds:g} s waiting for the peer")

@@ -1,7 +1,8 @@
 """The requester's side of the TTP link: send one request, receive one reply, bounded in time.
 
 Only bytes move here. What the reply means, and whether to believe it, is decided by
-``tlsotp.services.enrollment`` against the pinned root.
+``tlsotp.services.enrollment`` against the pinned root. The reply's netstring is parsed by
+``tlsotp.framing.NetstringDecoder``; any framing error (too long or malformed) is ``decode_error``.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import clientFromString, connectProtocol
 from twisted.internet.error import ConnectError, ConnectingCancelledError
-from twisted.internet.protocol import connectionDone
-from twisted.protocols.basic import NetstringReceiver
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from tlsotp.alerts import Alert, AlertError
+from tlsotp.framing import Frame, FramingError, NetstringDecoder, encode
 from tlsotp.ttp import wire
 
 
@@ -24,11 +25,12 @@ class TTPUnavailable(ConnectionError):
     """The TTP could not be reached, did not answer in time, or hung up without a reply."""
 
 
-class EnrollmentClientProtocol(NetstringReceiver):
+class EnrollmentClientProtocol(Protocol):
     MAX_LENGTH = wire.MAX_REPLY_LENGTH
 
     def __init__(self, request: bytes) -> None:
         self._request = request
+        self._decoder = NetstringDecoder(self.MAX_LENGTH)
         self.reply: Deferred[wire.Reply] = Deferred(lambda _: self._abort())
 
     def _abort(self) -> None:
@@ -36,7 +38,20 @@ class EnrollmentClientProtocol(NetstringReceiver):
             cast(Any, self.transport).abortConnection()
 
     def connectionMade(self) -> None:
-        self.sendString(self._request)  # type: ignore[no-untyped-call]
+        cast(Any, self.transport).write(encode(self._request))
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.reply.called:
+            return
+        self._decoder.receive_data(data)
+        while not self.reply.called:
+            event = self._decoder.next_event()
+            if isinstance(event, Frame):
+                self.stringReceived(event.payload)
+            elif isinstance(event, FramingError):
+                self._fail(AlertError(Alert.decode_error, "malformed framing from the TTP"))
+            else:
+                break
 
     def stringReceived(self, string: bytes) -> None:
         if self.reply.called:
@@ -48,10 +63,6 @@ class EnrollmentClientProtocol(NetstringReceiver):
             return
         self.reply.callback(reply)
         cast(Any, self.transport).loseConnection()
-
-    def _handleParseError(self) -> None:
-        self.brokenPeer = 1
-        self._fail(AlertError(Alert.decode_error, "malformed framing from the TTP"))
 
     def _fail(self, error: Exception) -> None:
         if not self.reply.called:

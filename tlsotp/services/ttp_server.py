@@ -2,7 +2,9 @@
 
 The protocol only moves bytes: it hands the one request it accepts to ``handle`` (the Issuer,
 on the daemon's worker thread) and sends what comes back. Framing errors, oversized frames and
-idle peers are refused here, with a typed reply, one log line and a closed connection.
+idle peers are refused here, with a typed reply, one log line and a closed connection; the
+netstrings are parsed by ``tlsotp.framing.NetstringDecoder``, which says which framing error it
+found (``too_long`` or ``decode_error``).
 
 The factory holds the connection slots (``tlsotp.services.connection_slots``): a connection whose request
 is not complete yet gives way to a newcomer when the TTP is full (refused ``timeout``), and one
@@ -13,17 +15,16 @@ these (and idle peers timing out) are logged once, then counted once per interva
 from __future__ import annotations
 
 import enum
-import re
 from typing import Any, Callable, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress
-from twisted.internet.protocol import Factory, connectionDone
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
-from twisted.protocols.basic import NetstringReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
+from tlsotp.framing import Frame, FrameTooLong, FramingError, NetstringDecoder, encode
 from tlsotp.services.addresses import describe_address
 from tlsotp.services.connection_slots import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS, SlotKeeper
 from tlsotp.ttp import wire
@@ -36,8 +37,6 @@ Handler = Callable[[bytes], "Deferred[Outcome]"]
 
 log = Logger(namespace="tlsotp.ttp")
 
-_LENGTH_PREFIX = re.compile(rb"^(\d*)")
-
 
 class _State(enum.Enum):
     waiting = "waiting"  # for the one request
@@ -45,7 +44,7 @@ class _State(enum.Enum):
     done = "done"  # replied or refused; everything further is ignored
 
 
-class EnrollmentServerProtocol(NetstringReceiver, TimeoutMixin):
+class EnrollmentServerProtocol(Protocol, TimeoutMixin):
     MAX_LENGTH = wire.MAX_REQUEST_LENGTH
 
     def __init__(
@@ -60,6 +59,7 @@ class EnrollmentServerProtocol(NetstringReceiver, TimeoutMixin):
         self._phase = _State.waiting
         self._lost = False
         self._peer = "?"
+        self._decoder = NetstringDecoder(self.MAX_LENGTH)
         #: No slot was free: refuse at once (counted by the slot keeper, not logged one by one).
         self.busy = False
 
@@ -75,7 +75,15 @@ class EnrollmentServerProtocol(NetstringReceiver, TimeoutMixin):
         # peer trickling one byte at a time cannot hold a connection open indefinitely.
         if self._phase is not _State.waiting:
             return
-        super().dataReceived(data)  # type: ignore[no-untyped-call]
+        self._decoder.receive_data(data)
+        while self._phase is _State.waiting:
+            event = self._decoder.next_event()
+            if isinstance(event, Frame):
+                self.stringReceived(event.payload)
+            elif isinstance(event, FramingError):
+                self._framing_error(event)
+            else:
+                break
 
     def stringReceived(self, string: bytes) -> None:
         if self._phase is not _State.waiting:
@@ -109,7 +117,7 @@ class EnrollmentServerProtocol(NetstringReceiver, TimeoutMixin):
         else:
             log.warn("{peer}: {summary}", peer=self._peer, summary=outcome.summary)
         if not self._lost and self.transport is not None:
-            self.sendString(wire.encode(outcome.reply))  # type: ignore[no-untyped-call]
+            cast(Any, self.transport).write(encode(wire.encode(outcome.reply)))
             cast(Any, self.transport).loseConnection()
         if self._slots is not None:
             self._slots.release(self)
@@ -119,13 +127,9 @@ class EnrollmentServerProtocol(NetstringReceiver, TimeoutMixin):
         if self._phase is _State.waiting:
             self._send(refused(Refusal.timeout, "closed to make room: no complete request while the TTP was full"), quiet=True)
 
-    def _handleParseError(self) -> None:
-        # NetstringReceiver's hook for every framing error: say which, instead of a bare close.
-        self.brokenPeer = 1
-        match = _LENGTH_PREFIX.match(self._remainingData)
-        digits = match.group(1) if match else b""
-        too_long = len(digits) > len(str(self.MAX_LENGTH)) or (digits and int(digits) > self.MAX_LENGTH)
-        if too_long:
+    def _framing_error(self, error: FramingError) -> None:
+        # Say which, instead of a bare close.
+        if isinstance(error, FrameTooLong):
             self._send(refused(Refusal.too_long, f"message longer than {self.MAX_LENGTH} bytes"))
         else:
             self._send(refused(Refusal.decode_error, "malformed netstring framing"))
