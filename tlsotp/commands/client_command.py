@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 from twisted.internet.defer import Deferred
 
-from tlsotp.commands.main import EXIT_OK, Command, CommandFailed
+from tlsotp.commands.common import EXIT_OK, Command, CommandFailed
 from tlsotp.otp import messages
 from tlsotp.commands.client_options import ClientOptions
 from tlsotp.commands.client_run import run_client

@@ -17,7 +17,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python import usage
 
-from tlsotp.commands.main import describe_error
+from tlsotp.commands.common import describe_error
 from tlsotp.commands.client_command import render_answer
 from tlsotp.commands.client_options import ClientOptions
 from tlsotp.commands.client_run import run_client

@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.python import usage
 
-from tlsotp.commands.main import Command
+from tlsotp.commands.common import Command
 from tlsotp.handshake import DEFAULT_SUITES, SignatureKind, suite_named
 from tlsotp.commands import server_daemon
 from tlsotp.commands.client_command import ClientCommandOptions

@@ -8,7 +8,7 @@ from typing import Any, TextIO
 from cryptography import x509
 from twisted.python import usage
 
-from tlsotp.commands.main import Command, CommandFailed
+from tlsotp.commands.common import Command, CommandFailed
 from tlsotp.commands.option_types import positive_float
 from tlsotp.pki.keys import KEY_TYPE_NAMES, KeyType, parse_key_type
 from tlsotp.pki.names import check_dns_name

@@ -25,7 +25,7 @@ from tlsotp.alerts import AlertError
 from tlsotp.handshake import suites_for_key
 from tlsotp.database_checks import DatabaseUnusable, check_database
 from tlsotp.services.otp_authority import DATABASE_FILE, OTPAuthority, OTPPolicy
-from tlsotp.commands.main import describe_error
+from tlsotp.commands.common import describe_error
 from tlsotp.services.credentials import StartupError, check_can_enroll, obtain_credentials
 from tlsotp.services.connection_slots import DEFAULT_FIRST_MESSAGE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS
 from tlsotp.commands.option_types import positive_float, positive_int

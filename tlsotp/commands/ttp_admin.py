@@ -14,7 +14,7 @@ from typing import Any, TextIO
 from cryptography import x509
 from twisted.python import usage
 
-from tlsotp.commands.main import Command, CommandFailed, CommandGroup, Subcommand
+from tlsotp.commands.common import Command, CommandFailed, CommandGroup, Subcommand
 from tlsotp.commands.option_types import duration
 from tlsotp.pki.keys import KEY_TYPE_NAMES, KeyType, parse_key_type
 from tlsotp.pki.names import check_dns_name
