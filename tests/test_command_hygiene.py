@@ -15,7 +15,7 @@ import tlsotp
 from tlsotp.commands import main as cli
 from tlsotp.commands.common import options_first
 
-from .processes import subprocess_env
+from .processes import REPO, subprocess_env
 
 PYTHON_M_TLSOTP = [sys.executable, "-m", "tlsotp"]
 
@@ -125,3 +125,13 @@ class PythonDashMTests(SynchronousTestCase):
         listing = self.tlsotp("ttp", "list", "--da", "ttp", cwd=cwd)
         self.assertEqual(listing.returncode, 0, listing)
         self.assertTrue(listing.stdout.startswith("SERIAL"), listing.stdout)
+
+
+class TestCommandTests(SynchronousTestCase):
+    def test_ci_runs_exactly_readme_command(self) -> None:
+        """``.ci/run`` ends with README's test command, to the letter (lint, types, suite)."""
+        readme = (REPO / "README.rst").read_text(encoding="utf-8")
+        ci = (REPO / ".ci" / "run").read_text(encoding="utf-8").rstrip("\n").splitlines()[-1]
+        command = next(line.strip() for line in readme.splitlines() if "pip install -e '.[test]'" in line)
+        self.assertEqual(ci, command)
+        self.assertIn("ruff check tlsotp tests twisted benchmarks", command)

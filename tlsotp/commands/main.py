@@ -7,8 +7,9 @@ one-line description. The class is a ``usage.Options`` with::
     def run(self, reactor, out=None, err=None) -> Deferred[int]
 
 which returns the exit code and reports its own refusals as one line on ``err``. Subclassing
-``Command`` (from ``tlsotp.commands.common``, where the shared bases live) gives that for free: implement ``execute(reactor, out)`` and raise on failure. A
-group of subcommands (like ``tlsotp ttp``) subclasses ``CommandGroup`` with its own table.
+``Command`` (from ``tlsotp.commands.common``, where the shared bases live) gives that for free:
+implement ``execute(reactor, out)`` and raise on failure. A group of subcommands (like
+``tlsotp ttp``) subclasses ``CommandGroup`` with its own table.
 
 Exit codes: 0 success; 1 refused or failed (one line on stderr); 2 usage error (one line on
 stderr). Never a traceback.

@@ -10,11 +10,11 @@ from twisted.python import usage
 
 from tlsotp.commands.common import Command, CommandFailed
 from tlsotp.commands.option_types import positive_float
+from tlsotp.commands.ttp_admin import parse_role
+from tlsotp.pki.credentials import CA_FILE, NEXT_KEY_FILE, RootPin
 from tlsotp.pki.keys import KEY_TYPE_NAMES, KeyType, parse_key_type
 from tlsotp.pki.names import check_dns_name
 from tlsotp.pki.pem import PEMError, write_crl
-from tlsotp.commands.ttp_admin import parse_role
-from tlsotp.pki.credentials import CA_FILE, NEXT_KEY_FILE, RootPin
 from tlsotp.services.enrollment import DEFAULT_TIMEOUT, TTPUnavailable, crl_number, enroll, fetch_crl, renew
 from tlsotp.ttp.store import serial_text
 

@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from tlsotp.handshake.events import TraceRecord
 from tlsotp.handshake.key_exchange import EphemeralKeyFactory, generate_ephemeral_key
 from tlsotp.handshake.limits import MAX_CHAIN, MAX_SUITES
-from tlsotp.pki.keys import PrivateKey
 from tlsotp.handshake.suites import DEFAULT_SUITES, Suite, signature_kind_for_key, suites_for_key
+from tlsotp.pki.keys import PrivateKey
 
 #: A certificate key tlsotp can sign with.
 SigningKey: TypeAlias = PrivateKey

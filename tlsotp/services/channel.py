@@ -22,7 +22,6 @@ from twisted.protocols.basic import NetstringReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
-from tlsotp.services.addresses import describe_address
 from tlsotp.alerts import Alert, AlertError
 from tlsotp.handshake import (
     MAX_FRAME,
@@ -35,6 +34,7 @@ from tlsotp.handshake import (
     PeerClosed,
     ServerConnection,
 )
+from tlsotp.services.addresses import describe_address
 
 SansIOConnection = Union[ClientConnection, ServerConnection]
 
