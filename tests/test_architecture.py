@@ -364,9 +364,13 @@ class LayerTests(SynchronousTestCase):
                     f"{module}:{node.lineno}: a plugin module only declares ServiceMaker(...) instances",
                 )
                 assert isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)
-                tap = node.value.args[1]
-                self.assertIsInstance(tap, ast.Constant)
-                assert isinstance(tap, ast.Constant)
-                self.assertIn(tap.value, self.graph.files, f"{module}:{node.lineno}: no module {tap.value}")
-                self.assertTrue(within(tap.value, COMMANDS), f"{module}:{node.lineno}: a tap module lives in tlsotp.commands")
-                self.assertLessEqual({"Options", "makeService"}, self.graph.defined[tap.value], f"{tap.value} is no tap module")
+                argument = node.value.args[1]
+                self.assertTrue(
+                    isinstance(argument, ast.Constant) and isinstance(argument.value, str),
+                    f"{module}:{node.lineno}: the tap module is named by a string",
+                )
+                assert isinstance(argument, ast.Constant) and isinstance(argument.value, str)
+                tap: str = argument.value
+                self.assertIn(tap, self.graph.files, f"{module}:{node.lineno}: no module {tap}")
+                self.assertTrue(within(tap, COMMANDS), f"{module}:{node.lineno}: a tap module lives in tlsotp.commands")
+                self.assertLessEqual({"Options", "makeService"}, self.graph.defined[tap], f"{tap} is no tap module")

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, NoReturn, Sequence, TextIO, cast
 
@@ -126,6 +128,16 @@ def print_version() -> NoReturn:
     sys.stdout.write(f"tlsotp {__version__}\n")
     sys.stdout.flush()
     raise SystemExit(EXIT_OK)
+
+
+@contextmanager
+def usage_errors() -> Iterator[None]:
+    """Turn the ``ValueError`` of an option's parser into a ``usage.UsageError`` (exit 2), saying
+    what ``ValueError`` said: ``with usage_errors(): self["role"] = parse_role(self["role"])``."""
+    try:
+        yield
+    except ValueError as exc:
+        raise usage.UsageError(str(exc)) from None
 
 
 class Command(usage.Options):

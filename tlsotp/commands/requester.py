@@ -8,7 +8,7 @@ from typing import Any, TextIO
 from cryptography import x509
 from twisted.python import usage
 
-from tlsotp.commands.common import Command, CommandFailed
+from tlsotp.commands.common import Command, CommandFailed, usage_errors
 from tlsotp.commands.option_types import positive_float
 from tlsotp.commands.ttp_admin import parse_role
 from tlsotp.pki.credentials import CA_FILE, NEXT_KEY_FILE, RootPin
@@ -126,10 +126,8 @@ class RenewOptions(Command):
         if self["key-type"]:
             if not self["new-key"]:
                 raise usage.UsageError("--key-type needs --new-key")
-            try:
+            with usage_errors():
                 self["key-type"] = parse_key_type(self["key-type"])
-            except ValueError as exc:
-                raise usage.UsageError(str(exc)) from None
 
     async def execute(self, reactor: Any, out: TextIO) -> int:
         try:
