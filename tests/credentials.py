@@ -39,7 +39,9 @@ class TestCA:
         cert = issue_certificate(self.key, self.root, key.public_key(), name=name, role=role, days=days, now=NOW)
         return Identity(key, (cert,), self.root)
 
-    def crl(self, *revoked: x509.Certificate, next_update: datetime.timedelta = datetime.timedelta(days=1)) -> x509.CertificateRevocationList:
+    def crl(
+        self, *revoked: x509.Certificate, next_update: datetime.timedelta = datetime.timedelta(days=1)
+    ) -> x509.CertificateRevocationList:
         return build_crl(
             self.key, self.root, [Revocation(c.serial_number, NOW, None) for c in revoked],
             now=NOW, next_update=next_update, crl_number=1,

@@ -32,6 +32,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
+from tests.vectors import fixtures
 from tlsotp.alerts import Alert, AlertError
 from tlsotp.handshake import (
     ALL_SUITES,
@@ -51,9 +52,8 @@ from tlsotp.handshake import (
 )
 from tlsotp.handshake.frames import ContentType
 from tlsotp.otp import messages, store
-from tlsotp.services.otp_client import check_grant
 from tlsotp.pki.credentials import certified_name
-from tests.vectors import fixtures
+from tlsotp.services.otp_client import check_grant
 
 DIRECTIONS = ("c2s", "s2c")
 TRANSACTION = "Rs 1,00,000 to account 0042"

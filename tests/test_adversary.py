@@ -47,14 +47,6 @@ from hypothesis.stateful import (
 )
 from twisted.trial import unittest
 
-from tlsotp.alerts import Alert
-from tlsotp.handshake import ALL_SUITES, KeyExchange, SignatureKind, Suite
-from tlsotp.otp import messages
-from tlsotp.pki.keys import KeyType
-from tlsotp.pki.roles import Role
-from tlsotp.ttp import tokens as tokens_module
-from tlsotp.ttp import wire
-from tlsotp.ttp.renewal_proof import sign_renewal
 from tests.credentials import cached_key
 from tests.otp_session import (
     DIRECTIONS,
@@ -66,6 +58,14 @@ from tests.otp_session import (
 )
 from tests.test_ttp_fixtures import TTPFixture, csr_der, enroll_request
 from tests.vectors.harness import key_type_for
+from tlsotp.alerts import Alert
+from tlsotp.handshake import ALL_SUITES, KeyExchange, SignatureKind, Suite
+from tlsotp.otp import messages
+from tlsotp.pki.keys import KeyType
+from tlsotp.pki.roles import Role
+from tlsotp.ttp import tokens as tokens_module
+from tlsotp.ttp import wire
+from tlsotp.ttp.renewal_proof import sign_renewal
 
 KEY_TYPES = ("ec-p256", "rsa-2048")
 NAMES = ("bank.example", "alice.example")

@@ -29,9 +29,9 @@ from pathlib import Path
 from cryptography.utils import CryptographyDeprecationWarning
 from twisted.trial import unittest
 
-from tlsotp.handshake import ALL_SUITES, Suite
 from tests.otp_session import Session, StoreIssuer, check_outcome, snapshot, suite_configs
 from tests.vectors.harness import key_type_for
+from tlsotp.handshake import ALL_SUITES, Suite
 
 FULL = os.environ.get("TLSOTP_SWEEP") == "full"
 MASKS = (0x01, 0x80, 0xFF) if FULL else (0x01,)
@@ -68,7 +68,10 @@ class ByteFlipSweep(unittest.SynchronousTestCase):
             before = snapshot(session)
             for index in range(len(frame)):
                 for mask in MASKS:
-                    where = f"{suite.name}, {client_key} client, frame {step} ({direction}, {len(frame)} bytes), byte {index} ^ 0x{mask:02x}"
+                    where = (
+                        f"{suite.name}, {client_key} client, frame {step} ({direction}, {len(frame)} bytes),"
+                        f" byte {index} ^ 0x{mask:02x}"
+                    )
                     attacked = snapshot(before)
                     attacked.queues[direction][0] = flipped(frame, index, mask)
                     attacked.finish()

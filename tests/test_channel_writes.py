@@ -16,10 +16,10 @@ from twisted.internet.protocol import Factory
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
+from tests.vectors.harness import make_configs
 from tlsotp.alerts import Alert, AlertError
 from tlsotp.handshake import MAX_FRAME, ClientConnection, HandshakeComplete, ServerConnection, suite_named
 from tlsotp.services.channel import SansIOConnection, SecureChannelProtocol, refusal_for_bad_netstring
-from tests.vectors.harness import make_configs
 
 SUITE = suite_named("TLSOTP_ECDHE_X25519_ECDSA_WITH_AES_128_GCM_SHA256")
 CLIENT_CONFIG, SERVER_CONFIG = make_configs(SUITE)
@@ -215,13 +215,13 @@ class BankServerFlightTests(unittest.TestCase):
 
         from twisted.internet.task import deferLater
 
+        from tests.credentials import test_ca
         from tlsotp.handshake import DEFAULT_SUITES, suites_for_key
         from tlsotp.otp import messages
+        from tlsotp.pki.roles import Role
+        from tlsotp.services.bank_server import OTPServerFactory, ServerIdentity
         from tlsotp.services.otp_authority import OTPAuthority, OTPPolicy
         from tlsotp.services.otp_client import ClientSettings, OTPClientProtocol
-        from tlsotp.services.bank_server import OTPServerFactory, ServerIdentity
-        from tlsotp.pki.roles import Role
-        from tests.credentials import test_ca
 
         ca = test_ca()
         bank, alice = ca.issue("bank.example", Role.SERVER), ca.issue("alice.example", Role.CLIENT)

@@ -13,15 +13,14 @@ from pathlib import Path
 
 from twisted.trial import unittest
 
+from tests.processes import TLSOTP, subprocess_env
+from tests.test_ttp_fixtures import reactor, start_ttp
 from tlsotp.commands import main as cli
 from tlsotp.pki import pem
 from tlsotp.pki.fingerprint import fingerprint
 from tlsotp.ttp.ca import TTPPaths
 from tlsotp.ttp.store import Store
 from tlsotp.ttp.tokens import Token
-
-from tests.processes import TLSOTP, subprocess_env
-from tests.test_ttp_fixtures import reactor, start_ttp
 
 TOKEN_LINE = re.compile(r"^[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}\n$")
 
@@ -60,11 +59,15 @@ class ParseTests(unittest.TestCase):
         self.assertUsage(["ttp", "token", "--data-dir", "d"], "tlsotp ttp token", "--name and --role are required")
         self.assertUsage(["ttp", "token", "--data-dir", "d", "--name", "x", "--role", "admin"], "tlsotp ttp token", "role must be")
         self.assertUsage(["ttp", "token", "--data-dir", "d", "--name", "*.x", "--role", "server"], "tlsotp ttp token", "DNS host name")
-        self.assertUsage(["ttp", "token", "--data-dir", "d", "--name", "x", "--role", "server", "--ttl", "90d"], "tlsotp ttp token", "at most 30 days")
+        self.assertUsage(
+            ["ttp", "token", "--data-dir", "d", "--name", "x", "--role", "server", "--ttl", "90d"], "tlsotp ttp token", "at most 30 days"
+        )
         self.assertUsage(["ttp", "init", "--data-dir", "d", "--key-type", "rsa-1024"], "tlsotp ttp init", "unknown key type")
         self.assertUsage(["ttp", "revoke", "--data-dir", "d"], "tlsotp ttp revoke", "give the serial")
         self.assertUsage(["ttp", "revoke", "--data-dir", "d", "abc", "--reason", "bored"], "tlsotp ttp revoke", "unknown reason")
-        self.assertUsage(["enroll", "--data-dir", "d", "--name", "x", "--role", "client", "--token", "t"], "tlsotp enroll", "pin the TTP root")
+        self.assertUsage(
+            ["enroll", "--data-dir", "d", "--name", "x", "--role", "client", "--token", "t"], "tlsotp enroll", "pin the TTP root"
+        )
         self.assertUsage(
             ["enroll", "--data-dir", "d", "--name", "x", "--role", "client", "--token", "t", "--ca-fingerprint", "sha1:00"],
             "tlsotp enroll", "sha256:",
@@ -113,7 +116,9 @@ class OperatorCommandTests(unittest.TestCase):
 
         listing = await run("ttp", "list", "--data-dir", self.ttp)
         self.assertEqual(listing.code, 0)
-        self.assertEqual(listing.out.splitlines()[0].split(), ["SERIAL", "NAME", "ROLE", "ENROLLMENT", "NOT", "BEFORE", "NOT", "AFTER", "STATUS"])
+        self.assertEqual(
+            listing.out.splitlines()[0].split(), ["SERIAL", "NAME", "ROLE", "ENROLLMENT", "NOT", "BEFORE", "NOT", "AFTER", "STATUS"]
+        )
 
         unknown = await run("ttp", "revoke", "--data-dir", self.ttp, "abcdef")
         self.assertEqual(unknown.code, 1)

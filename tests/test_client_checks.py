@@ -7,16 +7,15 @@ from twisted.internet.endpoints import clientFromString, connectProtocol
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
+from tests.credentials import test_ca
+from tests.test_party import LoopbackCase
 from tlsotp.alerts import Alert, AlertError
 from tlsotp.codec import Writer
 from tlsotp.handshake import DEFAULT_SUITES, HandshakeComplete
 from tlsotp.otp import messages
 from tlsotp.otp.messages import ConfirmStatus, MessageType
-from tlsotp.services.otp_client import ClientSettings, OTPClientProtocol, SessionResult, confirm_otp, request_otp
 from tlsotp.pki.roles import Role
-
-from tests.credentials import test_ca
-from tests.test_party import LoopbackCase
+from tlsotp.services.otp_client import ClientSettings, OTPClientProtocol, SessionResult, confirm_otp, request_otp
 
 TX = "Rs 5 to Bob"
 NOW = 1_900_000_000

@@ -8,9 +8,8 @@ from pathlib import Path
 
 from twisted.trial import unittest
 
-from tlsotp.handshake import ALL_SUITES, KeyExchange
-
 from tests.processes import REPO, TLSOTP, TWISTD, unused_port
+from tlsotp.handshake import ALL_SUITES, KeyExchange
 
 FINGERPRINT = "sha256:" + "ab" * 32
 

@@ -27,14 +27,16 @@ from twisted.logger import Logger, formatEvent, globalLogPublisher
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.der_mutations import with_version
+from tests.test_ttp_fixtures import TTPFixture, cached_key, csr_der, enroll_request
+from tests.vectors import fixtures
+from tests.vectors.harness import connect, handshake_type, make_configs, rewrite
 from tlsotp.alerts import Alert, AlertError
 from tlsotp.handshake import ClientConnection, ConnectionFailed, Event, HandshakeComplete, ServerConnection, suite_named
 from tlsotp.handshake.certificates import leaf_key, parse_chain, run_validator
 from tlsotp.handshake.frames import ContentType, encode_frame, split_frame
 from tlsotp.handshake.key_exchange import ecdh_shared_secret, generate_ephemeral_key, load_key_share, unwrap_secret
 from tlsotp.handshake.limits import TRANSPORTED_SECRET_LENGTH
-from tlsotp.handshake.signatures import verify
-from tlsotp.handshake.suites import Group, HashAlgorithm
 from tlsotp.handshake.messages import (
     Certificate,
     CertificateVerify,
@@ -45,20 +47,17 @@ from tlsotp.handshake.messages import (
     ServerHello,
     split_handshake,
 )
+from tlsotp.handshake.signatures import verify
+from tlsotp.handshake.suites import Group, HashAlgorithm
 from tlsotp.otp import messages as otp
-from tlsotp.services.channel import SansIOConnection, SecureChannelProtocol
 from tlsotp.pki.csr import build_csr
 from tlsotp.pki.keys import KeyType
 from tlsotp.pki.roles import Role
-from tlsotp.ttp import wire
+from tlsotp.services.channel import SansIOConnection, SecureChannelProtocol
 from tlsotp.services.enrollment import accept_crl, accept_issued
+from tlsotp.ttp import wire
 from tlsotp.ttp.renewal_proof import sign_renewal
 from tlsotp.ttp.wire import Refusal, RequestRefused
-
-from tests.der_mutations import with_version
-from tests.test_ttp_fixtures import TTPFixture, cached_key, csr_der, enroll_request
-from tests.vectors import fixtures
-from tests.vectors.harness import connect, handshake_type, make_configs, rewrite
 
 DER = serialization.Encoding.DER
 S384 = suite_named("TLSOTP_ECDHE_X25519_ECDSA_WITH_AES_256_GCM_SHA384")

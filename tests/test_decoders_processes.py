@@ -22,6 +22,11 @@ from twisted.protocols.basic import NetstringReceiver
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
+from tests.cli_faults import MODES
+from tests.der_mutations import with_version
+from tests.processes import REPO, TLSOTP, subprocess_env
+from tests.test_end_to_end import COMMAND_SECONDS, Cluster
+from tests.vectors.harness import handshake_frame, handshake_type, parse_handshake_frame
 from tlsotp.alerts import Alert
 from tlsotp.handshake import (
     DEFAULT_SUITES,
@@ -39,15 +44,9 @@ from tlsotp.handshake.messages import Certificate
 from tlsotp.pki.csr import build_csr
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import PeerVerifier
-from tlsotp.ttp import tokens, wire
-from tlsotp.services.ttp_client import exchange
 from tlsotp.services.enrollment import load_credentials
-
-from tests.cli_faults import MODES
-from tests.der_mutations import with_version
-from tests.processes import REPO, TLSOTP, subprocess_env
-from tests.test_end_to_end import COMMAND_SECONDS, Cluster
-from tests.vectors.harness import handshake_frame, handshake_type, parse_handshake_frame
+from tlsotp.services.ttp_client import exchange
+from tlsotp.ttp import tokens, wire
 
 reactor: Any = _reactor
 TRACEBACK_MARKERS = ("Traceback", "Unhandled Error", "Unhandled error")

@@ -26,10 +26,9 @@ from twisted.internet import reactor
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
-from tlsotp.handshake import ALL_SUITES, KeyExchange, SignatureKind, Suite
-
 from tests.processes import REPO, TLSOTP, TWISTD, subprocess_env, unused_port
 from tests.test_ttp_mitm import MITMProxy
+from tlsotp.handshake import ALL_SUITES, KeyExchange, SignatureKind, Suite
 
 STARTUP_SECONDS = 30.0
 COMMAND_SECONDS = 60.0

@@ -21,13 +21,12 @@ from typing import ClassVar
 
 from twisted.trial import unittest
 
-from tlsotp.services.connection_slots import DEFAULT_MAX_PER_ADDRESS
-from tlsotp.handshake import ClientConfig, ClientConnection
-from tlsotp.pki.roles import Role
-
 from tests.credentials import test_ca
 from tests.processes import unused_port
 from tests.test_end_to_end import OTP_LINE, Daemon, tlsotp
+from tlsotp.handshake import ClientConfig, ClientConnection
+from tlsotp.pki.roles import Role
+from tlsotp.services.connection_slots import DEFAULT_MAX_PER_ADDRESS
 
 #: Longer than any test here: a silent connection is closed only to make room, never by the clock.
 FIRST_MESSAGE_TIMEOUT = "300"

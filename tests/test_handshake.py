@@ -5,6 +5,8 @@ from __future__ import annotations
 from cryptography.hazmat.primitives import serialization
 from twisted.trial import unittest
 
+from tests.vectors import fixtures
+from tests.vectors.harness import connect, key_type_for, make_configs
 from tlsotp.alerts import Alert
 from tlsotp.handshake import (
     ALL_SUITES,
@@ -30,8 +32,6 @@ from tlsotp.handshake import (
 from tlsotp.handshake.frames import ContentType
 from tlsotp.handshake.key_exchange import ecdh_shared_secret
 from tlsotp.handshake.suites import Group
-from tests.vectors import fixtures
-from tests.vectors.harness import connect, key_type_for, make_configs
 
 OTP_REQUEST = b'{"request": "otp", "account": "alice"}'
 OTP = b'{"otp": "492817", "expires_in": 60}'
@@ -144,7 +144,8 @@ class FlowTests(unittest.TestCase):
                 ServerConfig(server_id.chain, server_id.key, fixtures.client_verifier()),
             )
             assert pair.server.suite is not None
-            self.assertEqual(pair.server.suite, ALL_SUITES[0] if key_type == "ec-p256" else suite_named("TLSOTP_ECDHE_X25519_RSA_PSS_WITH_AES_256_GCM_SHA384"))
+            rsa_first = suite_named("TLSOTP_ECDHE_X25519_RSA_PSS_WITH_AES_256_GCM_SHA384")
+            self.assertEqual(pair.server.suite, ALL_SUITES[0] if key_type == "ec-p256" else rsa_first)
             self.assertIs(pair.server.suite.key_exchange, KeyExchange.ECDHE)
 
     def test_long_writes_are_split_into_bounded_records(self) -> None:

@@ -13,6 +13,16 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from twisted.trial import unittest
 
+from tests.vectors import fixtures
+from tests.vectors.harness import (
+    Pair,
+    connect,
+    handshake_frame,
+    handshake_type,
+    make_configs,
+    parse_handshake_frame,
+    rewrite,
+)
 from tlsotp.alerts import Alert
 from tlsotp.handshake import (
     AlertReceived,
@@ -29,8 +39,8 @@ from tlsotp.handshake import (
     Suite,
     suite_named,
 )
-from tlsotp.handshake.frames import ContentType, encode_frame
 from tlsotp.handshake.certificates import encode_chain
+from tlsotp.handshake.frames import ContentType, encode_frame
 from tlsotp.handshake.key_exchange import encode_key_share, wrap_secret
 from tlsotp.handshake.keyschedule import derive_handshake_secrets, finished_mac
 from tlsotp.handshake.limits import MAX_FRAME, MAX_PLAINTEXT
@@ -50,16 +60,6 @@ from tlsotp.handshake.suites import Group, HashAlgorithm
 from tlsotp.pki.builders import issue_certificate
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import PeerVerifier
-from tests.vectors import fixtures
-from tests.vectors.harness import (
-    Pair,
-    connect,
-    handshake_frame,
-    handshake_type,
-    make_configs,
-    parse_handshake_frame,
-    rewrite,
-)
 
 S384 = suite_named("TLSOTP_ECDHE_X25519_ECDSA_WITH_AES_256_GCM_SHA384")
 CHACHA = suite_named("TLSOTP_ECDHE_X25519_ECDSA_WITH_CHACHA20_POLY1305_SHA256")
@@ -366,7 +366,9 @@ class DowngradeAndTamperTests(AlertTestCase):
     def test_server_signature_replayed_as_client_signature(self) -> None:
         """Different context strings: a CertificateVerify cannot change roles."""
         pair = connect(*make_configs(S384))
-        server_cv = parse_handshake_frame(next(f for d, f in pair.wire if d == "s2c" and handshake_type(f) is HandshakeType.certificate_verify))
+        server_cv = parse_handshake_frame(
+            next(f for d, f in pair.wire if d == "s2c" and handshake_type(f) is HandshakeType.certificate_verify)
+        )
         tamper = rewrite("c2s", CertificateVerify, lambda m: server_cv)
         self.assertBothSides(connect(*make_configs(S384), tamper=tamper), "server", Alert.decrypt_error)
 
@@ -612,7 +614,9 @@ class TerminalTests(AlertTestCase):
 
     def test_alert_received_mid_handshake_ends_without_reply(self) -> None:
         client = _ECDHE.client_after(1)
-        self.assertEqual(client.receive_frame(bytes([ContentType.alert, Alert.handshake_failure])), [AlertReceived(Alert.handshake_failure)])
+        self.assertEqual(
+            client.receive_frame(bytes([ContentType.alert, Alert.handshake_failure])), [AlertReceived(Alert.handshake_failure)]
+        )
         self.assertEqual(client.frames_to_send(), [])
         self.assertEqual(client.receive_frame(_ECDHE.s2c[1]), [])
         self.assertEqual(client.state, ClientState.FAILED)

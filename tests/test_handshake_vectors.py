@@ -26,6 +26,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from twisted.trial import unittest
 
+from tests.vectors import fixtures, make_vectors
+from tests.vectors.harness import Pair
 from tlsotp.handshake import (
     ApplicationData,
     ClientConfig,
@@ -39,8 +41,6 @@ from tlsotp.handshake import (
 )
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import PeerVerifier
-from tests.vectors import fixtures, make_vectors
-from tests.vectors.harness import Pair
 
 VECTOR_FILES = sorted(Path(make_vectors.__file__).parent.glob("handshake-*.json"))
 

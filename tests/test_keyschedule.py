@@ -149,7 +149,8 @@ class ScheduleTests(unittest.TestCase):
 
     def test_transcript_and_secret_changes_change_every_traffic_key(self) -> None:
         suite = suite_named("TLSOTP_ECDHE_P384_ECDSA_WITH_AES_256_GCM_SHA384")
-        base = derive_application_secrets(suite, derive_handshake_secrets(suite.hash, self.shared, b"\x11" * 48).master_secret, b"\x22" * 48)
+        master_secret = derive_handshake_secrets(suite.hash, self.shared, b"\x11" * 48).master_secret
+        base = derive_application_secrets(suite, master_secret, b"\x22" * 48)
         other_transcript = derive_application_secrets(
             suite, derive_handshake_secrets(suite.hash, self.shared, b"\x11" * 48).master_secret, b"\x23" + b"\x22" * 47
         )

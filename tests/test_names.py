@@ -13,10 +13,14 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.python import usage
 from twisted.trial import unittest
 
+from tests.credentials import cached_key
+from tests.processes import REPO, TLSOTP, subprocess_env
+from tests.test_ttp_fixtures import TTPFixture, enroll_request
 from tlsotp.commands.client_options import ClientOptions
 from tlsotp.commands.server_daemon import Options as ServerOptions
 from tlsotp.pki.csr import CSRNameMismatch, check_csr
@@ -26,10 +30,6 @@ from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import PeerVerifier
 from tlsotp.ttp import wire
 from tlsotp.ttp.wire import Refusal
-
-from tests.credentials import cached_key
-from tests.processes import REPO, TLSOTP, subprocess_env
-from tests.test_ttp_fixtures import TTPFixture, enroll_request
 
 LABEL = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
 NAME = st.lists(LABEL, min_size=1, max_size=4).map(".".join)
@@ -156,8 +156,8 @@ class OptionNameTests(unittest.SynchronousTestCase):
             ClientOptions().parseOptions(base + ["--server-name", "bank.example", "--name", "alice\n.example"])
 
     def test_server_factory_allow_list(self) -> None:
-        from tlsotp.services.bank_server import OTPServerFactory, ServerIdentity
         from tests.credentials import test_ca
+        from tlsotp.services.bank_server import OTPServerFactory, ServerIdentity
 
         server = test_ca().issue("bank.example", Role.SERVER)
         identity = ServerIdentity(server.key, server.chain, server.root)
@@ -167,8 +167,8 @@ class OptionNameTests(unittest.SynchronousTestCase):
         self.assertEqual(factory.allowed_clients, {"alice.example"})
 
     def test_client_settings_server_name(self) -> None:
-        from tlsotp.services.otp_client import ClientSettings
         from tests.credentials import test_ca
+        from tlsotp.services.otp_client import ClientSettings
 
         client = test_ca().issue("alice.example", Role.CLIENT)
         with self.assertRaises(ValueError):

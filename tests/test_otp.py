@@ -15,8 +15,8 @@ from twisted.trial import unittest
 from tlsotp.alerts import Alert, AlertError
 from tlsotp.codec import Writer
 from tlsotp.otp import messages, store
-from tlsotp.services.otp_authority import DATABASE_FILE, PEPPER_FILE, OTPAuthority, OTPPolicy
 from tlsotp.otp.messages import ConfirmStatus
+from tlsotp.services.otp_authority import DATABASE_FILE, PEPPER_FILE, OTPAuthority, OTPPolicy
 
 PEPPER = b"p" * 32
 

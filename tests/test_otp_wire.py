@@ -12,17 +12,17 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from hypothesis import assume, example, given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
+from tests.vectors.harness import Pair, make_configs
 from tlsotp.alerts import Alert, AlertError
 from tlsotp.codec import Writer
 from tlsotp.handshake import ApplicationData, ClientConnection, ServerConnection, suite_named
 from tlsotp.handshake.frames import ContentType, encode_frame
 from tlsotp.otp import messages
 from tlsotp.otp.messages import ConfirmStatus, MessageType
-from tests.vectors.harness import Pair, make_configs
 
 
 def spec_transaction_ok(text: str) -> bool:

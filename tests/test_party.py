@@ -11,16 +11,15 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial import unittest
 
+from tests.credentials import Identity, test_ca
 from tlsotp.alerts import Alert, AlertError
 from tlsotp.handshake import DEFAULT_SUITES, suite_named, suites_for_key
 from tlsotp.otp import messages
-from tlsotp.services.otp_authority import OTPAuthority, OTPPolicy
-from tlsotp.services.otp_client import ClientSettings, SessionResult, confirm_otp, request_otp, request_otp_message
-from tlsotp.services.bank_server import OTPServerFactory, ServerIdentity
 from tlsotp.pki.keys import KeyType
 from tlsotp.pki.roles import Role
-
-from tests.credentials import Identity, test_ca
+from tlsotp.services.bank_server import OTPServerFactory, ServerIdentity
+from tlsotp.services.otp_authority import OTPAuthority, OTPPolicy
+from tlsotp.services.otp_client import ClientSettings, SessionResult, confirm_otp, request_otp, request_otp_message
 
 TX = "Rs 1,00,000 to your friend's account"
 

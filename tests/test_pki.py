@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.trial import unittest
 
+from tests.test_ttp_fixtures import cached_key
 from tlsotp.alerts import Alert, AlertError
 from tlsotp.pki import pem
 from tlsotp.pki.builders import Revocation, build_crl, build_root, issue_certificate
@@ -24,8 +25,6 @@ from tlsotp.pki.names import check_dns_name
 from tlsotp.pki.roles import Role
 from tlsotp.pki.signing import sign_message, signature_is_valid
 from tlsotp.pki.verify import PeerVerifier
-
-from tests.test_ttp_fixtures import cached_key
 
 NOW = datetime.datetime(2030, 6, 1, 12, 0, tzinfo=datetime.timezone.utc)
 
@@ -330,7 +329,8 @@ class NameTests(unittest.TestCase):
     def test_names(self) -> None:
         self.assertEqual(check_dns_name(" Bank.Example "), "bank.example")
         self.assertEqual(check_dns_name("localhost"), "localhost")
-        for bad in ("", "*.example", "-a.example", "a-.example", "a..example", "bank.example.", "bänk.example", "a" * 64 + ".x", "a_b.example"):
+        bad_names = ("", "*.example", "-a.example", "a-.example", "a..example", "bank.example.", "bänk.example", "a" * 64 + ".x")
+        for bad in (*bad_names, "a_b.example"):
             with self.assertRaises(ValueError, msg=bad):
                 check_dns_name(bad)
 

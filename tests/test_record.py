@@ -127,7 +127,8 @@ class RefusalTests(unittest.TestCase):
         rogue = RecordSealer(self.aead, keys(self.aead), record_limit=3)
         for _ in range(2):
             rogue.seal(ContentType.application_data, b"x")
-        self.assertAlert(Alert.unexpected_message, opener.open, ContentType.application_data, rogue.seal(ContentType.application_data, b"x"))
+        rogue_record = rogue.seal(ContentType.application_data, b"x")
+        self.assertAlert(Alert.unexpected_message, opener.open, ContentType.application_data, rogue_record)
 
     def test_wrong_key_length_is_a_programming_error(self) -> None:
         self.assertRaises(ValueError, RecordSealer, Aead.AES_256_GCM, keys(Aead.AES_128_GCM))

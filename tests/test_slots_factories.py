@@ -18,20 +18,19 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from tlsotp.alerts import Alert
-from tlsotp.handshake import ClientConfig, ClientConnection
-from tlsotp.services.otp_authority import OTPAuthority, OTPPolicy
-from tlsotp.services.bank_server import OTPServerFactory, OTPServerProtocol, ServerIdentity
-from tlsotp.pki.roles import Role
-from tlsotp.ttp import wire
-from tlsotp.ttp.issuer import Outcome
-from tlsotp.services.ttp_server import EnrollmentServerFactory, EnrollmentServerProtocol
-from tlsotp.commands.ttp_daemon import makeService
-from tlsotp.ttp.wire import Refusal
-
 from tests.credentials import test_ca
 from tests.test_party import alert_frame
 from tests.test_ttp_protocol import netstring, parse_netstrings
+from tlsotp.alerts import Alert
+from tlsotp.commands.ttp_daemon import makeService
+from tlsotp.handshake import ClientConfig, ClientConnection
+from tlsotp.pki.roles import Role
+from tlsotp.services.bank_server import OTPServerFactory, OTPServerProtocol, ServerIdentity
+from tlsotp.services.otp_authority import OTPAuthority, OTPPolicy
+from tlsotp.services.ttp_server import EnrollmentServerFactory, EnrollmentServerProtocol
+from tlsotp.ttp import wire
+from tlsotp.ttp.issuer import Outcome
+from tlsotp.ttp.wire import Refusal
 
 
 def address(host: str) -> IPv4Address:
@@ -230,8 +229,8 @@ class DaemonOptionTests(unittest.TestCase):
     """The slot options of both daemons reach their factories, and bad values are usage errors."""
 
     def test_ttp_options(self) -> None:
-        from tlsotp.ttp.ca import init_ca
         from tlsotp.commands.ttp_daemon import Options, TTPService
+        from tlsotp.ttp.ca import init_ca
 
         data_dir = Path(self.mktemp())
         init_ca(data_dir)

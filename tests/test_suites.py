@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from twisted.trial import unittest
 
+from tests.vectors import fixtures
 from tlsotp.handshake import ALL_SUITES, DEFAULT_SUITES, parse_suite_list, suite_named, suites_for_key
 from tlsotp.handshake.suites import Aead, Group, HashAlgorithm, KeyExchange, SignatureKind, suite_for_code
-from tests.vectors import fixtures
 
 
 class SuiteTableTests(unittest.TestCase):

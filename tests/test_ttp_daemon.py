@@ -18,15 +18,14 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from tlsotp.pki.roles import Role
-from tlsotp.ttp.ca import TTPPaths, init_ca
-from tlsotp.commands.ttp_daemon import Options, makeService
-from tlsotp.services.enrollment import Credentials, EnrollmentRefused, RootPin, TTPUnavailable, enroll
-from tlsotp.ttp.store import Store
-from tlsotp.ttp.wire import Refusal
-
 from tests.processes import TWISTD, subprocess_env
 from tests.test_ttp_fixtures import mint_token, reactor
+from tlsotp.commands.ttp_daemon import Options, makeService
+from tlsotp.pki.roles import Role
+from tlsotp.services.enrollment import Credentials, EnrollmentRefused, RootPin, TTPUnavailable, enroll
+from tlsotp.ttp.ca import TTPPaths, init_ca
+from tlsotp.ttp.store import Store
+from tlsotp.ttp.wire import Refusal
 
 WAIT_SECONDS = 30
 

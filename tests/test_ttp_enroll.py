@@ -13,13 +13,13 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial import unittest
 
+from tests.test_ttp_fixtures import mint_token, reactor, start_ttp
 from tlsotp.alerts import Alert, AlertError
 from tlsotp.pki import pem
+from tlsotp.pki.credentials import NEXT_KEY_FILE, write_credentials
 from tlsotp.pki.keys import KeyType, describe_key
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import PeerVerifier
-from tlsotp.ttp.ca import TTPPaths, init_ca
-from tlsotp.pki.credentials import NEXT_KEY_FILE, write_credentials
 from tlsotp.services.enrollment import (
     AlreadyEnrolled,
     Credentials,
@@ -32,10 +32,9 @@ from tlsotp.services.enrollment import (
     load_credentials,
     renew,
 )
+from tlsotp.ttp.ca import TTPPaths, init_ca
 from tlsotp.ttp.store import Store
 from tlsotp.ttp.wire import Refusal
-
-from tests.test_ttp_fixtures import mint_token, reactor, start_ttp
 
 
 class TCPTestCase(unittest.TestCase):
@@ -189,11 +188,13 @@ class CredentialFileTests(unittest.TestCase):
         first = await enroll(reactor, endpoint, data_dir=party, pin=RootPin.from_fingerprint(ca.fingerprint),
                              token=str(mint_token(ttp_dir, "bank.example", Role.SERVER)), name="bank.example", role=Role.SERVER)
         # Simulate the crash: the new key and certificate written, the rename not done.
-        from tlsotp.pki.keys import generate_private_key
         from tlsotp.pki.builders import issue_certificate
+        from tlsotp.pki.keys import generate_private_key
 
         new_key = generate_private_key(KeyType.EC_P256)
-        new_leaf = issue_certificate(ca.key, ca.root, new_key.public_key(), name="bank.example", role=Role.SERVER, days=7, now=first.leaf.not_valid_before_utc)
+        new_leaf = issue_certificate(
+            ca.key, ca.root, new_key.public_key(), name="bank.example", role=Role.SERVER, days=7, now=first.leaf.not_valid_before_utc
+        )
         pem.write_private_key(party / NEXT_KEY_FILE, new_key)
         pem.write_certificates(party / "cert.pem", [new_leaf])
         loaded = load_credentials(party)

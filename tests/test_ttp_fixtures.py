@@ -14,17 +14,15 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import reactor as _reactor
 
+from tests.credentials import cached_key as cached_key  # re-exported: the TTP tests import it from here
+from tlsotp.commands.ttp_daemon import TTPService
 from tlsotp.pki.csr import build_csr
 from tlsotp.pki.keys import KeyType, PrivateKey
 from tlsotp.pki.roles import Role
-from tlsotp.ttp import tokens, wire
-from tlsotp.ttp import ca
+from tlsotp.ttp import ca, tokens, wire
 from tlsotp.ttp.ca import CertificateAuthority, TTPPaths, init_ca
-from tlsotp.commands.ttp_daemon import TTPService
 from tlsotp.ttp.issuer import Issuer
 from tlsotp.ttp.store import Store
-
-from tests.credentials import cached_key
 
 reactor: Any = _reactor
 

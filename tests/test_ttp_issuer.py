@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from twisted.trial import unittest
 
+from tests.test_ttp_fixtures import TTPFixture, cached_key, csr_der, enroll_request
 from tlsotp.pki.builders import issue_certificate
 from tlsotp.pki.keys import KeyType, PrivateKey
 from tlsotp.pki.roles import Role
@@ -21,8 +22,6 @@ from tlsotp.ttp.issuer import Issuer
 from tlsotp.ttp.renewal_proof import sign_renewal
 from tlsotp.ttp.store import Store
 from tlsotp.ttp.wire import Refusal
-
-from tests.test_ttp_fixtures import TTPFixture, cached_key, csr_der, enroll_request
 
 DER = serialization.Encoding.DER
 
@@ -60,7 +59,8 @@ class IssuerTestCase(unittest.TestCase):
         name: str | None = None,
     ) -> wire.RenewRequest:
         cert_der = cert.public_bytes(DER)
-        csr = csr_der(new_key or key, name or cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)[0])
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        csr = csr_der(new_key or key, name or san.get_values_for_type(x509.DNSName)[0])
         nonce = secrets.token_bytes(wire.NONCE_BYTES)
         ts = int(self.ttp.clock.now.timestamp()) if timestamp is None else timestamp
         return wire.RenewRequest(cert_der, csr, nonce, ts, sign_renewal(key, cert_der, csr, nonce, ts))
@@ -95,7 +95,8 @@ class EnrollmentTests(IssuerTestCase):
 
     def test_failures_do_not_spend_the_token(self) -> None:
         token = self.ttp.token()
-        self.assertRefused(Refusal.name_mismatch, enroll_request(token, "bank.example", Role.SERVER, self.key, csr=csr_der(self.key, "evil.example")))
+        request = enroll_request(token, "bank.example", Role.SERVER, self.key, csr=csr_der(self.key, "evil.example"))
+        self.assertRefused(Refusal.name_mismatch, request)
         self.issued(enroll_request(token, "bank.example", Role.SERVER, self.key))
 
     def test_unknown_token(self) -> None:
@@ -110,7 +111,9 @@ class EnrollmentTests(IssuerTestCase):
         self.assertRefused(Refusal.bad_token_proof, forged)
         # A man in the middle swapping in his own CSR breaks the proof.
         mallory = cached_key(KeyType.EC_P256, "mallory")
-        swapped = wire.EnrollRequest(request.token_id, request.role, request.name, request.nonce, csr_der(mallory, "bank.example"), request.proof)
+        swapped = wire.EnrollRequest(
+            request.token_id, request.role, request.name, request.nonce, csr_der(mallory, "bank.example"), request.proof
+        )
         self.assertRefused(Refusal.bad_token_proof, swapped)
 
     def test_proof_is_checked_before_token_state(self) -> None:

@@ -15,6 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.test_ttp_fixtures import TTPFixture, cached_key, csr_der, enroll_request
 from tlsotp.pki.builders import build_root, issue_certificate
 from tlsotp.pki.keys import KeyType, PrivateKey
 from tlsotp.pki.roles import Role
@@ -24,8 +25,6 @@ from tlsotp.ttp.renewal_proof import sign_renewal
 from tlsotp.ttp.store import SCHEMA_VERSION, AlreadyRevoked, Store, StoreError, serial_text
 from tlsotp.ttp.tokens import Token
 from tlsotp.ttp.wire import Refusal
-
-from tests.test_ttp_fixtures import TTPFixture, cached_key, csr_der, enroll_request
 
 DER = serialization.Encoding.DER
 NAME = "alice.example"

@@ -21,14 +21,13 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.test_ttp_fixtures import TTPFixture, csr_der, enroll_request
 from tlsotp.pki.keys import KeyType, PrivateKey, generate_private_key
 from tlsotp.pki.roles import Role
 from tlsotp.ttp import wire
 from tlsotp.ttp.renewal_proof import sign_renewal
 from tlsotp.ttp.store import AlreadyRevoked, public_key_der
 from tlsotp.ttp.wire import Refusal
-
-from tests.test_ttp_fixtures import TTPFixture, csr_der, enroll_request
 
 DER = serialization.Encoding.DER
 NAME = "holder.example"

@@ -21,15 +21,13 @@ from twisted.protocols.basic import NetstringReceiver
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
+from tests.test_ttp_fixtures import cached_key, csr_der, mint_token, reactor, start_ttp
 from tlsotp.alerts import Alert, AlertError
-from tlsotp.pki.builders import build_crl, build_root, issue_certificate
 from tlsotp.pki import pem
+from tlsotp.pki.builders import build_crl, build_root, issue_certificate
+from tlsotp.pki.credentials import NEXT_KEY_FILE, spki
 from tlsotp.pki.keys import KeyType, describe_key
 from tlsotp.pki.roles import Role
-from tlsotp.ttp import wire
-from tlsotp.ttp.ca import TTPPaths, init_ca
-from tlsotp.services.ttp_client import exchange
-from tlsotp.pki.credentials import NEXT_KEY_FILE, spki
 from tlsotp.services.enrollment import (
     Credentials,
     EnrollmentRefused,
@@ -40,10 +38,11 @@ from tlsotp.services.enrollment import (
     load_credentials,
     renew,
 )
+from tlsotp.services.ttp_client import exchange
+from tlsotp.ttp import wire
+from tlsotp.ttp.ca import TTPPaths, init_ca
 from tlsotp.ttp.store import Store
 from tlsotp.ttp.wire import Refusal
-
-from tests.test_ttp_fixtures import cached_key, csr_der, mint_token, reactor, start_ttp
 
 DER = serialization.Encoding.DER
 Rewrite = Callable[[bytes], bytes]

@@ -9,13 +9,12 @@ from pathlib import Path
 from cryptography import x509
 from twisted.trial import unittest
 
+from tests.test_ttp_fixtures import mint_token, reactor, start_ttp
 from tlsotp.pki import pem
 from tlsotp.pki.roles import Role
-from tlsotp.ttp.ca import TTPPaths, init_ca
 from tlsotp.services.enrollment import RootPin, enroll, fetch_crl
+from tlsotp.ttp.ca import TTPPaths, init_ca
 from tlsotp.ttp.store import Store
-
-from tests.test_ttp_fixtures import mint_token, reactor, start_ttp
 
 OPENSSL = shutil.which("openssl")
 
@@ -57,8 +56,12 @@ class OpenSSLVerifyTests(unittest.TestCase):
         store.revoke(serial, x509.ReasonFlags.key_compromise, now=ca.root.not_valid_before_utc)
         store.close()
         pem.write_crl(crl_path, await fetch_crl(reactor, endpoint, pin=pin))
-        revoked = self.openssl_verify("-CAfile", root, "-crl_check", "-CRLfile", str(crl_path), "-purpose", "sslserver", parties[Role.SERVER])
+        revoked = self.openssl_verify(
+            "-CAfile", root, "-crl_check", "-CRLfile", str(crl_path), "-purpose", "sslserver", parties[Role.SERVER]
+        )
         self.assertNotEqual(revoked.returncode, 0)
         self.assertIn("revoked", (revoked.stdout + revoked.stderr).lower())
-        client = self.openssl_verify("-CAfile", root, "-crl_check", "-CRLfile", str(crl_path), "-purpose", "sslclient", parties[Role.CLIENT])
+        client = self.openssl_verify(
+            "-CAfile", root, "-crl_check", "-CRLfile", str(crl_path), "-purpose", "sslclient", parties[Role.CLIENT]
+        )
         self.assertEqual(client.returncode, 0, client.stdout + client.stderr)

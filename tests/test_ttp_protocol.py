@@ -14,16 +14,15 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial import unittest
 
+from tests.test_ttp_fixtures import TTPFixture, cached_key, enroll_request
 from tlsotp.alerts import Alert, AlertError
 from tlsotp.pki.keys import KeyType
 from tlsotp.pki.roles import Role
-from tlsotp.ttp import wire
 from tlsotp.services.ttp_client import EnrollmentClientProtocol, TTPUnavailable, exchange
-from tlsotp.ttp.issuer import Outcome
 from tlsotp.services.ttp_server import EnrollmentServerFactory, EnrollmentServerProtocol
+from tlsotp.ttp import wire
+from tlsotp.ttp.issuer import Outcome
 from tlsotp.ttp.wire import Refusal
-
-from tests.test_ttp_fixtures import TTPFixture, cached_key, enroll_request
 
 
 def netstring(payload: bytes) -> bytes:

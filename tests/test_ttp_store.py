@@ -12,6 +12,7 @@ from pathlib import Path
 from cryptography import x509
 from twisted.trial import unittest
 
+from tests.test_ttp_fixtures import cached_key
 from tlsotp.pki.builders import issue_certificate
 from tlsotp.pki.keys import KeyType
 from tlsotp.pki.roles import Role
@@ -27,8 +28,6 @@ from tlsotp.ttp.store import (
     serial_text,
 )
 from tlsotp.ttp.tokens import Token
-
-from tests.test_ttp_fixtures import cached_key
 
 NOW = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
 
@@ -149,7 +148,10 @@ class TokenSpendTests(StoreTestCase):
         assert stored is not None
         self.assertIsNone(stored.spent_at)  # nothing of the failed attempt was kept
         with self.assertRaises(sqlite3.IntegrityError):
-            self.store._db.execute("INSERT INTO certificates (serial, name, role, not_before, not_after, issued_at, der) VALUES ('abc', 'x', 'server', 0, 0, 0, x'00')")
+            self.store._db.execute(
+                "INSERT INTO certificates (serial, name, role, not_before, not_after, issued_at, der)"
+                " VALUES ('abc', 'x', 'server', 0, 0, 0, x'00')"
+            )
 
 
 class RevocationTests(StoreTestCase):

@@ -12,16 +12,15 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
+from tests.test_ttp_fixtures import cached_key, csr_der, enroll_request, mint_token, reactor, start_ttp
 from tlsotp.pki.keys import KeyType
 from tlsotp.pki.roles import Role
+from tlsotp.services.ttp_client import exchange
 from tlsotp.ttp import wire
 from tlsotp.ttp.ca import init_ca
-from tlsotp.services.ttp_client import exchange
 from tlsotp.ttp.renewal_proof import sign_renewal
 from tlsotp.ttp.tokens import Token
 from tlsotp.ttp.wire import Refusal
-
-from tests.test_ttp_fixtures import cached_key, csr_der, enroll_request, mint_token, reactor, start_ttp
 
 
 class _RawClient(Protocol):

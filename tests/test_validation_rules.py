@@ -12,13 +12,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.trial import unittest
 
+from tests.credentials import NOW, test_ca
 from tlsotp.alerts import Alert, AlertError
 from tlsotp.pki.builders import BACKDATE, build_crl
 from tlsotp.pki.keys import PrivateKey
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import PeerVerifier
-
-from tests.credentials import NOW, test_ca
 
 HOUR = datetime.timedelta(hours=1)
 

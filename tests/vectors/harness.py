@@ -8,11 +8,11 @@ middle) via the ``tamper`` hook.
 from __future__ import annotations
 
 import os
-
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests.vectors import fixtures
 from tlsotp.handshake import (
     ApplicationData,
     ClientConfig,
@@ -38,7 +38,6 @@ from tlsotp.handshake.messages import (
     encode_handshake,
     split_handshake,
 )
-from tests.vectors import fixtures
 
 #: (direction "c2s"/"s2c", frame) -> replacement frame, or None to drop it.
 Tamper = Callable[[str, bytes], "bytes | None"]

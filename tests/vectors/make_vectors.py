@@ -28,12 +28,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from tests.vectors import fixtures
+from tests.vectors.harness import Pair
 from tlsotp.handshake import (
     DEFAULT_SUITES,
     ClientConfig,
     ClientConnection,
-    ServerConnection,
     ServerConfig,
+    ServerConnection,
     Suite,
     suite_named,
 )
@@ -44,8 +46,6 @@ from tlsotp.handshake.messages import HandshakeType
 from tlsotp.handshake.signatures import CLIENT_CONTEXT, SERVER_CONTEXT, signed_content
 from tlsotp.handshake.suites import KeyExchange, groups_of
 from tlsotp.otp import messages as otp_messages
-from tests.vectors import fixtures
-from tests.vectors.harness import Pair
 
 VECTORS_DIR = Path(__file__).parent
 

@@ -12,11 +12,12 @@ from typing import Any, TextIO
 
 from twisted.internet.defer import Deferred
 
-from tlsotp.commands.main import EXIT_OK, Command, CommandFailed
-from tlsotp.otp import messages
 from tlsotp.commands.client_options import ClientOptions
 from tlsotp.commands.client_run import run_client
+from tlsotp.commands.common import EXIT_OK, Command, CommandFailed
 from tlsotp.commands.trace import summarise
+from tlsotp.otp import messages
+
 
 def render_answer(answer: messages.OTPGrant | messages.ConfirmResult, transaction: str) -> tuple[bool, str]:
     """What the user reads, and whether it is good news."""

@@ -17,13 +17,13 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python import usage
 
-from tlsotp.commands.main import describe_error
 from tlsotp.commands.client_command import render_answer
 from tlsotp.commands.client_options import ClientOptions
 from tlsotp.commands.client_run import run_client
+from tlsotp.commands.common import describe_error
 from tlsotp.commands.option_types import positive_float
-from tlsotp.services.shutdown import stop_with_status
 from tlsotp.pki.pem import KEY_MODE, atomic_write
+from tlsotp.services.shutdown import stop_with_status
 
 log = Logger()
 

@@ -6,8 +6,8 @@ from typing import Any
 
 from twisted.python import usage
 
-from tlsotp.otp.messages import check_code, check_transaction
 from tlsotp.commands.party_options import PartyOptions
+from tlsotp.otp.messages import check_code, check_transaction
 from tlsotp.pki.names import check_dns_name
 
 DEFAULT_TRANSACTION = "Rs 1,00,000 to your friend's account"

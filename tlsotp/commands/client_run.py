@@ -13,12 +13,12 @@ from typing import Any, TextIO
 from cryptography import x509
 from twisted.logger import Logger
 
-from tlsotp.services.credentials import obtain_credentials
-from tlsotp.services.otp_client import ClientSettings, SessionResult, confirm_otp, request_otp
 from tlsotp.commands.client_options import ClientOptions
 from tlsotp.commands.trace import TracePrinter
 from tlsotp.pki.roles import Role
+from tlsotp.services.credentials import obtain_credentials
 from tlsotp.services.enrollment import fetch_crl
+from tlsotp.services.otp_client import ClientSettings, SessionResult, confirm_otp, request_otp
 
 log = Logger()
 

@@ -17,16 +17,16 @@ from twisted.internet.defer import Deferred
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.python import usage
 
-from tlsotp.commands.main import Command
-from tlsotp.handshake import DEFAULT_SUITES, SignatureKind, suite_named
 from tlsotp.commands import server_daemon
 from tlsotp.commands.client_command import ClientCommandOptions
 from tlsotp.commands.client_options import DEFAULT_TRANSACTION
+from tlsotp.commands.common import Command
+from tlsotp.commands.ttp_daemon import TTPService
+from tlsotp.handshake import DEFAULT_SUITES, SignatureKind, suite_named
 from tlsotp.pki.keys import KeyType, parse_key_type
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import utcnow
 from tlsotp.ttp.ca import init_ca, mint_token, open_store
-from tlsotp.commands.ttp_daemon import TTPService
 
 SERVER_NAME = "bank.example"
 CLIENT_NAME = "alice.example"

@@ -7,8 +7,9 @@ one-line description. The class is a ``usage.Options`` with::
     def run(self, reactor, out=None, err=None) -> Deferred[int]
 
 which returns the exit code and reports its own refusals as one line on ``err``. Subclassing
-``Command`` gives that for free: implement ``execute(reactor, out)`` and raise on failure. A
-group of subcommands (like ``tlsotp ttp``) subclasses ``CommandGroup`` with its own table.
+``Command`` (from ``tlsotp.commands.common``, where the shared bases live) gives that for free:
+implement ``execute(reactor, out)`` and raise on failure. A group of subcommands (like
+``tlsotp ttp``) subclasses ``CommandGroup`` with its own table.
 
 Exit codes: 0 success; 1 refused or failed (one line on stderr); 2 usage error (one line on
 stderr). Never a traceback.
@@ -16,36 +17,50 @@ stderr). Never a traceback.
 
 from __future__ import annotations
 
-import importlib
 import sys
-from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Sequence, TextIO, cast
+from typing import Any, Sequence, cast
 
-from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import react
 from twisted.logger import ILogObserver, LogEvent, LogLevel, formatEvent, globalLogBeginner
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from tlsotp.alerts import AlertError
+# The shared bases live in tlsotp.commands.common (the leaf modules import them from there);
+# they are re-exported here for callers that know them as tlsotp.commands.main's.
+from tlsotp.commands.common import (
+    EXIT_CODES_HELP,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    Command,
+    CommandFailed,
+    CommandGroup,
+    Subcommand,
+    UsageFailure,
+    command_path,
+    describe_error,
+    options_first,
+)
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_CODES_HELP = "Exit codes: 0 success, 1 refused or failed (one line on stderr), 2 usage error."
-
-
-@dataclass(frozen=True)
-class Subcommand:
-    name: str
-    shortcut: str | None
-    options: str  # "package.module:OptionsClass", imported lazily
-    description: str
-
-    def load(self) -> type[usage.Options]:
-        module_name, _, class_name = self.options.partition(":")
-        return cast(type[usage.Options], getattr(importlib.import_module(module_name), class_name))
-
+__all__ = [
+    "EXIT_CODES_HELP",
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "SUBCOMMANDS",
+    "Command",
+    "CommandFailed",
+    "CommandGroup",
+    "Subcommand",
+    "TlsotpOptions",
+    "UsageFailure",
+    "command_path",
+    "describe_error",
+    "main",
+    "options_first",
+    "parse",
+]
 
 SUBCOMMANDS: list[Subcommand] = [
     Subcommand("ttp", None, "tlsotp.commands.ttp_admin:TTPOptions", "Operate the TTP: init, token, revoke, list."),
@@ -55,116 +70,6 @@ SUBCOMMANDS: list[Subcommand] = [
     Subcommand("client", None, "tlsotp.commands.client_command:ClientCommandOptions", "Get (or confirm) an OTP from the server."),
     Subcommand("demo", None, "tlsotp.commands.demo:DemoOptions", "Run TTP, server and client in one process, with the trace."),
 ]
-
-
-class CommandFailed(Exception):
-    """A refusal the command states in one line (exit code 1)."""
-
-
-def describe_error(error: BaseException | None) -> str:
-    """One line: our typed errors speak for themselves; anything else also names its type."""
-    if error is None:
-        return "failed"
-    if isinstance(error, (CommandFailed, AlertError, ValueError, OSError, ConnectionError)):
-        return str(error) or type(error).__name__
-    module = type(error).__module__
-    if module.startswith("tlsotp"):
-        return str(error) or type(error).__name__
-    return f"{type(error).__name__}: {error}"
-
-
-def command_path(options: usage.Options) -> str:
-    """'tlsotp ttp token' for the token command's options: for messages that say who speaks."""
-    names: list[str] = []
-    node: Any = options
-    while getattr(node, "parent", None) is not None:
-        names.append(node.parent.subCommand)
-        node = node.parent
-    return " ".join(["tlsotp", *reversed(names)])
-
-
-def _subcommand_entries(table: Sequence[Subcommand]) -> list[tuple[str, str | None, Callable[[], usage.Options], str]]:
-    return [(sub.name, sub.shortcut, lambda sub=sub: sub.load()(), sub.description) for sub in table]  # type: ignore[misc]
-
-
-def options_first(argv: Sequence[str], long_options: Sequence[str], short_options: str) -> list[str]:
-    """Move positional arguments after the options, so that both orders parse (getopt stops at
-    the first positional, and ``revoke SERIAL --reason R`` reads naturally)."""
-    takes_value = {f"--{name[:-1]}" for name in long_options if name.endswith("=")}
-    takes_value |= {f"-{letter}" for letter, following in zip(short_options, short_options[1:] + " ") if following == ":"}
-    options: list[str] = []
-    positional: list[str] = []
-    args = list(argv)
-    while args:
-        arg = args.pop(0)
-        if arg == "--":
-            positional.extend(args)
-            break
-        if arg.startswith("-") and arg != "-":
-            options.append(arg)
-            if arg in takes_value and args:
-                options.append(args.pop(0))
-        else:
-            positional.append(arg)
-    return options + (["--", *positional] if positional else [])
-
-
-class Command(usage.Options):
-    """A leaf subcommand: implement ``execute``; ``run`` turns failures into one line and 1."""
-
-    synopsis = "[options]"
-    longdesc = EXIT_CODES_HELP
-
-    def getSynopsis(self) -> str:
-        return f"Usage: {command_path(self)} {self.synopsis}"
-
-    def parseOptions(self, options: Sequence[str] | None = None) -> None:
-        argv = sys.argv[1:] if options is None else options
-        super().parseOptions(options_first(argv, self.longOpt, self.shortOpt))  # type: ignore[no-untyped-call]
-
-    def execute(self, reactor: Any, out: TextIO) -> int | Awaitable[int] | Deferred[int]:
-        raise NotImplementedError
-
-    def run(self, reactor: Any, out: TextIO | None = None, err: TextIO | None = None) -> Deferred[int]:
-        out = out or sys.stdout
-        err = err or sys.stderr
-        result: Deferred[Any] = maybeDeferred(self.execute, reactor, out)
-
-        def awaited(value: Any) -> Any:
-            return ensureDeferred(value) if hasattr(value, "__await__") and not isinstance(value, Deferred) else value
-
-        def failed(failure: Failure) -> int:
-            assert err is not None
-            err.write(f"{command_path(self)}: {describe_error(failure.value)}\n")
-            return EXIT_FAILED
-
-        return result.addCallback(awaited).addErrback(failed)
-
-
-class CommandGroup(usage.Options):
-    """A command made of subcommands; set ``commands`` to their table."""
-
-    commands: list[Subcommand] = []
-    longdesc = "Run a command with --help for its options. " + EXIT_CODES_HELP
-
-    def getSynopsis(self) -> str:
-        return f"Usage: {command_path(self)} COMMAND [options]"
-
-    def __init__(self) -> None:
-        self.subCommands = _subcommand_entries(self.commands)
-        super().__init__()  # type: ignore[no-untyped-call]
-
-    def postOptions(self) -> None:
-        if self.subCommand is None:
-            names = ", ".join(sub.name for sub in self.commands)
-            raise usage.UsageError(f"choose a command: {names}")
-
-    def chosen(self) -> Any:
-        """The innermost chosen subcommand's options."""
-        node: Any = self
-        while isinstance(node, CommandGroup):
-            node = node.subOptions
-        return node
 
 
 class TlsotpOptions(CommandGroup):
@@ -188,16 +93,6 @@ def parse(argv: Sequence[str]) -> Any:
     except usage.UsageError as exc:
         raise UsageFailure(command_path(_innermost_parsed(options)), str(exc)) from None
     return options.chosen()
-
-
-class UsageFailure(Exception):
-    def __init__(self, command: str, message: str) -> None:
-        super().__init__(command, message)
-        self.command = command
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.command}: error: {self.message} (see '{self.command} --help')"
 
 
 class UnhandledErrors:
@@ -268,8 +163,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    # Run the imported module's main, not this __main__ copy: subcommand modules import
-    # tlsotp.commands.main, and two copies of its classes would not recognise each other.
+    # Run the imported module's main, not this __main__ copy: two copies of this module's
+    # classes would not recognise each other. ``python -m tlsotp`` is the documented spelling.
     from tlsotp.commands.main import main as _main
 
     _main()

@@ -12,9 +12,9 @@ from typing import Any
 from twisted.python import usage
 
 from tlsotp.commands.option_types import positive_float
+from tlsotp.commands.requester import pin_from_options
 from tlsotp.handshake import DEFAULT_SUITES, Suite, parse_suite_list
 from tlsotp.pki.keys import KEY_TYPE_NAMES, KeyType, parse_key_type
-from tlsotp.commands.requester import pin_from_options
 
 DEFAULT_TIMEOUT = 30.0
 

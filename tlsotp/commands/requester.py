@@ -8,13 +8,13 @@ from typing import Any, TextIO
 from cryptography import x509
 from twisted.python import usage
 
-from tlsotp.commands.main import Command, CommandFailed
+from tlsotp.commands.common import Command, CommandFailed, usage_errors
 from tlsotp.commands.option_types import positive_float
+from tlsotp.commands.ttp_admin import parse_role
+from tlsotp.pki.credentials import CA_FILE, NEXT_KEY_FILE, RootPin
 from tlsotp.pki.keys import KEY_TYPE_NAMES, KeyType, parse_key_type
 from tlsotp.pki.names import check_dns_name
 from tlsotp.pki.pem import PEMError, write_crl
-from tlsotp.commands.ttp_admin import parse_role
-from tlsotp.pki.credentials import CA_FILE, NEXT_KEY_FILE, RootPin
 from tlsotp.services.enrollment import DEFAULT_TIMEOUT, TTPUnavailable, crl_number, enroll, fetch_crl, renew
 from tlsotp.ttp.store import serial_text
 
@@ -126,10 +126,8 @@ class RenewOptions(Command):
         if self["key-type"]:
             if not self["new-key"]:
                 raise usage.UsageError("--key-type needs --new-key")
-            try:
+            with usage_errors():
                 self["key-type"] = parse_key_type(self["key-type"])
-            except ValueError as exc:
-                raise usage.UsageError(str(exc)) from None
 
     async def execute(self, reactor: Any, out: TextIO) -> int:
         try:

@@ -20,23 +20,23 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python import usage
 
-from tlsotp.services.addresses import describe_address
 from tlsotp.alerts import AlertError
-from tlsotp.handshake import suites_for_key
-from tlsotp.database_checks import DatabaseUnusable, check_database
-from tlsotp.services.otp_authority import DATABASE_FILE, OTPAuthority, OTPPolicy
-from tlsotp.commands.main import describe_error
-from tlsotp.services.credentials import StartupError, check_can_enroll, obtain_credentials
-from tlsotp.services.connection_slots import DEFAULT_FIRST_MESSAGE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS
+from tlsotp.commands.common import describe_error
 from tlsotp.commands.option_types import positive_float, positive_int
 from tlsotp.commands.party_options import PartyOptions
-from tlsotp.services.bank_server import OTPServerFactory, ServerIdentity
+from tlsotp.database_checks import DatabaseUnusable, check_database
+from tlsotp.handshake import suites_for_key
 from tlsotp.pki.names import check_dns_name
 from tlsotp.pki.pem import PEMError, load_crl
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import utcnow, verify_crl
-from tlsotp.services.shutdown import refuse_to_start, stop_with_status
+from tlsotp.services.addresses import describe_address
+from tlsotp.services.bank_server import OTPServerFactory, ServerIdentity
+from tlsotp.services.connection_slots import DEFAULT_FIRST_MESSAGE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS
+from tlsotp.services.credentials import StartupError, check_can_enroll, obtain_credentials
 from tlsotp.services.enrollment import Credentials, fetch_crl, load_credentials, renew
+from tlsotp.services.otp_authority import DATABASE_FILE, OTPAuthority, OTPPolicy
+from tlsotp.services.shutdown import refuse_to_start, stop_with_status
 
 log = Logger()
 

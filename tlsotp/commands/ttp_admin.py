@@ -14,7 +14,7 @@ from typing import Any, TextIO
 from cryptography import x509
 from twisted.python import usage
 
-from tlsotp.commands.main import Command, CommandFailed, CommandGroup, Subcommand
+from tlsotp.commands.common import Command, CommandFailed, CommandGroup, Subcommand, usage_errors
 from tlsotp.commands.option_types import duration
 from tlsotp.pki.keys import KEY_TYPE_NAMES, KeyType, parse_key_type
 from tlsotp.pki.names import check_dns_name
@@ -82,10 +82,8 @@ class InitOptions(_DataDirOptions):
 
     def postOptions(self) -> None:
         super().postOptions()
-        try:
+        with usage_errors():
             self["key-type"] = parse_key_type(self["key-type"])
-        except ValueError as exc:
-            raise usage.UsageError(str(exc)) from None
         if self["days"] <= 0:
             raise usage.UsageError("--days must be positive")
         if not self["subject"].strip():
@@ -117,12 +115,10 @@ class TokenOptions(_DataDirOptions):
         super().postOptions()
         if not self["name"] or not self["role"]:
             raise usage.UsageError("--name and --role are required")
-        try:
+        with usage_errors():
             self["name"] = check_dns_name(self["name"])
             self["role"] = parse_role(self["role"])
             self["ttl"] = parse_duration(self["ttl"])
-        except ValueError as exc:
-            raise usage.UsageError(str(exc)) from None
 
     def execute(self, reactor: Any, out: TextIO) -> int:
         store = self._store()
@@ -147,17 +143,13 @@ class RevokeOptions(_DataDirOptions):
     def parseArgs(self, serial: str | None = None) -> None:
         if serial is None:
             raise usage.UsageError("give the serial to revoke (hex, as 'tlsotp ttp list' shows it)")
-        try:
+        with usage_errors():
             self["serial"] = parse_serial(serial)
-        except ValueError as exc:
-            raise usage.UsageError(str(exc)) from None
 
     def postOptions(self) -> None:
         super().postOptions()
-        try:
+        with usage_errors():
             self["reason"] = parse_reason(self["reason"])
-        except ValueError as exc:
-            raise usage.UsageError(str(exc)) from None
 
     def execute(self, reactor: Any, out: TextIO) -> int:
         store = self._store()

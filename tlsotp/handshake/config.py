@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from tlsotp.handshake.events import TraceRecord
 from tlsotp.handshake.key_exchange import EphemeralKeyFactory, generate_ephemeral_key
 from tlsotp.handshake.limits import MAX_CHAIN, MAX_SUITES
-from tlsotp.pki.keys import PrivateKey
 from tlsotp.handshake.suites import DEFAULT_SUITES, Suite, signature_kind_for_key, suites_for_key
+from tlsotp.pki.keys import PrivateKey
 
 #: A certificate key tlsotp can sign with.
 SigningKey: TypeAlias = PrivateKey
@@ -37,55 +37,50 @@ def _public_der(key: object) -> bytes:
     return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def _check_common(
-    chain: Sequence[x509.Certificate], private_key: SigningKey, suites: Sequence[Suite], *, role: str
-) -> None:
-    if signature_kind_for_key(private_key.public_key()) is None:
-        raise ValueError(f"{role} private key cannot sign in tlsotp (need EC P-256/P-384 or RSA >= 2048)")
-    if len(chain) > MAX_CHAIN:
-        raise ValueError(f"{role} certificate chain has {len(chain)} certificates; at most {MAX_CHAIN}")
-    if chain and _public_der(chain[0].public_key()) != _public_der(private_key.public_key()):
-        raise ValueError(f"{role} private key does not match the leaf certificate")
-    if not suites:
-        raise ValueError(f"{role} offers no cipher suites")
-    if len(suites) > MAX_SUITES:
-        raise ValueError(f"{role} offers {len(suites)} cipher suites; at most {MAX_SUITES}")
-    if len(set(suites)) != len(suites):
-        raise ValueError(f"{role} cipher suite list has duplicates")
+@dataclass(frozen=True)
+class _SideConfig:
+    """What both sides are configured with; each side's class adds its own checks."""
+
+    certificate_chain: Sequence[x509.Certificate]
+    private_key: SigningKey
+    validate_peer: PeerValidator
+    suites: Sequence[Suite] = DEFAULT_SUITES
+    random_bytes: Callable[[int], bytes] = os.urandom
+    ephemeral_keys: EphemeralKeyFactory = generate_ephemeral_key
+    observer: Observer | None = None
+
+    def _check_common(self, role: str) -> None:
+        chain, private_key, suites = self.certificate_chain, self.private_key, self.suites
+        if signature_kind_for_key(private_key.public_key()) is None:
+            raise ValueError(f"{role} private key cannot sign in tlsotp (need EC P-256/P-384 or RSA >= 2048)")
+        if len(chain) > MAX_CHAIN:
+            raise ValueError(f"{role} certificate chain has {len(chain)} certificates; at most {MAX_CHAIN}")
+        if chain and _public_der(chain[0].public_key()) != _public_der(private_key.public_key()):
+            raise ValueError(f"{role} private key does not match the leaf certificate")
+        if not suites:
+            raise ValueError(f"{role} offers no cipher suites")
+        if len(suites) > MAX_SUITES:
+            raise ValueError(f"{role} offers {len(suites)} cipher suites; at most {MAX_SUITES}")
+        if len(set(suites)) != len(suites):
+            raise ValueError(f"{role} cipher suite list has duplicates")
 
 
 @dataclass(frozen=True)
-class ClientConfig:
+class ClientConfig(_SideConfig):
     """The client's side. An empty chain makes the client send an empty Certificate, which
     the server refuses with certificate_required: tlsotp always authenticates the client."""
 
-    certificate_chain: Sequence[x509.Certificate]
-    private_key: SigningKey
-    validate_peer: PeerValidator
-    suites: Sequence[Suite] = DEFAULT_SUITES
-    random_bytes: Callable[[int], bytes] = os.urandom
-    ephemeral_keys: EphemeralKeyFactory = generate_ephemeral_key
-    observer: Observer | None = None
-
     def __post_init__(self) -> None:
-        _check_common(self.certificate_chain, self.private_key, self.suites, role="client")
+        self._check_common("client")
 
 
 @dataclass(frozen=True)
-class ServerConfig:
+class ServerConfig(_SideConfig):
     """The server's side; ``suites`` is its preference order, which decides the choice."""
-
-    certificate_chain: Sequence[x509.Certificate]
-    private_key: SigningKey
-    validate_peer: PeerValidator
-    suites: Sequence[Suite] = DEFAULT_SUITES
-    random_bytes: Callable[[int], bytes] = os.urandom
-    ephemeral_keys: EphemeralKeyFactory = generate_ephemeral_key
-    observer: Observer | None = None
 
     def __post_init__(self) -> None:
         if not self.certificate_chain:
             raise ValueError("server needs a certificate chain")
-        _check_common(self.certificate_chain, self.private_key, self.suites, role="server")
+        self._check_common("server")
         if not suites_for_key(self.private_key.public_key(), self.suites):
             raise ValueError("none of the server's cipher suites can be authenticated by its certificate key")

@@ -20,17 +20,17 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from tlsotp.alerts import Alert, AlertError
-from tlsotp.services.connection_slots import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS, SlotKeeper
 from tlsotp.handshake import DEFAULT_SUITES, HandshakeComplete, ServerConfig, ServerConnection, Suite, TraceRecord
 from tlsotp.otp import messages
-from tlsotp.services.otp_authority import OTPAuthority
 from tlsotp.otp.store import Confirmation, IssuedOTP
-from tlsotp.services.channel import SansIOConnection, SecureChannelProtocol
+from tlsotp.pki.credentials import certified_name
 from tlsotp.pki.keys import PrivateKey
 from tlsotp.pki.names import check_dns_name
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import PeerVerifier
-from tlsotp.pki.credentials import certified_name
+from tlsotp.services.channel import SansIOConnection, SecureChannelProtocol
+from tlsotp.services.connection_slots import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS, SlotKeeper
+from tlsotp.services.otp_authority import OTPAuthority
 
 log = Logger()
 

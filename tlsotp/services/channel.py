@@ -22,7 +22,6 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
-from tlsotp.services.addresses import describe_address
 from tlsotp.alerts import Alert, AlertError
 from tlsotp.framing import Frame, FrameTooLong, FramingError, NetstringDecoder, encode, netstring_size
 from tlsotp.handshake import (
@@ -36,6 +35,7 @@ from tlsotp.handshake import (
     PeerClosed,
     ServerConnection,
 )
+from tlsotp.services.addresses import describe_address
 
 SansIOConnection = Union[ClientConnection, ServerConnection]
 

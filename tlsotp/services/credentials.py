@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from tlsotp.alerts import Alert, AlertError
+from tlsotp.pki.credentials import certified_name
 from tlsotp.pki.keys import KeyType
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import utcnow
-from tlsotp.pki.credentials import certified_name
 from tlsotp.services.enrollment import CERT_FILE, Credentials, RootPin, enroll, load_credentials
 
 EXPIRED_CERT_FILE = "cert.pem.expired"

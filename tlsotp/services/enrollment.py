@@ -33,13 +33,6 @@ from twisted.internet.threads import deferToThreadPool
 
 from tlsotp.alerts import Alert, AlertError
 from tlsotp.pki import der, pem
-from tlsotp.pki.csr import build_csr
-from tlsotp.pki.keys import KeyType, PrivateKey, describe_key, generate_private_key, parse_key_type
-from tlsotp.pki.names import check_dns_name
-from tlsotp.pki.roles import Role
-from tlsotp.pki.verify import PeerVerifier, utcnow, verify_crl
-from tlsotp.ttp import tokens, wire
-from tlsotp.services.ttp_client import TTPUnavailable, exchange
 from tlsotp.pki.credentials import (
     CA_FILE,
     CERT_FILE,
@@ -56,6 +49,13 @@ from tlsotp.pki.credentials import (
     write_credentials,
     write_pending_key,
 )
+from tlsotp.pki.csr import build_csr
+from tlsotp.pki.keys import KeyType, PrivateKey, describe_key, generate_private_key, parse_key_type
+from tlsotp.pki.names import check_dns_name
+from tlsotp.pki.roles import Role
+from tlsotp.pki.verify import PeerVerifier, utcnow, verify_crl
+from tlsotp.services.ttp_client import TTPUnavailable, exchange
+from tlsotp.ttp import tokens, wire
 from tlsotp.ttp.renewal_proof import sign_renewal
 from tlsotp.ttp.wire import Refusal
 

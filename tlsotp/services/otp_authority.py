@@ -16,7 +16,6 @@ from twisted.internet.interfaces import IReactorFromThreads
 from twisted.python.failure import Failure
 
 from tlsotp.alerts import Alert, AlertError
-
 from tlsotp.otp import store
 from tlsotp.otp.messages import otp_message
 from tlsotp.services.sqlite_worker import SQLiteWorker

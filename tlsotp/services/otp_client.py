@@ -19,11 +19,11 @@ from twisted.python.failure import Failure
 from tlsotp.alerts import Alert, AlertError
 from tlsotp.handshake import DEFAULT_SUITES, ClientConfig, ClientConnection, HandshakeComplete, Suite, TraceRecord
 from tlsotp.otp import messages
-from tlsotp.services.channel import ChannelStats, SansIOConnection, SecureChannelProtocol
 from tlsotp.pki.keys import PrivateKey
 from tlsotp.pki.names import check_dns_name
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import PeerVerifier
+from tlsotp.services.channel import ChannelStats, SansIOConnection, SecureChannelProtocol
 
 Request = messages.OTPRequest | messages.ConfirmRequest
 Answer = messages.OTPGrant | messages.ConfirmResult

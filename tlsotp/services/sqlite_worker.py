@@ -72,7 +72,7 @@ class SQLiteWorker:
             with connection:  # commits on success, rolls back on an exception
                 return fn(connection.cursor(), *args, **kwargs)
         except sqlite3.Error as exc:  # a full disk, a damaged file...: say which, and what to do
-            raise database_checks.unusable(self._path, exc) or exc
+            raise database_checks.unusable(self._path, exc) or exc from None
 
     def run(
         self, fn: Callable[Concatenate[sqlite3.Cursor, P], R], *args: P.args, **kwargs: P.kwargs
