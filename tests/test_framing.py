@@ -112,7 +112,10 @@ netstringish = st.lists(
 
 
 class RoundTripTests(unittest.SynchronousTestCase):
-    @given(max_lengths.flatmap(lambda m: st.tuples(st.just(m), st.lists(st.binary(max_size=m), max_size=8))), st.lists(st.integers(min_value=0)))
+    @given(
+        max_lengths.flatmap(lambda m: st.tuples(st.just(m), st.lists(st.binary(max_size=m), max_size=8))),
+        st.lists(st.integers(min_value=0)),
+    )
     def test_frames_survive_any_chunking(self, case: tuple[int, list[bytes]], cuts: list[int]) -> None:
         max_length, frames = case
         data = b"".join(encode(frame) for frame in frames)
