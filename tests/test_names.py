@@ -17,7 +17,7 @@ from hypothesis import given, strategies as st
 from twisted.python import usage
 from twisted.trial import unittest
 
-from tlsotp.commands.client_options import ClientOptions
+from tlsotp.commands.client import ClientOptions
 from tlsotp.commands.server_daemon import Options as ServerOptions
 from tlsotp.pki.csr import CSRNameMismatch, check_csr
 from tlsotp.pki.keys import KeyType

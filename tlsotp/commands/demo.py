@@ -20,8 +20,7 @@ from twisted.python import usage
 from tlsotp.commands.main import Command
 from tlsotp.handshake import DEFAULT_SUITES, SignatureKind, suite_named
 from tlsotp.commands import server_daemon
-from tlsotp.commands.client_command import ClientCommandOptions
-from tlsotp.commands.client_options import DEFAULT_TRANSACTION
+from tlsotp.commands.client import DEFAULT_TRANSACTION, ClientCommandOptions
 from tlsotp.pki.keys import KeyType, parse_key_type
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import utcnow
