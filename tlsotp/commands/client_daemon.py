@@ -14,6 +14,7 @@ from typing import Any, Callable, cast
 
 from twisted.application import service
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python import usage
@@ -58,7 +59,7 @@ class OTPClientService(service.Service):
     """``on_done`` gets the exit status after a one-shot run (the daemon stops the process)."""
 
     def __init__(
-        self, reactor: Any, settings: ClientDaemonSettings, on_done: Callable[[int], None] | None = None
+        self, reactor: IReactorTime, settings: ClientDaemonSettings, on_done: Callable[[int], None] | None = None
     ) -> None:
         self.reactor = reactor
         self.settings = settings

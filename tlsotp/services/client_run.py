@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from cryptography import x509
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from tlsotp.handshake import DEFAULT_SUITES, Suite, TraceRecord
@@ -56,7 +57,7 @@ class ClientRun:
     crl_checked: bool
 
 
-async def run_client(reactor: Any, settings: ClientRunSettings) -> ClientRun:
+async def run_client(reactor: IReactorTime, settings: ClientRunSettings) -> ClientRun:
     """Enroll if the data dir holds no current certificate, fetch the CRL, run one session."""
     credentials = await obtain_credentials(
         reactor, data_dir=Path(settings.data_dir), ttp=settings.ttp, pin=settings.pin, token=settings.token,
