@@ -45,6 +45,27 @@ class CancelOnConnect:
         return connecting.addCallback(cancel_now)
 
 
+@implementer(IStreamClientEndpoint)
+class CancelOnHandshakeComplete(CancelOnConnect):
+    """Cancels once the client's handshake completed, i.e. right after its request went out."""
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[Any]:
+        def hook(protocol: Any) -> Any:
+            complete = protocol.handshake_complete
+
+            def then_cancel(event: Any) -> None:
+                complete(event)
+                assert self.session is not None
+                self.session.cancel()
+
+            protocol.handshake_complete = then_cancel
+            self.protocol = protocol
+            return protocol
+
+        connecting: Deferred[Any] = self.inner.connect(factory)
+        return connecting.addCallback(hook)
+
+
 class CancelTests(LoopbackServerCase):
     async def test_cancel_right_after_connect_issues_nothing(self) -> None:
         port = await self.listen()
@@ -69,6 +90,18 @@ class CancelTests(LoopbackServerCase):
         await self.all_closed(sessions=1)
         self.assertEqual(self.stored_otps(), 0)
         self.assertEqual(self.factory.sessions_completed, 0)
+
+    async def test_cancel_after_the_request_went_out_closes_the_connection(self) -> None:
+        # Documented: the server may have issued the OTP by then; the client stops waiting and
+        # closes, and nothing is left open on either side.
+        port = await self.listen()
+        endpoint = CancelOnHandshakeComplete(port)
+        session = request_otp(reactor, endpoint, self.settings(), TX)
+        endpoint.session = session
+        with self.assertRaises(CancelledError):
+            await session
+        await self.all_closed(sessions=1)
+        self.assertTrue(endpoint.protocol.finished)
 
     async def test_a_session_not_cancelled_stores_its_otp(self) -> None:
         # The check above can see an OTP: without the cancel, the same session stores one.
