@@ -21,7 +21,7 @@ from twisted.trial import unittest
 from tests.credentials import cached_key
 from tests.processes import REPO, TLSOTP, subprocess_env
 from tests.test_ttp_fixtures import TTPFixture, enroll_request
-from tlsotp.commands.client_options import ClientOptions
+from tlsotp.commands.client import ClientOptions
 from tlsotp.commands.server_daemon import Options as ServerOptions
 from tlsotp.pki.csr import CSRNameMismatch, check_csr
 from tlsotp.pki.keys import KeyType

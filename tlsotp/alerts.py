@@ -4,6 +4,19 @@ The codes are TLS's (RFC 8446, section 6) where TLS has one, so that readers who
 recognise them; ``AlertError`` carries one across layers (certificate verification, the
 handshake state machines, the record layer) to the Twisted shell, which sends it to the peer,
 logs one line and closes.
+
+What a client session's failure was, for code that embeds the client (``tlsotp.client``)::
+
+    TLSOTPError                  every error tlsotp raises on purpose
+    └── AlertError               carries an alert code and a detail
+        ├── PeerUnreachable      no session at all: connection refused, connect timeout, DNS,
+        │                        bad endpoint (alert is handshake_failure; nothing was exchanged)
+        ├── PeerRefused          the peer ended the session with this alert (its refusal)
+        ├── LocalRefusal         we refused the peer and sent it this alert (bad certificate,
+        │                        bad answer, timeout waiting for it)
+        └── SessionTruncated     the peer closed TCP without any alert
+
+They all stay ``AlertError``s, so code written as ``except AlertError`` keeps working.
 """
 
 from __future__ import annotations
@@ -35,7 +48,11 @@ class Alert(enum.IntEnum):
     certificate_required = 116
 
 
-class AlertError(Exception):
+class TLSOTPError(Exception):
+    """The base of every error tlsotp raises on purpose (never for a bug)."""
+
+
+class AlertError(TLSOTPError):
     """A refusal with a TLS-style alert code and a human-readable detail.
 
     The detail is for logs and the local user; it must never contain key material.
@@ -50,3 +67,25 @@ class AlertError(Exception):
         if self.detail:
             return f"{self.alert.name}: {self.detail}"
         return self.alert.name
+
+
+class PeerUnreachable(AlertError):
+    """No session: the peer could not be reached (refused, timed out, no such host, bad endpoint).
+
+    Nothing was exchanged; ``alert`` is ``handshake_failure`` only so that ``except AlertError``
+    code written before this class existed still catches it."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(Alert.handshake_failure, detail)
+
+
+class PeerRefused(AlertError):
+    """The peer ended the session with ``alert`` (it refused us, or closed without answering)."""
+
+
+class LocalRefusal(AlertError):
+    """We ended the session and sent the peer ``alert``: it failed our checks, or timed out."""
+
+
+class SessionTruncated(AlertError):
+    """The peer closed the connection without an alert, before the session ended."""

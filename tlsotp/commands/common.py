@@ -1,7 +1,7 @@
 """What every ``tlsotp`` subcommand shares: the ``Command`` and ``CommandGroup`` bases, the
 lazy ``Subcommand`` table entry, exit codes, and the one-line error rule.
 
-The leaf command modules (``ttp_admin``, ``requester``, ``client_command``, ``demo``) and the
+The leaf command modules (``ttp_admin``, ``requester``, ``client``, ``demo``) and the
 tap modules import these from here, never from ``tlsotp.commands.main``: ``main`` names the leaf
 modules in its lazy table, so a leaf importing ``main`` would close an import cycle
 (``tests/test_architecture.py`` checks that none exists).

@@ -18,8 +18,7 @@ from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublish
 from twisted.python import usage
 
 from tlsotp.commands import server_daemon
-from tlsotp.commands.client_command import ClientCommandOptions
-from tlsotp.commands.client_options import DEFAULT_TRANSACTION
+from tlsotp.commands.client import DEFAULT_TRANSACTION, ClientCommandOptions
 from tlsotp.commands.common import Command
 from tlsotp.commands.ttp_daemon import TTPService
 from tlsotp.handshake import DEFAULT_SUITES, SignatureKind, suite_named

@@ -67,7 +67,7 @@ SUBCOMMANDS: list[Subcommand] = [
     Subcommand("enroll", None, "tlsotp.commands.requester:EnrollOptions", "Enroll with the TTP using a token."),
     Subcommand("renew", None, "tlsotp.commands.requester:RenewOptions", "Renew this party's certificate."),
     Subcommand("crl", None, "tlsotp.commands.requester:CRLOptions", "Fetch and verify the TTP's CRL."),
-    Subcommand("client", None, "tlsotp.commands.client_command:ClientCommandOptions", "Get (or confirm) an OTP from the server."),
+    Subcommand("client", None, "tlsotp.commands.client:ClientCommandOptions", "Get (or confirm) an OTP from the server."),
     Subcommand("demo", None, "tlsotp.commands.demo:DemoOptions", "Run TTP, server and client in one process, with the trace."),
 ]
 

@@ -28,10 +28,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.interfaces import IReactorThreads, IReactorTime, IStreamClientEndpoint
 from twisted.internet.threads import deferToThreadPool
 
-from tlsotp.alerts import Alert, AlertError
+from tlsotp.alerts import Alert, AlertError, TLSOTPError
 from tlsotp.pki import der, pem
 from tlsotp.pki.credentials import (
     CA_FILE,
@@ -79,8 +79,12 @@ __all__ = [
 
 DEFAULT_TIMEOUT = 30.0
 
+#: Where the TTP is: an endpoint string (``tcp:host=...:port=7000``) or an endpoint object. The
+#: reactor must provide what that endpoint needs (``IReactorTCP`` for ``tcp:``) besides its clock.
+TTPEndpoint = str | IStreamClientEndpoint
 
-class EnrollmentError(Exception):
+
+class EnrollmentError(TLSOTPError):
     """The base of the requester's own failures (not verification alerts)."""
 
 
@@ -105,8 +109,8 @@ class AlreadyEnrolled(EnrollmentError):
 
 
 def enroll(
-    reactor: Any,
-    ttp: str,
+    reactor: IReactorTime,
+    ttp: TTPEndpoint,
     *,
     data_dir: Path,
     pin: RootPin,
@@ -128,7 +132,7 @@ def enroll(
 
 async def _enroll(
     reactor: Any,
-    ttp: str,
+    ttp: TTPEndpoint,
     data_dir: Path,
     pin: RootPin,
     token_text: str,
@@ -156,8 +160,8 @@ async def _enroll(
 
 
 def renew(
-    reactor: Any,
-    ttp: str,
+    reactor: IReactorTime,
+    ttp: TTPEndpoint,
     *,
     data_dir: Path,
     new_key: bool = False,
@@ -174,7 +178,7 @@ def renew(
 
 
 async def _renew(
-    reactor: Any, ttp: str, data_dir: Path, new_key: bool, key_type: KeyType | None, timeout: float
+    reactor: Any, ttp: TTPEndpoint, data_dir: Path, new_key: bool, key_type: KeyType | None, timeout: float
 ) -> Credentials:
     current = load_credentials(data_dir)
     if current is None:
@@ -213,8 +217,8 @@ async def _renew(
 
 
 def fetch_crl(
-    reactor: Any,
-    ttp: str,
+    reactor: IReactorTime,
+    ttp: TTPEndpoint,
     *,
     pin: RootPin | x509.Certificate,
     data_dir: Path | None = None,
@@ -225,7 +229,7 @@ def fetch_crl(
 
 
 async def _fetch_crl(
-    reactor: Any, ttp: str, pin: RootPin | x509.Certificate, data_dir: Path | None, timeout: float
+    reactor: Any, ttp: TTPEndpoint, pin: RootPin | x509.Certificate, data_dir: Path | None, timeout: float
 ) -> x509.CertificateRevocationList:
     reply = await exchange(reactor, ttp, wire.CRLRequest(), timeout)
     now = utcnow()

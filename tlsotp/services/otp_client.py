@@ -1,22 +1,33 @@
 """The client side: connect, handshake, send one request, verify the answer.
 
-``request_otp`` and ``confirm_otp`` are the Python API for code that embeds the client: each
-returns a Deferred that fires with the server's verified answer or fails with an
-``AlertError`` (a refusal by either side, a timeout, a lost connection).
+``request_otp`` and ``confirm_otp`` are the Python API for code that embeds the client (its
+public face is ``tlsotp.client``): each takes an endpoint string or an ``IStreamClientEndpoint``
+and returns a Deferred that fires with the server's verified answer or fails with one of the
+typed ``AlertError``s of ``tlsotp.alerts``: ``PeerUnreachable`` (no connection),
+``PeerRefused`` (the server sent an alert), ``LocalRefusal`` (we refused the server, or it
+timed out), ``SessionTruncated`` (it hung up without an alert).
+
+Cancelling the Deferred ends the session at once and it fails with ``CancelledError``: while
+connecting, the connection attempt is abandoned; once connected, the client sends
+``user_canceled`` and closes. The request travels in the client's second flight (with its
+Finished), so a session cancelled before the handshake completes never sends it, and the server
+issues nothing. Once the request has gone out, cancelling only stops the wait for the answer.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from cryptography import x509
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.endpoints import clientFromString, connectProtocol
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
-from tlsotp.alerts import Alert, AlertError
+from tlsotp.alerts import Alert, AlertError, LocalRefusal, PeerRefused, PeerUnreachable, SessionTruncated
 from tlsotp.handshake import DEFAULT_SUITES, ClientConfig, ClientConnection, HandshakeComplete, Suite, TraceRecord
 from tlsotp.otp import messages
 from tlsotp.pki.keys import PrivateKey
@@ -27,6 +38,14 @@ from tlsotp.services.channel import ChannelStats, SansIOConnection, SecureChanne
 
 Request = messages.OTPRequest | messages.ConfirmRequest
 Answer = messages.OTPGrant | messages.ConfirmResult
+
+#: Where the server is: a Twisted client endpoint string (``tcp:host=...:port=...``) or an
+#: endpoint object (``TCP4ClientEndpoint``, ``HostnameEndpoint``, a UNIX endpoint, ...).
+ServerEndpoint = str | IStreamClientEndpoint
+
+#: The reactor: its clock bounds the connect. An endpoint string also needs the interface its
+#: kind of endpoint uses (``IReactorTCP`` for ``tcp:``), as ``clientFromString`` does.
+Reactor = IReactorTime
 
 
 @dataclass(frozen=True)
@@ -85,6 +104,7 @@ class OTPClientProtocol(SecureChannelProtocol):
         self.result: Deferred[SessionResult] = Deferred()
         self.answer: Answer | None = None
         self.suite: Suite | None = None
+        self.truncated = False
         super().__init__()
 
     def make_connection(self) -> SansIOConnection:
@@ -121,34 +141,101 @@ class OTPClientProtocol(SecureChannelProtocol):
             return
         self.result.callback(SessionResult(self.answer, self.suite, self.stats))
 
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        # Not finished yet: the peer closed TCP without an alert (the shell reports a truncation).
+        self.truncated = not self.finished
+        super().connectionLost(reason)
+
     def failed(self, error: AlertError, *, sent: bool) -> None:
-        if not self.result.called:
-            self.result.errback(error)
+        if self.result.called:
+            return
+        # Who ended the session decides the type: the caller can tell a refusal by the server
+        # from its own side's refusal and from a connection that merely went away.
+        kind: type[AlertError] = LocalRefusal if sent else SessionTruncated if self.truncated else PeerRefused
+        self.result.errback(kind(error.alert, error.detail))
+
+    def cancel(self) -> None:
+        """The caller gave up: tell the server (user_canceled) and close."""
+        if not self.finished:
+            self.abort(Alert.user_canceled, "cancelled by the caller")
 
 
-def run_session(reactor: Any, server: str, settings: ClientSettings, request: Request) -> Deferred[SessionResult]:
-    """Connect to the endpoint string ``server``, run one session, fire with its verified result."""
+def describe_endpoint(server: ServerEndpoint) -> str:
+    return server if isinstance(server, str) else type(server).__name__
+
+
+def client_endpoint(reactor: Reactor, server: ServerEndpoint) -> IStreamClientEndpoint:
+    """``server`` itself if it is an endpoint, else the endpoint its string describes."""
+    if isinstance(server, str):
+        try:
+            endpoint: IStreamClientEndpoint = clientFromString(reactor, server)  # type: ignore[no-untyped-call]
+        except (ValueError, TypeError, KeyError) as exc:
+            raise PeerUnreachable(f"bad endpoint {server!r}: {exc}") from None
+        return endpoint
+    if not IStreamClientEndpoint.providedBy(server):
+        raise TypeError(f"the server must be an endpoint string or an IStreamClientEndpoint, not {type(server).__name__}")
+    return server
+
+
+def run_session(
+    reactor: Reactor, server: ServerEndpoint, settings: ClientSettings, request: Request
+) -> Deferred[SessionResult]:
+    """Connect to ``server``, run one session, fire with its verified result (see the module doc)."""
+    try:
+        endpoint = client_endpoint(reactor, server)
+    except PeerUnreachable as exc:
+        return fail(exc)
     protocol = OTPClientProtocol(settings, request)
-    endpoint = clientFromString(reactor, server)  # type: ignore[no-untyped-call]
     connecting: Deferred[object] = connectProtocol(endpoint, protocol)  # type: ignore[no-untyped-call]
     # Bounds the connect; once connected, the protocol's own timeout bounds every wait.
     connecting.addTimeout(settings.timeout_seconds, reactor)
 
+    cancelled = False
+
+    def cancel(_: Deferred[SessionResult]) -> None:
+        # Deferred.cancel then fails ``result`` with CancelledError, unless the abandoned
+        # attempt reports first (synchronously): ``not_connected`` makes that CancelledError too.
+        nonlocal cancelled
+        cancelled = True
+        if protocol.transport is None:
+            connecting.cancel()
+        else:
+            protocol.cancel()
+
+    result: Deferred[SessionResult] = Deferred(cancel)
+
     def connected(_: object) -> Deferred[SessionResult]:
         return protocol.result
 
-    def not_connected(failure: Failure) -> Failure:
-        raise AlertError(Alert.handshake_failure, f"cannot connect to {server}: {failure.getErrorMessage()}")
+    def not_connected(failure: Failure) -> SessionResult:
+        if cancelled:
+            raise CancelledError(f"cancelled while connecting to {describe_endpoint(server)}")
+        raise PeerUnreachable(f"cannot connect to {describe_endpoint(server)}: {failure.getErrorMessage()}")
 
-    return connecting.addCallbacks(connected, not_connected)
+    def deliver(outcome: SessionResult | Failure) -> None:
+        # After a cancel, ``result`` has fired (CancelledError): the late outcome is dropped.
+        if result.called:
+            return
+        if isinstance(outcome, Failure):
+            result.errback(outcome)
+        else:
+            result.callback(outcome)
+
+    session: Deferred[SessionResult] = connecting.addCallbacks(connected, not_connected)
+    session.addBoth(deliver)
+    return result
 
 
-def request_otp(reactor: Any, server: str, settings: ClientSettings, transaction: str) -> Deferred[SessionResult]:
+def request_otp(
+    reactor: Reactor, server: ServerEndpoint, settings: ClientSettings, transaction: str
+) -> Deferred[SessionResult]:
     """Ask ``server`` for an OTP for ``transaction``; fires with a SessionResult whose answer is an OTPGrant."""
     return run_session(reactor, server, settings, messages.OTPRequest(messages.check_transaction(transaction)))
 
 
-def request_otp_message(reactor: Any, server: str, settings: ClientSettings, transaction: str) -> Deferred[str]:
+def request_otp_message(
+    reactor: Reactor, server: ServerEndpoint, settings: ClientSettings, transaction: str
+) -> Deferred[str]:
     """The simplest embedding: fires with the verified OTP sentence, or fails with ``AlertError``."""
 
     def sentence(result: SessionResult) -> str:
@@ -159,7 +246,7 @@ def request_otp_message(reactor: Any, server: str, settings: ClientSettings, tra
 
 
 def confirm_otp(
-    reactor: Any, server: str, settings: ClientSettings, transaction: str, code: str
+    reactor: Reactor, server: ServerEndpoint, settings: ClientSettings, transaction: str, code: str
 ) -> Deferred[SessionResult]:
     """Confirm ``code`` for ``transaction``; fires with a SessionResult whose answer is a ConfirmResult."""
     request = messages.ConfirmRequest(messages.check_transaction(transaction), messages.check_code(code))

@@ -13,6 +13,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import clientFromString, connectProtocol
 from twisted.internet.error import ConnectError, ConnectingCancelledError
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
@@ -74,12 +75,15 @@ class EnrollmentClientProtocol(Protocol):
             self.reply.errback(TTPUnavailable(f"the TTP closed the connection without replying ({reason.getErrorMessage()})"))
 
 
-def exchange(reactor: Any, ttp: str, request: wire.Request, timeout: float) -> Deferred[wire.Reply]:
-    """Connect to the TTP at endpoint string ``ttp``, send ``request``, return its one reply."""
-    try:
-        endpoint = clientFromString(reactor, ttp)  # type: ignore[no-untyped-call]
-    except (ValueError, TypeError, KeyError) as exc:
-        return defer.fail(TTPUnavailable(f"bad TTP endpoint {ttp!r}: {exc}"))
+def exchange(reactor: Any, ttp: str | IStreamClientEndpoint, request: wire.Request, timeout: float) -> Deferred[wire.Reply]:
+    """Connect to the TTP at ``ttp`` (an endpoint string or object), send ``request``, return its one reply."""
+    if isinstance(ttp, str):
+        try:
+            endpoint = clientFromString(reactor, ttp)  # type: ignore[no-untyped-call]
+        except (ValueError, TypeError, KeyError) as exc:
+            return defer.fail(TTPUnavailable(f"bad TTP endpoint {ttp!r}: {exc}"))
+    else:
+        endpoint, ttp = ttp, type(ttp).__name__
     protocol = EnrollmentClientProtocol(wire.encode(request))
 
     def connected(_: object) -> Deferred[wire.Reply]:
