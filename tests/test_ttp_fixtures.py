@@ -24,7 +24,7 @@ from tlsotp.commands.ttp_daemon import TTPService
 from tlsotp.ttp.issuer import Issuer
 from tlsotp.ttp.store import Store
 
-from tests.credentials import cached_key
+from tests.credentials import cached_key as cached_key  # re-exported: the TTP tests import it from here
 
 reactor: Any = _reactor
 
