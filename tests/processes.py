@@ -10,7 +10,9 @@ Two rules hold for every process started through this module:
   ``guarded`` makes the child its own process group (``setsid``) and asks Linux to SIGKILL it
   when its parent dies (``prctl(PR_SET_PDEATHSIG, SIGKILL)``); a child whose parent is already
   gone exits at once. Cleanup kills the whole group (``kill_group``), so even a killed trial
-  leaves no daemon behind.
+  leaves no daemon behind. (Linux sends that signal when the *thread* that started the child
+  ends: start children from the main thread, as trial's tests and the reactor do, not from a
+  thread pool.)
 """
 
 from __future__ import annotations

@@ -12,9 +12,8 @@ from pathlib import Path
 from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 
-from tlsotp.ttp.ca import init_ca
-
 from tests.processes import Daemon
+from tlsotp.ttp.ca import init_ca
 
 
 class StartsADaemonThenWaits(unittest.TestCase):

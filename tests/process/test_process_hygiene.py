@@ -11,11 +11,19 @@ from pathlib import Path
 
 from twisted.trial import unittest
 
-from tlsotp.ttp.ca import init_ca
-
 from tests.processes import (
-    REPO, TRIAL, TRIAL_NO_SUBPROCESS, Daemon, alive, closed_port, kill_group, listening_port, poll, subprocess_env,
+    REPO,
+    TRIAL,
+    TRIAL_NO_SUBPROCESS,
+    Daemon,
+    alive,
+    closed_port,
+    kill_group,
+    listening_port,
+    poll,
+    subprocess_env,
 )
+from tlsotp.ttp.ca import init_ca
 
 WAIT_SECONDS = 60.0
 #: The fast tier alone takes about 15 s on a quiet machine; a loaded one gets far more room.
@@ -31,16 +39,16 @@ def run_trial(argv: list[str], *modules: str, timeout: float) -> subprocess.Comp
 
 class FastTierTests(unittest.SynchronousTestCase):
     def test_the_fast_tier_passes_with_process_creation_forbidden(self) -> None:
-        result = run_trial(TRIAL_NO_SUBPROCESS, "--temp-directory", str(Path(self.mktemp()).resolve()), "tests.unit", timeout=FAST_TIER_SECONDS)
+        temp = str(Path(self.mktemp()).resolve())
+        result = run_trial(TRIAL_NO_SUBPROCESS, "--temp-directory", temp, "tests.unit", timeout=FAST_TIER_SECONDS)
         self.assertEqual(result.returncode, 0, result.stdout[-5000:] + result.stderr[-2000:])
         self.assertIn("PASSED", result.stdout)
         self.assertNotIn("NoSubprocess", result.stdout)
 
     def test_the_guard_catches_a_test_that_starts_a_process(self) -> None:
         """The same guard over a test that runs ``tlsotp``: it fails, naming the guard."""
-        result = run_trial(
-            TRIAL_NO_SUBPROCESS, "--temp-directory", str(Path(self.mktemp()).resolve()), "tests.process.test_names_subprocess", timeout=WAIT_SECONDS
-        )
+        temp = str(Path(self.mktemp()).resolve())
+        result = run_trial(TRIAL_NO_SUBPROCESS, "--temp-directory", temp, "tests.process.test_names_subprocess", timeout=WAIT_SECONDS)
         self.assertNotEqual(result.returncode, 0, result.stdout)
         self.assertIn("no subprocess in this tier: subprocess.Popen", result.stdout)
 

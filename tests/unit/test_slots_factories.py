@@ -148,10 +148,10 @@ class ServerSlotsTests(unittest.TestCase):
         self.assertIn("2 silent connections closed to make room", self.lines()[-1])
 
 
-class TTPSlotsTests(unittest.TestCase):
+class TTPSlotsTests(unittest.SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = task.Clock()
-        self.log = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.log = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)  # type: ignore[arg-type]
         self.pending: list[Deferred[Outcome]] = []
         self.factory = EnrollmentServerFactory(
             self.decide, timeout=30, first_message_timeout=5, max_connections=3, max_per_address=2,

@@ -120,7 +120,7 @@ class MITMProxy:
 
 
 class MITMTestCase(unittest.TestCase):
-    async def asyncSetUp(self) -> None:
+    async def setUp(self) -> None:  # type: ignore[override]  # trial awaits a coroutine setUp
         self.base = Path(self.mktemp())
         self.ttp_dir = self.base / "ttp"
         self.ca = init_ca(self.ttp_dir)
@@ -134,9 +134,6 @@ class MITMTestCase(unittest.TestCase):
         now = datetime.datetime.now(datetime.timezone.utc)
         self.mallory_root = build_root(mallory_ca_key, "tlsotp TTP root", days=30, now=now)
         self.mallory_ca_key = mallory_ca_key
-
-    def setUp(self) -> Deferred[None]:  # type: ignore[override]
-        return Deferred.fromCoroutine(self.asyncSetUp())
 
     def token(self, name: str = "bank.example", role: Role = Role.SERVER) -> str:
         return str(mint_token(self.ttp_dir, name, role))

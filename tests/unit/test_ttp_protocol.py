@@ -41,13 +41,13 @@ def parse_netstrings(data: bytes) -> list[bytes]:
     return frames
 
 
-class ServerProtocolTests(unittest.TestCase):
+class ServerProtocolTests(unittest.SynchronousTestCase):
     def setUp(self) -> None:
         self.ttp = TTPFixture(Path(self.mktemp()))
         self.addCleanup(self.ttp.close)
         self.clock = Clock()
         self.factory = EnrollmentServerFactory(self.decide, timeout=30, call_later=self.clock.callLater)
-        self.log = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.log = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)  # type: ignore[arg-type]
         self.decisions = 0
 
     def decide(self, payload: bytes) -> Deferred[Outcome]:
@@ -171,7 +171,7 @@ class ServerProtocolTests(unittest.TestCase):
         self.assertEqual(len(self.ttp_log_lines()), 1)
 
 
-class PairTests(unittest.TestCase):
+class PairTests(unittest.SynchronousTestCase):
     """Real client and server protocols connected in memory by iosim."""
 
     def setUp(self) -> None:
@@ -232,7 +232,7 @@ class ClientProtocolTests(unittest.SynchronousTestCase):
         self.failureResultOf(protocol.reply, TTPUnavailable)
 
 
-class ExchangeTests(unittest.TestCase):
+class ExchangeTests(unittest.SynchronousTestCase):
     def test_timeout_is_a_clear_error(self) -> None:
         reactor = MemoryReactorClock()
         d = exchange(reactor, "tcp:host=127.0.0.1:port=7000", wire.CRLRequest(), timeout=5)
