@@ -39,7 +39,7 @@ class LoopbackServerCase(unittest.TestCase):
         self.client = self.ca.issue("alice.example", Role.CLIENT)
         self.data_dir = Path(self.mktemp())
         self.data_dir.mkdir()
-        self.authority = OTPAuthority(reactor, self.data_dir, OTPPolicy())
+        self.authority = OTPAuthority(reactor, self.data_dir, OTPPolicy())  # type: ignore[arg-type]  # the global reactor provides IReactorFromThreads
         self.addCleanup(self.authority.close)
         self.accepted: list[OTPServerProtocol] = []
         #: Called when the server has the client's first complete message (its ClientHello).

@@ -6,7 +6,7 @@ and both close_notify alerts (the server's, and the client's reply), with every 
 fixed (randoms, ephemeral keys, certificate keys and certificates, validation time) and every
 intermediate value written out (message bytes, transcript hashes, secrets, keys, IVs, frames),
 so that an independent implementation can check itself against docs/protocol.rst and the
-vector alone. ``tests/test_handshake_vectors.py`` replays them.
+vector alone. ``tests/unit/test_handshake_vectors.py`` replays them.
 
 ECDHE+ECDSA vectors are fully reproducible: rerunning this script rewrites them unchanged.
 RSA-OAEP and RSA-PSS draw randomness inside ``cryptography`` that cannot be injected, so the
