@@ -4,6 +4,7 @@
 factory and the OTP authority are the pieces to build your own listener from.
 """
 
+from tlsotp.pki.credentials import RootPin
 from tlsotp.services.bank_server import OTPServerFactory, OTPServerProtocol, ServerIdentity
 from tlsotp.services.bank_service import BankServerService, BankServerSettings, build_service
 from tlsotp.services.otp_authority import OTPAuthority, OTPPolicy
@@ -15,6 +16,7 @@ __all__ = [
     "OTPPolicy",
     "OTPServerFactory",
     "OTPServerProtocol",
+    "RootPin",
     "ServerIdentity",
     "build_service",
 ]
