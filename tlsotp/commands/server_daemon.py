@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 from twisted.application import service
+from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from tlsotp.commands.option_types import positive_float, positive_int
@@ -81,6 +82,13 @@ class Options(PartyOptions):
                 check_database(self["data-dir"] / DATABASE_FILE)
         except (PEMError, StartupError, DatabaseUnusable) as exc:
             refuse_to_start("tlsotp-server", str(exc))
+        # Parse (not yet listen on) the endpoint now, before twistd writes its pidfile.
+        from twisted.internet import reactor
+
+        try:
+            serverFromString(reactor, self["listen"])  # type: ignore[no-untyped-call]
+        except ValueError as exc:
+            refuse_to_start("tlsotp-server", f"bad --listen endpoint {self['listen']!r}: {exc}")
 
 
 def settings_from(options: Options) -> BankServerSettings:

@@ -132,7 +132,15 @@ class BankServerService(service.MultiService):
         return None if self.listener is None else self.listener.port
 
     def startService(self) -> None:
-        super().startService()  # type: ignore[no-untyped-call]
+        # Not MultiService.startService: the children are made, added and started as start-up
+        # reaches them (a restart after a stop makes them afresh).
+        for child in list(self):
+            self.removeService(child)  # type: ignore[no-untyped-call]
+        service.Service.startService(self)  # type: ignore[no-untyped-call]
+        if self.ready.called:
+            self.ready = Deferred()
+        self.timers = []
+        self.listener = self.connections = self.factory = self.authority = None
         self._stopping = False
         self._starting = Deferred.fromCoroutine(self._start())
         self._starting.addCallbacks(self._started, self._start_failed)

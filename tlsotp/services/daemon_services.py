@@ -65,6 +65,8 @@ class ListeningService(StreamServerEndpointService):
         super().__init__(_ObservedEndpoint(endpoint, self), factory)  # type: ignore[no-untyped-call]
 
     def privilegedStartService(self) -> None:
+        if self.listening.called:  # started again after a stop: a new outcome to tell
+            self.listening = Deferred()
         self._listen_called = True
         super().privilegedStartService()  # type: ignore[no-untyped-call]
 
