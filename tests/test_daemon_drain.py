@@ -17,23 +17,23 @@ from typing import Any, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
-from twisted.internet.error import ConnectError, ConnectionRefusedError, ProcessExitedAlready
+from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.protocols.portforward import ProxyFactory
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
+from tests.processes import TLSOTP, TWISTD, subprocess_env
+from tests.test_daemon_services import refused
+from tests.test_ttp_fixtures import mint_token, reactor
 from tlsotp.pki.credentials import RootPin
 from tlsotp.pki.roles import Role
 from tlsotp.services.enrollment import enroll
 from tlsotp.services.ttp_service import TTPSettings, build_service
 from tlsotp.ttp.ca import init_ca
-
-from tests.processes import TLSOTP, TWISTD, subprocess_env
-from tests.test_ttp_fixtures import mint_token, reactor
 
 WAIT_SECONDS = 30.0
 #: Far longer than any wait below: a test that waited for it would fail its own bound first.
@@ -104,6 +104,15 @@ def spawn_twistd(testcase: unittest.TestCase, plugin: str, *args: str, pattern: 
     return daemon
 
 
+def start_ttp(testcase: unittest.TestCase, ttp_dir: Path) -> tuple[str, str]:
+    """A new CA in ``ttp_dir`` served in this process; its endpoint string and root fingerprint."""
+    ca = init_ca(ttp_dir)
+    ttp = build_service(TTPSettings(data_dir=ttp_dir, ca=ca, listen="tcp:0:interface=127.0.0.1"), reactor)
+    ttp.startService()
+    testcase.addCleanup(ttp.stopService)
+    return f"tcp:host=127.0.0.1:port={cast(Any, ttp.port).getHost().port}", ca.fingerprint
+
+
 SERVER_LISTENING = rb"tlsotp-server \S+ listening on 127\.0\.0\.1:(\d+)"
 
 
@@ -121,7 +130,7 @@ class Held(Protocol):
         else:
             self.pending += data
 
-    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.relay is not None:
             cast(Any, self.relay.transport).loseConnection()
         self.lost.callback(None)
@@ -139,7 +148,7 @@ class Relay(Protocol):
     def dataReceived(self, data: bytes) -> None:
         cast(Any, self.held.transport).write(data)
 
-    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         cast(Any, self.held.transport).loseConnection()
 
 
@@ -166,15 +175,10 @@ class BankServerDrainTests(unittest.TestCase):
         self.assertIn("Server Shut Down.", server.log)
 
     async def start_ttp(self) -> tuple[Path, str, str]:
-        base = Path(self.mktemp()).resolve()
-        ttp_dir = base / "ttp"
-        ca = init_ca(ttp_dir)
-        ttp = build_service(TTPSettings(data_dir=ttp_dir, ca=ca, listen="tcp:0:interface=127.0.0.1"), reactor)
-        ttp.startService()
-        self.addCleanup(ttp.stopService)
-        assert ttp.port is not None
-        self.base, self.ttp_dir = base, ttp_dir
-        return ttp_dir, f"tcp:host=127.0.0.1:port={ttp.port.getHost().port}", ca.fingerprint  # type: ignore[attr-defined]
+        self.base = Path(self.mktemp()).resolve()
+        self.ttp_dir = self.base / "ttp"
+        endpoint, fingerprint = start_ttp(self, self.ttp_dir)
+        return self.ttp_dir, endpoint, fingerprint
 
     def start_server(self, ttp: str, fingerprint: str, *extra: str) -> Daemon:
         return spawn_twistd(
@@ -183,16 +187,6 @@ class BankServerDrainTests(unittest.TestCase):
             "--token", str(mint_token(self.ttp_dir, SERVER_NAME, Role.SERVER)), *extra,
             pattern=SERVER_LISTENING,
         )
-
-    async def refused(self, port: int) -> bool:
-        try:
-            protocol = await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(Factory.forProtocol(Protocol))
-        except ConnectionRefusedError:
-            return True
-        except ConnectError:  # reset: it was in the backlog as the port closed; try again
-            return False
-        cast(Any, protocol.transport).loseConnection()
-        return False
 
     async def test_sigterm_refuses_new_connections_and_lets_an_accepted_session_finish(self) -> None:
         ttp_dir, ttp, fingerprint = await self.start_ttp()
@@ -219,7 +213,7 @@ class BankServerDrainTests(unittest.TestCase):
         closed: list[bool] = []
 
         async def check() -> None:
-            closed.append(await self.refused(port))
+            closed.append(await refused(port))
 
         deadline = time.monotonic() + WAIT_SECONDS
         while not closed or not closed[-1]:
@@ -326,17 +320,12 @@ class ListenFailureTests(unittest.TestCase):
     async def test_bank_server_port_in_use_exits_1(self) -> None:
         base = Path(self.mktemp()).resolve()
         ttp_dir = base / "ttp"
-        ca = init_ca(ttp_dir)
-        ttp = build_service(TTPSettings(data_dir=ttp_dir, ca=ca, listen="tcp:0:interface=127.0.0.1"), reactor)
-        ttp.startService()
-        self.addCleanup(ttp.stopService)
-        assert ttp.port is not None
+        endpoint, fingerprint = start_ttp(self, ttp_dir)
         port = await self.taken_port()
         server = spawn_twistd(
             self, "tlsotp-server", "--data-dir", str(base / "bank"), "--name", SERVER_NAME,
-            "--listen", f"tcp:{port}:interface=127.0.0.1",
-            "--ttp", f"tcp:host=127.0.0.1:port={ttp.port.getHost().port}",  # type: ignore[attr-defined]
-            "--ca-fingerprint", ca.fingerprint, "--token", str(mint_token(ttp_dir, SERVER_NAME, Role.SERVER)),
+            "--listen", f"tcp:{port}:interface=127.0.0.1", "--ttp", endpoint,
+            "--ca-fingerprint", fingerprint, "--token", str(mint_token(ttp_dir, SERVER_NAME, Role.SERVER)),
             pattern=SERVER_LISTENING,
         )
         status = await server.ended.addTimeout(WAIT_SECONDS, reactor)

@@ -19,19 +19,18 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.test.proto_helpers import EventLoggingObserver
 from twisted.trial import unittest
-from zope.interface import implementer  # type: ignore[import-untyped]
+from zope.interface import implementer  # type: ignore[import-untyped, unused-ignore]
 
+from tests.test_ttp_fixtures import mint_token, reactor
 from tlsotp.pki.roles import Role
 from tlsotp.server import BankServerSettings, RootPin
 from tlsotp.server import build_service as build_bank
+from tlsotp.services.daemon_services import DrainingFactory, ListeningService, PeriodicTask
+from tlsotp.services.sqlite_worker import DatabaseWorker, WorkerNotRunning
 from tlsotp.services.ttp_service import TTPSettings
 from tlsotp.services.ttp_service import build_service as build_ttp
 from tlsotp.ttp import wire
 from tlsotp.ttp.ca import init_ca
-from tlsotp.services.daemon_services import DrainingFactory, ListeningService, PeriodicTask
-from tlsotp.services.sqlite_worker import DatabaseWorker, WorkerNotRunning
-
-from tests.test_ttp_fixtures import mint_token, reactor
 
 
 @implementer(IStreamServerEndpoint)

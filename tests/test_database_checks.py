@@ -27,21 +27,20 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from tlsotp import database_checks
-from tlsotp.database_checks import Cause, DatabaseUnusable, check_connection, check_database
-from tlsotp.commands.demo import mint, port_of
-from tlsotp.services.otp_authority import DATABASE_FILE, OTPAuthority, OTPPolicy
-from tlsotp.commands import server_daemon
-from tlsotp.services.bank_service import BankServerService, build_service
-from tlsotp.pki.roles import Role
-from tlsotp.ttp.ca import TTPPaths, init_ca
-from tlsotp.commands.ttp_daemon import TTPService
-from tlsotp.ttp import wire
-from tlsotp.ttp.store import Store, StoreError
-from tlsotp.ttp.wire import Refusal
-
 from tests.processes import TLSOTP, TWISTD, subprocess_env
 from tests.test_ttp_fixtures import TTPFixture, enroll_request
+from tlsotp import database_checks
+from tlsotp.commands import server_daemon
+from tlsotp.commands.demo import mint, port_of
+from tlsotp.commands.ttp_daemon import TTPService
+from tlsotp.database_checks import Cause, DatabaseUnusable, check_connection, check_database
+from tlsotp.pki.roles import Role
+from tlsotp.services.bank_service import build_service
+from tlsotp.services.otp_authority import DATABASE_FILE, OTPAuthority, OTPPolicy
+from tlsotp.ttp import wire
+from tlsotp.ttp.ca import TTPPaths, init_ca
+from tlsotp.ttp.store import Store, StoreError
+from tlsotp.ttp.wire import Refusal
 
 WAIT_SECONDS = 30.0
 

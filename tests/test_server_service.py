@@ -12,17 +12,17 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
-from tlsotp.commands.demo import mint, port_of
 from tlsotp.commands import server_daemon
-from tlsotp.services.bank_service import BankServerService, build_service
-from tlsotp.services.credentials import EXPIRED_CERT_FILE, StartupError, obtain_credentials
+from tlsotp.commands.demo import mint, port_of
+from tlsotp.commands.ttp_daemon import TTPService
 from tlsotp.pki.keys import KeyType
 from tlsotp.pki.pem import load_certificate
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import utcnow
-from tlsotp.ttp.ca import init_ca, open_store
-from tlsotp.commands.ttp_daemon import TTPService
+from tlsotp.services.bank_service import BankServerService, build_service
+from tlsotp.services.credentials import EXPIRED_CERT_FILE, StartupError, obtain_credentials
 from tlsotp.services.enrollment import Credentials, RootPin, enroll
+from tlsotp.ttp.ca import init_ca, open_store
 
 WAIT_SECONDS = 15.0
 

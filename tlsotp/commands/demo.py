@@ -18,19 +18,19 @@ from twisted.internet.defer import Deferred
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.python import usage
 
-from tlsotp.commands.main import Command
-from tlsotp.handshake import DEFAULT_SUITES, SignatureKind, suite_named
 from tlsotp.commands.client_command import ClientCommandOptions
 from tlsotp.commands.client_options import DEFAULT_TRANSACTION
+from tlsotp.commands.main import Command
+from tlsotp.handshake import DEFAULT_SUITES, SignatureKind, suite_named
 from tlsotp.pki.keys import KeyType, parse_key_type
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import utcnow
-from tlsotp.ttp.ca import init_ca, mint_token, open_store
 from tlsotp.services.bank_service import BankServerSettings
 from tlsotp.services.bank_service import build_service as build_server_service
 from tlsotp.services.enrollment import RootPin
 from tlsotp.services.ttp_service import TTPSettings
 from tlsotp.services.ttp_service import build_service as build_ttp_service
+from tlsotp.ttp.ca import init_ca, mint_token, open_store
 
 SERVER_NAME = "bank.example"
 CLIENT_NAME = "alice.example"

@@ -15,7 +15,7 @@ from twisted.application import service
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from tlsotp.commands.option_types import positive_float, positive_int
+from tlsotp.commands.option_types import positive_float, positive_int, same_named
 from tlsotp.commands.party_options import PartyOptions
 from tlsotp.database_checks import DatabaseUnusable, check_database
 from tlsotp.pki.names import check_dns_name
@@ -94,24 +94,14 @@ class Options(PartyOptions):
 def settings_from(options: Options) -> BankServerSettings:
     """The parsed command line as the service's settings."""
     return BankServerSettings(
-        data_dir=options["data-dir"],
-        name=options["name"],
-        ttp=options["ttp"],
-        pin=options["pin"],
-        token=options["token"],
-        listen=options["listen"],
-        key_type=options["key-type"],
         suites=options.suites,
-        timeout=options["timeout"],
         otp_policy=options["otp-policy"],
         allowed_clients=options["allow-client"] or None,
-        crl_refresh=options["crl-refresh"],
-        renew_check=options["renew-check"],
-        renew_before=options["renew-before"],
-        max_connections=options["max-connections"],
-        max_per_address=options["max-per-address"],
-        first_message_timeout=options["first-message-timeout"],
-        drain_timeout=options["drain-timeout"],
+        **same_named(
+            options, "data_dir", "name", "ttp", "pin", "token", "listen", "key_type", "timeout", "crl_refresh",
+            "renew_check", "renew_before", "max_connections", "max_per_address", "first_message_timeout",
+            "drain_timeout",
+        ),
     )
 
 

@@ -22,7 +22,7 @@ from twisted.application import service
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from tlsotp.commands.option_types import duration, positive_float, positive_int
+from tlsotp.commands.option_types import duration, positive_float, positive_int, same_named
 from tlsotp.services import shutdown
 from tlsotp.services.connection_slots import DEFAULT_FIRST_MESSAGE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS
 from tlsotp.services.daemon_services import DEFAULT_DRAIN_TIMEOUT
@@ -97,17 +97,12 @@ def refuse_to_start(message: str) -> NoReturn:
 def settings_from(options: Options) -> TTPSettings:
     """The parsed command line as the service's settings."""
     return TTPSettings(
-        data_dir=options["data-dir"],
         ca=options.ca,
-        listen=options["listen"],
-        cert_days=options["cert-days"],
-        timeout=options["timeout"],
         crl_validity=datetime.timedelta(hours=options["crl-hours"]),
-        max_lineage=options["max-lineage"],
-        first_message_timeout=options["first-message-timeout"],
-        max_connections=options["max-connections"],
-        max_per_address=options["max-per-address"],
-        drain_timeout=options["drain-timeout"],
+        **same_named(
+            options, "data_dir", "listen", "cert_days", "timeout", "max_lineage", "first_message_timeout",
+            "max_connections", "max_per_address", "drain_timeout",
+        ),
     )
 
 

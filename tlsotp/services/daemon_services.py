@@ -25,7 +25,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
-from zope.interface import implementer  # type: ignore[import-untyped]
+from zope.interface import implementer  # type: ignore[import-untyped, unused-ignore]
 
 DEFAULT_DRAIN_TIMEOUT = 10.0
 
@@ -40,7 +40,7 @@ class _ObservedEndpoint:
         self._endpoint = endpoint
         self._service = service
 
-    def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort | None]:
+    def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
         def listened(port: IListeningPort) -> IListeningPort:
             self._service.port = port
             self._service.listening.callback(port)
@@ -49,9 +49,10 @@ class _ObservedEndpoint:
         def failed(failure: Failure) -> None:
             self._service.listening.errback(failure)
 
-        listen = cast(Callable[[IProtocolFactory], "Deferred[IListeningPort]"], self._endpoint.listen)
+        listen: Callable[[IProtocolFactory], Deferred[IListeningPort]] = cast(Any, self._endpoint).listen
         listening: Deferred[IListeningPort] = maybeDeferred(listen, factory)
-        return listening.addCallbacks(listened, failed)
+        # On failure it fires with None, which StreamServerEndpointService takes as "no port".
+        return cast("Deferred[IListeningPort]", listening.addCallbacks(listened, failed))
 
 
 class ListeningService(StreamServerEndpointService):

@@ -10,10 +10,10 @@ first ``issue``/``confirm``), and ``close()`` stops it.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-import sqlite3
 from typing import Callable, TypeVar
 
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -21,7 +21,6 @@ from twisted.internet.interfaces import IReactorFromThreads
 from twisted.python.failure import Failure
 
 from tlsotp.alerts import Alert, AlertError
-
 from tlsotp.otp import store
 from tlsotp.otp.messages import otp_message
 from tlsotp.services.sqlite_worker import DatabaseWorker, open_sqlite, sqlite_transaction

@@ -111,4 +111,4 @@ def sqlite_transaction(
         with connection:
             return fn(connection.cursor(), *args, **kwargs)
     except sqlite3.Error as exc:
-        raise database_checks.unusable(path, exc) or exc
+        raise database_checks.unusable(path, exc) or exc from None
