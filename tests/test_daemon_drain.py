@@ -113,6 +113,22 @@ def start_ttp(testcase: unittest.TestCase, ttp_dir: Path) -> tuple[str, str]:
     return f"tcp:host=127.0.0.1:port={cast(Any, ttp.port).getHost().port}", ca.fingerprint
 
 
+def accept_backlog(port: int) -> int:
+    """How many connections wait in the accept queue of the IPv4 loopback socket listening on
+    ``port`` (Linux: the listening socket's rx_queue in /proc/net/tcp)."""
+    local = f"0100007F:{port:04X}"
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == local and fields[3] == "0A":  # 0A: LISTEN
+            return int(fields[4].split(":")[1], 16)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
+
+
+async def until_accepted(port: int) -> None:
+    """Our connect completed in the kernel; wait until the daemon has accepted it too."""
+    await eventually(lambda: accept_backlog(port) == 0, f"the daemon on {port} to accept the connection")
+
+
 SERVER_LISTENING = rb"tlsotp-server \S+ listening on 127\.0\.0\.1:(\d+)"
 
 
@@ -207,6 +223,7 @@ class BankServerDrainTests(unittest.TestCase):
             Factory.forProtocol(lambda: held)
         )
         self.addCleanup(lambda: cast(Any, held.transport).loseConnection())
+        await until_accepted(port)
         server.signal("TERM")
 
         # The port closes at once, while the accepted connection is still open.
@@ -240,6 +257,24 @@ class BankServerDrainTests(unittest.TestCase):
         status = await server.ended.addTimeout(WAIT_SECONDS, reactor)
         self.assertStoppedCleanly(server, status)
         self.assertIn("issued an OTP to alice.example", server.log)
+        self.assertNotIn("Traceback", server.log)
+
+    async def test_past_the_drain_timeout_the_sessions_left_are_closed(self) -> None:
+        _, ttp, fingerprint = await self.start_ttp()
+        server = self.start_server(
+            ttp, fingerprint, "--first-message-timeout", LONG_TIMEOUT, "--timeout", LONG_TIMEOUT,
+            "--drain-timeout", "0.5",
+        )
+        port = await server.listening.addTimeout(WAIT_SECONDS, reactor)
+        held = Held()  # accepted, and never says a word
+        await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(Factory.forProtocol(lambda: held))
+        self.addCleanup(lambda: cast(Any, held.transport).loseConnection())
+        await until_accepted(port)
+        server.signal("TERM")
+        status = await server.ended.addTimeout(WAIT_SECONDS, reactor)  # not the 120 s timeouts
+        self.assertStoppedCleanly(server, status)
+        await held.lost.addTimeout(WAIT_SECONDS, reactor)
+        self.assertIn("drain deadline reached: closing the 1 connection(s) still open", server.log)
         self.assertNotIn("Traceback", server.log)
 
     async def test_sigterm_during_a_crl_refresh_from_a_silent_ttp_exits_promptly(self) -> None:

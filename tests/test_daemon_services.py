@@ -229,6 +229,12 @@ class BuiltFromSettingsTests(unittest.TestCase):
         await TCP4ClientEndpoint(reactor, "127.0.0.1", port, bindAddress=("127.0.0.2", 0)).connect(
             Factory.forProtocol(lambda: held)
         )
+        for _ in range(500):  # connected here; accepted there, soon
+            if ttp.connections.open_connections:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        else:
+            self.fail("the TTP did not accept the connection")
         stopping = ttp.stopService()
         for _ in range(200):
             if await refused(port):
