@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import reactor as _reactor
@@ -92,7 +92,7 @@ def start_ttp(testcase: Any, data_dir: Path, **kw: Any) -> tuple[TTPService, str
     service = TTPService(reactor, _ca_of(data_dir), data_dir, listen="tcp:0:interface=127.0.0.1", **kw)
     service.startService()
     testcase.addCleanup(service.stopService)
-    return service, f"tcp:host=127.0.0.1:port={service.port.getHost().port}"
+    return service, f"tcp:host=127.0.0.1:port={cast(Any, service.port).getHost().port}"
 
 
 def _ca_of(data_dir: Path) -> CertificateAuthority:

@@ -35,6 +35,7 @@ from tlsotp.commands.demo import mint, port_of
 from tlsotp.commands.ttp_daemon import TTPService
 from tlsotp.database_checks import Cause, DatabaseUnusable, check_connection, check_database
 from tlsotp.pki.roles import Role
+from tlsotp.services.bank_service import build_service
 from tlsotp.services.otp_authority import DATABASE_FILE, OTPAuthority, OTPPolicy
 from tlsotp.ttp import wire
 from tlsotp.ttp.ca import TTPPaths, init_ca
@@ -501,7 +502,7 @@ class DaemonRefusalTests(unittest.TestCase):
             "--data-dir", str(bank), "--name", "bank.example", "--listen", "tcp:0:interface=127.0.0.1",
             "--ttp", endpoint, "--ca-fingerprint", fingerprint, "--token", mint(ttp_dir, "bank.example", Role.SERVER),
         ])
-        server = server_daemon.OTPServerService(reactor, options)
+        server = build_service(server_daemon.settings_from(options), reactor)
         server.startService()
         await server.ready
         await server.stopService()
@@ -556,7 +557,7 @@ class ServerServiceTests(unittest.TestCase):
         # The data dir does not exist yet (first start enrolls); a bad file appears meanwhile.
         bank.mkdir(mode=0o700)
         (bank / DATABASE_FILE).write_bytes(b"not a database at all " * 300)
-        server = server_daemon.OTPServerService(reactor, options)
+        server = build_service(server_daemon.settings_from(options), reactor)
         server.startService()
         self.addCleanup(server.stopService)
         with self.assertRaises(DatabaseUnusable) as caught:

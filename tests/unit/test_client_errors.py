@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail
@@ -187,7 +187,7 @@ class TTPEndpointObjectTests(unittest.TestCase):
         ttp_dir = Path(self.mktemp()).resolve() / "ttp"
         ca = make_ttp(ttp_dir)
         service, _ = start_ttp(self, ttp_dir)
-        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", service.port.getHost().port)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", cast(Any, service.port).getHost().port)
         pin = RootPin.from_fingerprint(ca.fingerprint)
         crl = await fetch_crl(reactor, endpoint, pin=pin)
         self.assertEqual(len(crl), 0)

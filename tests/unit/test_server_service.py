@@ -19,6 +19,7 @@ from tlsotp.pki.keys import KeyType
 from tlsotp.pki.pem import load_certificate
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import utcnow
+from tlsotp.services.bank_service import BankServerService, build_service
 from tlsotp.services.credentials import EXPIRED_CERT_FILE, StartupError, obtain_credentials
 from tlsotp.services.enrollment import Credentials, RootPin, enroll
 from tlsotp.ttp.ca import init_ca, open_store
@@ -36,7 +37,7 @@ async def eventually(condition: Callable[[], bool], what: str) -> None:
 
 
 class ServerServiceTests(unittest.TestCase):
-    async def start(self, *extra: str) -> server_daemon.OTPServerService:
+    async def start(self, *extra: str) -> BankServerService:
         self.workdir = Path(self.mktemp()).resolve()
         self.ttp_dir = self.workdir / "ttp"
         self.ca = init_ca(self.ttp_dir)
@@ -50,7 +51,7 @@ class ServerServiceTests(unittest.TestCase):
             "--ttp", self.ttp_endpoint, "--ca-fingerprint", self.ca.fingerprint,
             "--token", mint(self.ttp_dir, "bank.example", Role.SERVER), *extra,
         ])
-        server = server_daemon.OTPServerService(reactor, options)
+        server = build_service(server_daemon.settings_from(options), reactor)
         server.startService()
         self.addCleanup(server.stopService)
         await server.ready

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from cryptography import x509
 from twisted.internet.defer import Deferred, DeferredList
@@ -111,7 +111,7 @@ class EnrollTests(TCPTestCase):
         self.assertEqual(record.serial, successes[0].leaf.serial_number)
 
     async def test_unreachable_and_silent_ttp(self) -> None:
-        port = self.service.port.getHost().port
+        port = cast(Any, self.service.port).getHost().port
         await self.service.stopService()
         with self.assertRaises(TTPUnavailable):
             await enroll(reactor, f"tcp:host=127.0.0.1:port={port}", data_dir=self.base / "p", pin=self.pin,

@@ -2,7 +2,8 @@
 
 Everything runs for real — a CA in a temporary directory, the TTP and the server listening on
 free loopback ports, token enrollment over TCP, a CRL fetch, the handshake — only in one
-process, so that one command shows the whole protocol end to end.
+process, so that one command shows the whole protocol end to end. The TTP and the server are
+the daemons' own services, built from their settings (``build_service``) as an embedder would.
 """
 
 from __future__ import annotations
@@ -17,14 +18,17 @@ from twisted.internet.defer import Deferred
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.python import usage
 
-from tlsotp.commands import server_daemon
 from tlsotp.commands.client import DEFAULT_TRANSACTION, ClientCommandOptions
 from tlsotp.commands.common import Command
-from tlsotp.commands.ttp_daemon import TTPService
 from tlsotp.handshake import DEFAULT_SUITES, SignatureKind, suite_named
 from tlsotp.pki.keys import KeyType, parse_key_type
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import utcnow
+from tlsotp.services.bank_service import BankServerSettings
+from tlsotp.services.bank_service import build_service as build_server_service
+from tlsotp.services.enrollment import RootPin
+from tlsotp.services.ttp_service import TTPSettings
+from tlsotp.services.ttp_service import build_service as build_ttp_service
 from tlsotp.ttp.ca import init_ca, mint_token, open_store
 
 SERVER_NAME = "bank.example"
@@ -105,19 +109,20 @@ class DemoOptions(Command):
         ttp_dir = workdir / "ttp"
         ca = init_ca(ttp_dir, key_type=KeyType.EC_P256, subject="tlsotp demo root", days=1)
         out.write(f"== TTP: new CA in {ttp_dir}, root {ca.fingerprint}\n")
-        ttp = TTPService(reactor, ca, ttp_dir, listen=LOOPBACK)
+        ttp = build_ttp_service(TTPSettings(data_dir=ttp_dir, ca=ca, listen=LOOPBACK), reactor)
         ttp.startService()
         services.append(ttp)
         ttp_endpoint = f"tcp:host=127.0.0.1:port={port_of(ttp.port)}"
         out.write(f"== TTP: listening on {ttp_endpoint}; tokens minted for {SERVER_NAME} and {CLIENT_NAME}\n")
 
-        pin = ["--ttp", ttp_endpoint, "--ca-fingerprint", ca.fingerprint, "--key-type", key_type.value]
-        server_options = server_daemon.Options()
-        server_options.parseOptions([  # type: ignore[no-untyped-call]
-            "--data-dir", str(workdir / "server"), "--name", SERVER_NAME, "--listen", LOOPBACK,
-            "--token", mint(ttp_dir, SERVER_NAME, Role.SERVER), *pin,
-        ])
-        server = server_daemon.OTPServerService(reactor, server_options)
+        server = build_server_service(
+            BankServerSettings(
+                data_dir=workdir / "server", name=SERVER_NAME, listen=LOOPBACK, ttp=ttp_endpoint,
+                pin=RootPin.from_fingerprint(ca.fingerprint), token=mint(ttp_dir, SERVER_NAME, Role.SERVER),
+                key_type=key_type,
+            ),
+            reactor,
+        )
         server.startService()
         services.append(server)
         await server.ready
@@ -125,6 +130,7 @@ class DemoOptions(Command):
         out.write(f"== server: enrolled as {SERVER_NAME} ({key_type.value}), listening on {server_endpoint}\n")
 
         suites = [self["suite"]] if self["suite"] else list(DEFAULT_SUITES)
+        pin = ["--ttp", ttp_endpoint, "--ca-fingerprint", ca.fingerprint, "--key-type", key_type.value]
         client_options = ClientCommandOptions()  # type: ignore[no-untyped-call]
         client_options.parseOptions([
             "--data-dir", str(workdir / "client"), "--name", CLIENT_NAME,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import re
+from typing import Any, Mapping
 
 _DURATION = re.compile(r"(\d+)([smhd]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -37,3 +38,9 @@ def duration(text: str) -> datetime.timedelta:
 positive_int.coerceDoc = "A positive whole number."  # type: ignore[attr-defined]
 positive_float.coerceDoc = "A positive number."  # type: ignore[attr-defined]
 duration.coerceDoc = "A duration: 90s, 30m, 12h, 90d."  # type: ignore[attr-defined]
+
+
+def same_named(options: Mapping[str, Any], *fields: str) -> dict[str, Any]:
+    """The values of the options named like these settings fields (``drain_timeout`` is
+    ``--drain-timeout``), as keyword arguments for the settings."""
+    return {field: options[field.replace("_", "-")] for field in fields}

@@ -1,24 +1,31 @@
 """The server's OTP authority: issues and confirms OTPs off the reactor thread.
 
-Runs the SQL of ``tlsotp.otp.store`` on a ``SQLiteWorker`` (one connection, one thread), so
+Runs the SQL of ``tlsotp.otp.store`` on a ``DatabaseWorker`` (one connection, one thread), so
 database work never blocks the reactor and every read-modify-write is serialised.
+
+``authority.worker`` is the Twisted service to start and stop (the bank server's service does,
+as one of its children). Used alone, the authority starts it on first use (``open()``, or the
+first ``issue``/``confirm``), and ``close()`` stops it.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.python.failure import Failure
 
 from tlsotp.alerts import Alert, AlertError
 from tlsotp.otp import store
 from tlsotp.otp.messages import otp_message
-from tlsotp.services.sqlite_worker import SQLiteWorker
+from tlsotp.services.sqlite_worker import DatabaseWorker, open_sqlite, sqlite_transaction
+
+R = TypeVar("R")
 
 DATABASE_FILE = "otp.sqlite3"
 PEPPER_FILE = "otp-pepper.bin"
@@ -54,17 +61,26 @@ class OTPAuthority:
         self.policy = policy
         self._clock = clock
         self._pepper = store.load_or_create_pepper(data_dir / PEPPER_FILE)
-        self._worker = SQLiteWorker(reactor, data_dir / DATABASE_FILE, store.configure_connection, "otp-db")
+        self.path = data_dir / DATABASE_FILE
+        self.worker: DatabaseWorker[sqlite3.Connection] = DatabaseWorker(
+            reactor, lambda: open_sqlite(self.path, store.configure_connection), sqlite3.Connection.close, "otp-db"
+        )
 
     def open(self) -> "Deferred[None]":
-        """Open and check the database now; fails with ``DatabaseUnusable`` (one line) if it
-        is damaged, not writable or on a full disk. The daemon waits for this before listening."""
-        return self._worker.open()
+        """Start the worker (open and check the database) unless started; fails with
+        ``DatabaseUnusable`` (one line) if it is damaged, not writable or on a full disk."""
+        return maybeDeferred(self.worker.startService)
+
+    def _run(self, fn: Callable[..., R], **kwargs: object) -> "Deferred[R]":
+        def run(_: None) -> "Deferred[R]":
+            return self.worker.run(sqlite_transaction, self.path, fn, **kwargs)
+
+        return self.open().addCallback(run)
 
     def issue(self, client: str, transaction: str) -> "Deferred[tuple[store.IssuedOTP, str]]":
         """Issue an OTP; fires with it and the sentence to show the client, or fails with
         ``AlertError(access_denied)`` when wrong confirmations locked the transaction."""
-        d = self._worker.run(
+        d = self._run(
             store.issue,
             pepper=self._pepper,
             client=client,
@@ -77,7 +93,7 @@ class OTPAuthority:
         return d.addCallback(lambda issued: (issued, otp_message(transaction, issued.code)))
 
     def confirm(self, client: str, transaction: str, code: str) -> "Deferred[store.Confirmation]":
-        return self._worker.run(
+        return self._run(
             store.confirm,
             pepper=self._pepper,
             client=client,
@@ -87,5 +103,6 @@ class OTPAuthority:
             now=int(self._clock()),
         )
 
-    def close(self) -> None:
-        self._worker.close()
+    def close(self) -> "Deferred[None]":
+        """Stop the worker: queued calls finish, then the connection closes."""
+        return self.worker.stopService()

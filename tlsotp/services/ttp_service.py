@@ -1,0 +1,194 @@
+"""The TTP daemon as a library: ``TTPSettings`` and ``build_service(settings)``.
+
+``twistd -n tlsotp-ttp`` (``tlsotp.commands.ttp_daemon``) only turns its argv into a
+``TTPSettings``; an embedder builds the same service::
+
+    from tlsotp.services.ttp_service import TTPSettings, build_service
+    from tlsotp.ttp.ca import load_ca
+
+    settings = TTPSettings(data_dir=path, ca=load_ca(path), listen="tcp:7000:interface=127.0.0.1")
+    service = build_service(settings)        # a MultiService
+    service.setServiceParent(application)    # or service.startService() yourself
+
+(``tlsotp.ttp`` itself stays free of Twisted; this module is its Twisted shell.)
+
+The service is a ``MultiService`` of Twisted's own parts: a ``DatabaseWorker`` owning the
+store (an ``Issuer`` over it: every decision runs there, one after another, each in its own
+``BEGIN IMMEDIATE`` transaction; the reactor never waits for SQLite or for signing), and a
+``ListeningService`` (``StreamServerEndpointService``). It listens in
+``privilegedStartService``, before twistd drops privileges. Stopping it stops accepting at
+once, lets requests in flight finish for up to ``drain_timeout`` seconds, then closes the store.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, cast
+
+from twisted.application import service
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from tlsotp.services import shutdown
+from tlsotp.services.addresses import describe_address
+from tlsotp.services.connection_slots import DEFAULT_FIRST_MESSAGE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS
+from tlsotp.services.daemon_services import DEFAULT_DRAIN_TIMEOUT, DrainingFactory, ListeningService
+from tlsotp.services.sqlite_worker import DatabaseWorker
+from tlsotp.services.ttp_server import DEFAULT_TIMEOUT, EnrollmentServerFactory
+from tlsotp.ttp.ca import CertificateAuthority, TTPPaths
+from tlsotp.ttp.issuer import DEFAULT_CERT_DAYS, DEFAULT_MAX_LINEAGE, Issuer, Outcome
+from tlsotp.ttp.store import Store, StoreError
+
+__all__ = ["DEFAULT_CRL_HOURS", "DEFAULT_LISTEN", "TTPService", "TTPSettings", "build_service"]
+
+DEFAULT_LISTEN = "tcp:7000:interface=127.0.0.1"
+DEFAULT_CRL_HOURS = 24.0
+PROGRAM = "tlsotp-ttp"
+
+log = Logger(namespace="tlsotp.ttp")
+
+
+@dataclass(frozen=True)
+class TTPSettings:
+    """Everything the TTP daemon needs; the defaults are the command line's."""
+
+    data_dir: Path
+    ca: CertificateAuthority
+    listen: str = DEFAULT_LISTEN
+    cert_days: int = DEFAULT_CERT_DAYS
+    #: Seconds a requester has to send its complete request, at most.
+    timeout: float = DEFAULT_TIMEOUT
+    crl_validity: datetime.timedelta = field(default_factory=lambda: datetime.timedelta(hours=DEFAULT_CRL_HOURS))
+    max_lineage: datetime.timedelta = DEFAULT_MAX_LINEAGE
+    first_message_timeout: float | None = DEFAULT_FIRST_MESSAGE_TIMEOUT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_per_address: int = DEFAULT_MAX_PER_ADDRESS
+    #: Seconds requests in flight get to finish when the service stops (SIGTERM).
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+
+
+def build_service(
+    settings: TTPSettings, reactor: Any = None, on_fatal: Callable[[], None] | None = None
+) -> TTPService:
+    """The TTP's service; ``on_fatal`` runs when listening fails after the reactor started
+    (the twistd plugin's stops the process with status 1)."""
+    if reactor is None:
+        from twisted.internet import reactor
+    return TTPService.from_settings(reactor, settings, on_fatal=on_fatal)
+
+
+def _close_issuer(issuer: Issuer) -> None:
+    issuer.store.close()
+
+
+class TTPService(service.MultiService):
+    """Listens on ``settings.listen`` and answers each request through the Issuer on one worker
+    thread. ``TTPService(reactor, ca, data_dir, **fields)`` is ``build_service`` with a
+    ``TTPSettings`` made of the same fields."""
+
+    def __init__(
+        self, reactor: Any, ca: CertificateAuthority, data_dir: Path, *,
+        on_fatal: Callable[[], None] | None = None, **fields: Any,
+    ) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._setup(reactor, TTPSettings(data_dir=Path(data_dir), ca=ca, **fields), on_fatal)
+
+    @classmethod
+    def from_settings(
+        cls, reactor: Any, settings: TTPSettings, *, on_fatal: Callable[[], None] | None = None
+    ) -> TTPService:
+        return cls(reactor, settings.ca, settings.data_dir, on_fatal=on_fatal, **{
+            name: getattr(settings, name) for name in settings.__dataclass_fields__ if name not in ("ca", "data_dir")
+        })
+
+    def _setup(self, reactor: Any, settings: TTPSettings, on_fatal: Callable[[], None] | None) -> None:
+        self.reactor = reactor
+        self.settings = settings
+        self.on_fatal = on_fatal
+        self.factory = EnrollmentServerFactory(
+            self._decide, timeout=settings.timeout, first_message_timeout=settings.first_message_timeout,
+            max_connections=settings.max_connections, max_per_address=settings.max_per_address,
+        )
+        self.connections = DrainingFactory(self.factory, reactor)
+        self.worker: DatabaseWorker[Issuer] = DatabaseWorker(reactor, self._open_issuer, _close_issuer, "tlsotp-ttp-issuer")
+        self.worker.setServiceParent(self)  # type: ignore[no-untyped-call]
+        try:
+            endpoint = serverFromString(reactor, settings.listen)  # type: ignore[no-untyped-call]
+        except ValueError as exc:
+            shutdown.refuse_to_start(PROGRAM, f"bad --listen endpoint {settings.listen!r}: {exc}")
+        self.listener = ListeningService(endpoint, self.connections)
+        self.listener.setServiceParent(self)  # type: ignore[no-untyped-call]
+        self._listen_started = False
+
+    # The settings, as attributes (the names the service had before settings existed).
+    @property
+    def ca(self) -> CertificateAuthority:
+        return self.settings.ca
+
+    @property
+    def data_dir(self) -> Path:
+        return self.settings.data_dir
+
+    @property
+    def max_lineage(self) -> datetime.timedelta:
+        return self.settings.max_lineage
+
+    @property
+    def port(self) -> IListeningPort | None:
+        return self.listener.port
+
+    def _open_issuer(self) -> Issuer:
+        s = self.settings
+        store = Store.open(TTPPaths(s.data_dir).db)  # checked again: intact and writable
+        return Issuer(s.ca, store, cert_days=s.cert_days, crl_validity=s.crl_validity, max_lineage=s.max_lineage)
+
+    def privilegedStartService(self) -> None:
+        # Listen before twistd drops privileges, and refuse to start at once if we can't.
+        self._listen_started = True
+        super().privilegedStartService()  # type: ignore[no-untyped-call]
+        failed_now: list[Failure] = []
+        starting = True
+
+        def listening(port: IListeningPort) -> None:
+            where = describe_address(cast(Any, port).getHost())
+            log.info("tlsotp-ttp serving on {where}, root {fingerprint}", where=where, fingerprint=self.ca.fingerprint)
+
+        def failed(failure: Failure) -> None:
+            if starting:
+                failed_now.append(failure)
+            else:  # an endpoint that fails later: one line in the log, and exit 1
+                shutdown.fail_late(
+                    PROGRAM, RuntimeError(f"cannot listen on {self.settings.listen}: {failure.getErrorMessage()}"),
+                    self.on_fatal,
+                )
+
+        self.listener.listening.addCallbacks(listening, failed)
+        starting = False
+        if failed_now:  # TCP and UNIX endpoints fail at once
+            shutdown.refuse_to_start(PROGRAM, f"cannot listen on {self.settings.listen}: {failed_now[0].getErrorMessage()}")
+
+    def startService(self) -> None:
+        if not self._listen_started:
+            self.privilegedStartService()
+        try:
+            super().startService()  # type: ignore[no-untyped-call]
+        except StoreError as exc:
+            shutdown.refuse_to_start(PROGRAM, str(exc))
+
+    def _decide(self, payload: bytes) -> Deferred[Outcome]:
+        return self.worker.run(Issuer.handle, payload)
+
+    def stopService(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        service.Service.stopService(self)  # type: ignore[no-untyped-call]
+        self._listen_started = False
+        await self.listener.stopService()  # new connections are refused from here on
+        await self.connections.drain(self.settings.drain_timeout)
+        await self.worker.stopService()  # after the decisions those requests queued
