@@ -27,8 +27,8 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from tests.processes import TLSOTP, TWISTD, subprocess_env
-from tests.unit.test_daemon_services import refused
 from tests.test_ttp_fixtures import mint_token, reactor
+from tests.unit.test_daemon_services import refused
 from tlsotp.pki.credentials import RootPin
 from tlsotp.pki.roles import Role
 from tlsotp.services.enrollment import enroll
