@@ -19,7 +19,7 @@ from tlsotp.commands.ttp_daemon import TTPService
 from tlsotp.pki.csr import build_csr
 from tlsotp.pki.keys import KeyType, PrivateKey
 from tlsotp.pki.roles import Role
-from tlsotp.ttp import ca, tokens, wire
+from tlsotp.ttp import tokens, wire
 from tlsotp.ttp.ca import CertificateAuthority, TTPPaths, init_ca
 from tlsotp.ttp.issuer import Issuer
 from tlsotp.ttp.store import Store
@@ -51,7 +51,7 @@ def mint_token(
     """What 'tlsotp ttp token' does, through its own Store connection."""
     store = Store.open(TTPPaths(data_dir).db)
     try:
-        return ca.mint_token(store, name, role, ttl=ttl, now=now or datetime.datetime.now(datetime.timezone.utc))
+        return store.mint_token(name, role, ttl=ttl, now=now or datetime.datetime.now(datetime.timezone.utc))
     finally:
         store.close()
 

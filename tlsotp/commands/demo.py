@@ -29,7 +29,7 @@ from tlsotp.services.bank_service import build_service as build_server_service
 from tlsotp.services.enrollment import RootPin
 from tlsotp.services.ttp_service import TTPSettings
 from tlsotp.services.ttp_service import build_service as build_ttp_service
-from tlsotp.ttp.ca import init_ca, mint_token, open_store
+from tlsotp.ttp.ca import init_ca, open_store
 
 SERVER_NAME = "bank.example"
 CLIENT_NAME = "alice.example"
@@ -39,7 +39,7 @@ LOOPBACK = "tcp:0:interface=127.0.0.1"
 def mint(ttp_dir: Path, name: str, role: Role) -> str:
     store = open_store(ttp_dir)
     try:
-        return str(mint_token(store, name, role, ttl=datetime.timedelta(minutes=10), now=utcnow()))
+        return str(store.mint_token(name, role, ttl=datetime.timedelta(minutes=10), now=utcnow()))
     finally:
         store.close()
 

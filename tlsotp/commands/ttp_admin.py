@@ -20,7 +20,7 @@ from tlsotp.pki.keys import KEY_TYPE_NAMES, KeyType, parse_key_type
 from tlsotp.pki.names import check_dns_name
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import utcnow
-from tlsotp.ttp.ca import DEFAULT_ROOT_DAYS, DEFAULT_SUBJECT, CAError, init_ca, mint_token, open_store, read_passphrase
+from tlsotp.ttp.ca import DEFAULT_ROOT_DAYS, DEFAULT_SUBJECT, CAError, init_ca, open_store, read_passphrase
 from tlsotp.ttp.store import AlreadyRevoked, Store, StoreError, UnknownSerial, parse_serial, serial_text
 
 DEFAULT_TTL = "1h"
@@ -123,7 +123,7 @@ class TokenOptions(_DataDirOptions):
     def execute(self, reactor: Any, out: TextIO) -> int:
         store = self._store()
         try:
-            token = mint_token(store, self["name"], self["role"], ttl=self["ttl"], now=utcnow())
+            token = store.mint_token(self["name"], self["role"], ttl=self["ttl"], now=utcnow())
         finally:
             store.close()
         out.write(f"{token}\n")

@@ -15,7 +15,7 @@ from typing import Any, Callable, Collection, Sequence
 
 from cryptography import x509
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Factory, connectionDone
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -29,7 +29,7 @@ from tlsotp.pki.names import check_dns_name
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import PeerVerifier
 from tlsotp.services.channel import SansIOConnection, SecureChannelProtocol
-from tlsotp.services.connection_slots import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS, SlotKeeper
+from tlsotp.services.connection_slots import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS, SlotKeeper, SlottedFactory
 from tlsotp.services.otp_authority import OTPAuthority
 
 log = Logger()
@@ -42,7 +42,7 @@ class ServerIdentity:
     root: x509.Certificate
 
 
-class OTPServerFactory(Factory):
+class OTPServerFactory(SlottedFactory["OTPServerProtocol"]):
     noisy = False  # one line per session is logged by the protocol instead
 
     def __init__(
@@ -91,20 +91,8 @@ class OTPServerFactory(Factory):
             observer=self.observer,
         )
 
-    def buildProtocol(self, addr: object) -> OTPServerProtocol:
-        protocol = OTPServerProtocol(self)
-        protocol.factory = self
-        if self.call_later is not None:
-            protocol.callLater = self.call_later  # type: ignore[method-assign]
-        # A refused connection is still accepted, to be told why (an alert) and closed.
-        protocol.busy = not self.slots.admit(protocol, addr)
-        return protocol
-
-    def startFactory(self) -> None:
-        self.slots.start()
-
-    def stopFactory(self) -> None:
-        self.slots.stop()
+    def make_protocol(self) -> OTPServerProtocol:
+        return OTPServerProtocol(self)
 
 
 class OTPServerProtocol(SecureChannelProtocol):

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Generic, Hashable, Protocol, TypeVar, cast
 
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
 
 DEFAULT_MAX_CONNECTIONS = 256
@@ -275,3 +277,35 @@ class SlotKeeper:
         counts, _ = self._throttle.interval_over()
         self._throttle.open = False
         self._log_counts(counts)
+
+
+#: A protocol with a ``busy`` flag and an ``evict`` method (an ``Occupant``).
+SP = TypeVar("SP", bound=TwistedProtocol)
+
+
+class SlottedFactory(Factory, Generic[SP]):
+    """What both daemons' factories share: each connection takes a slot (or is told it is busy),
+    timeouts run on ``call_later`` when a test gives one, and the load log lives as long as the
+    factory listens."""
+
+    slots: SlotKeeper
+    call_later: Any = None
+
+    def make_protocol(self) -> SP:
+        raise NotImplementedError
+
+    def buildProtocol(self, addr: object) -> SP:
+        protocol = self.make_protocol()
+        protocol.factory = self
+        built = cast(Any, protocol)
+        if self.call_later is not None:
+            built.callLater = self.call_later  # TimeoutMixin's, and the first-message deadline's
+        # A refused connection is still accepted, to be told why (alert or refusal) and closed.
+        built.busy = not self.slots.admit(built, addr)
+        return protocol
+
+    def startFactory(self) -> None:
+        self.slots.start()
+
+    def stopFactory(self) -> None:
+        self.slots.stop()

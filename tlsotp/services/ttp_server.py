@@ -18,15 +18,14 @@ import enum
 from typing import Any, Callable, cast
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from tlsotp.framing import Frame, FrameTooLong, FramingError, NetstringDecoder, encode
 from tlsotp.services.addresses import describe_address
-from tlsotp.services.connection_slots import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS, SlotKeeper
+from tlsotp.services.connection_slots import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS, SlotKeeper, SlottedFactory
 from tlsotp.ttp import wire
 from tlsotp.ttp.issuer import Outcome, refused
 from tlsotp.ttp.wire import Refusal
@@ -156,7 +155,7 @@ class EnrollmentServerProtocol(Protocol, TimeoutMixin):
             self._slots.release(self)
 
 
-class EnrollmentServerFactory(Factory):
+class EnrollmentServerFactory(SlottedFactory[EnrollmentServerProtocol]):
     """Builds one protocol per connection; ``call_later`` lets tests drive the idle timeout.
 
     ``first_message_timeout`` (None: only ``timeout``) bounds the wait for the complete request;
@@ -183,19 +182,7 @@ class EnrollmentServerFactory(Factory):
             max_connections=max_connections, max_per_address=max_per_address, call_later=call_later, log=log
         )
 
-    def buildProtocol(self, addr: IAddress | None) -> EnrollmentServerProtocol:
-        protocol = EnrollmentServerProtocol(
+    def make_protocol(self) -> EnrollmentServerProtocol:
+        return EnrollmentServerProtocol(
             self.handle, self.timeout, first_message_timeout=self.first_message_timeout, slots=self.slots
         )
-        protocol.factory = self
-        if self.call_later is not None:
-            protocol.callLater = self.call_later  # type: ignore[method-assign]
-        # A refused connection is still accepted, to be told why (a typed refusal) and closed.
-        protocol.busy = not self.slots.admit(protocol, addr)
-        return protocol
-
-    def startFactory(self) -> None:
-        self.slots.start()
-
-    def stopFactory(self) -> None:
-        self.slots.stop()

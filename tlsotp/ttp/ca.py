@@ -21,9 +21,7 @@ from tlsotp.pki import pem
 from tlsotp.pki.builders import build_root
 from tlsotp.pki.fingerprint import fingerprint
 from tlsotp.pki.keys import KeyType, PrivateKey, generate_private_key
-from tlsotp.pki.roles import Role
 from tlsotp.ttp.store import DB_NAME, Store
-from tlsotp.ttp.tokens import Token
 
 CA_KEY_NAME = "ca-key.pem"
 CA_CERT_NAME = "ca.pem"
@@ -141,11 +139,3 @@ def open_store(data_dir: Path) -> Store:
     load_root(data_dir)
     return Store.open(TTPPaths(Path(data_dir)).db)
 
-
-def mint_token(
-    store: Store, name: str, role: Role, *, ttl: datetime.timedelta, now: datetime.datetime
-) -> Token:
-    """A fresh one-time token for ``name`` in ``role``; the store keeps only its MAC key."""
-    token = Token.generate()
-    store.add_token(token.token_id, token.mac_key(), name, role, now=now, expires_at=now + ttl)
-    return token

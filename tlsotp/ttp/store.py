@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from tlsotp import database_checks
 from tlsotp.pki.builders import Revocation
 from tlsotp.pki.roles import Role
+from tlsotp.ttp.tokens import Token
 
 DB_NAME = "ttp.sqlite3"
 DB_MODE = 0o600  # it holds the MAC keys of unspent tokens
@@ -296,6 +297,12 @@ class Store:
         self._db.execute("COMMIT")
 
     # Tokens
+
+    def mint_token(self, name: str, role: Role, *, ttl: datetime.timedelta, now: datetime.datetime) -> Token:
+        """A fresh one-time token for ``name`` in ``role``; only its MAC key is stored."""
+        token = Token.generate()
+        self.add_token(token.token_id, token.mac_key(), name, role, now=now, expires_at=now + ttl)
+        return token
 
     def add_token(
         self, token_id: str, mac_key: bytes, name: str, role: Role, *, now: datetime.datetime, expires_at: datetime.datetime
