@@ -105,6 +105,8 @@ def build_service(
 ) -> BankServerService:
     """The bank server's service; ``on_fatal`` runs when start-up fails once the reactor runs
     (the twistd plugin's stops the process with status 1). Failures also fail ``ready``."""
+    # Any: a daemon's reactor must be IReactorTime, IReactorFromThreads and IReactorTCP at once,
+    # and zope interfaces have no intersection type (every real reactor is all three).
     if reactor is None:
         from twisted.internet import reactor
     return BankServerService(settings, reactor, on_fatal=on_fatal)

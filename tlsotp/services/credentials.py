@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import datetime
 from pathlib import Path
-from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
 
 from tlsotp.alerts import Alert, AlertError
 from tlsotp.pki.credentials import certified_name
@@ -31,7 +32,7 @@ def check_can_enroll(data_dir: Path, *, token: str | None, pin: RootPin | None, 
 
 
 async def obtain_credentials(
-    reactor: Any,
+    reactor: IReactorTime,
     *,
     data_dir: Path,
     ttp: str,

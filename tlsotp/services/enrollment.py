@@ -22,7 +22,6 @@ import datetime
 import secrets
 import time
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -131,7 +130,7 @@ def enroll(
 
 
 async def _enroll(
-    reactor: Any,
+    reactor: IReactorTime,
     ttp: TTPEndpoint,
     data_dir: Path,
     pin: RootPin,
@@ -178,7 +177,7 @@ def renew(
 
 
 async def _renew(
-    reactor: Any, ttp: TTPEndpoint, data_dir: Path, new_key: bool, key_type: KeyType | None, timeout: float
+    reactor: IReactorTime, ttp: TTPEndpoint, data_dir: Path, new_key: bool, key_type: KeyType | None, timeout: float
 ) -> Credentials:
     current = load_credentials(data_dir)
     if current is None:
@@ -229,7 +228,7 @@ def fetch_crl(
 
 
 async def _fetch_crl(
-    reactor: Any, ttp: TTPEndpoint, pin: RootPin | x509.Certificate, data_dir: Path | None, timeout: float
+    reactor: IReactorTime, ttp: TTPEndpoint, pin: RootPin | x509.Certificate, data_dir: Path | None, timeout: float
 ) -> x509.CertificateRevocationList:
     reply = await exchange(reactor, ttp, wire.CRLRequest(), timeout)
     now = utcnow()
@@ -346,7 +345,7 @@ def _load_certificate(data: bytes, what: str) -> x509.Certificate:
         raise AlertError(Alert.decode_error, f"the TTP sent an unreadable {what}") from None
 
 
-async def _generate_key(reactor: Any, key_type: KeyType) -> PrivateKey:
+async def _generate_key(reactor: IReactorTime, key_type: KeyType) -> PrivateKey:
     """RSA generation takes up to seconds: off the reactor thread when the reactor has threads."""
     if key_type.value.startswith("rsa") and IReactorThreads.providedBy(reactor):
         key: PrivateKey = await deferToThreadPool(reactor, reactor.getThreadPool(), generate_private_key, key_type)

@@ -13,7 +13,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import clientFromString, connectProtocol
 from twisted.internet.error import ConnectError, ConnectingCancelledError
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
@@ -75,7 +75,7 @@ class EnrollmentClientProtocol(Protocol):
             self.reply.errback(TTPUnavailable(f"the TTP closed the connection without replying ({reason.getErrorMessage()})"))
 
 
-def exchange(reactor: Any, ttp: str | IStreamClientEndpoint, request: wire.Request, timeout: float) -> Deferred[wire.Reply]:
+def exchange(reactor: IReactorTime, ttp: str | IStreamClientEndpoint, request: wire.Request, timeout: float) -> Deferred[wire.Reply]:
     """Connect to the TTP at ``ttp`` (an endpoint string or object), send ``request``, return its one reply."""
     if isinstance(ttp, str):
         try:

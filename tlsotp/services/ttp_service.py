@@ -77,6 +77,8 @@ def build_service(
 ) -> TTPService:
     """The TTP's service; ``on_fatal`` runs when listening fails after the reactor started
     (the twistd plugin's stops the process with status 1)."""
+    # Any: a daemon's reactor must be IReactorTime, IReactorFromThreads and IReactorTCP at once,
+    # and zope interfaces have no intersection type (every real reactor is all three).
     if reactor is None:
         from twisted.internet import reactor
     return TTPService.from_settings(reactor, settings, on_fatal=on_fatal)
