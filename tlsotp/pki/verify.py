@@ -21,6 +21,7 @@ from cryptography.x509.oid import ExtensionOID
 from service_identity.cryptography import verify_certificate_hostname
 
 from tlsotp.alerts import Alert, AlertError
+from tlsotp.pki import der
 from tlsotp.pki.keys import UnacceptableKey, check_public_key
 from tlsotp.pki.names import check_dns_name
 from tlsotp.pki.roles import Role
@@ -35,16 +36,26 @@ def utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
 
-def verify_crl(
-    crl: x509.CertificateRevocationList, root: x509.Certificate, now: datetime.datetime
-) -> x509.CertificateRevocationList:
-    """Return ``crl`` if the root signed it and it is current; a stale CRL is no CRL."""
+def check_crl_signature(crl: x509.CertificateRevocationList, root: x509.Certificate) -> None:
+    """Raise unless the pinned ``root`` issued and signed ``crl`` (true or not for good: check once)."""
     if crl.issuer != root.subject or not crl.is_signature_valid(root.public_key()):  # type: ignore[arg-type]
         raise AlertError(Alert.certificate_unknown, "CRL is not signed by the pinned root")
+
+
+def check_crl_freshness(crl: x509.CertificateRevocationList, now: datetime.datetime) -> None:
+    """Raise unless ``crl`` is current at ``now``: a stale CRL is no CRL (cheap: check per use)."""
     if crl.next_update_utc is None or crl.next_update_utc < now:
         raise AlertError(Alert.certificate_unknown, "CRL is out of date; fetch a fresh one")
     if crl.last_update_utc > now + datetime.timedelta(minutes=10):
         raise AlertError(Alert.certificate_unknown, "CRL is dated in the future")
+
+
+def verify_crl(
+    crl: x509.CertificateRevocationList, root: x509.Certificate, now: datetime.datetime
+) -> x509.CertificateRevocationList:
+    """Return ``crl`` if the root signed it and it is current; a stale CRL is no CRL."""
+    check_crl_signature(crl, root)
+    check_crl_freshness(crl, now)
     return crl
 
 
@@ -61,7 +72,16 @@ class PeerVerifier:
 
     ``expected_names`` is the server name the client dials (exactly one), or the client names a
     server accepts (``None``: any client the TTP certified). ``crl``, when given, must be the
-    pinned root's; it is verified on every call so that a stale CRL fails closed.
+    pinned root's.
+
+    What does not depend on the time is done once per generation, when the verifier is built or
+    its ``crl`` is replaced: the CRL's issuer and signature are checked then (a CRL that fails
+    refuses every session, as if it were checked each time), and the path validator's policy,
+    store and extension policies are prebuilt. Per session, only what the clock can change is
+    decided afresh: the CRL's freshness window, the validity times (the path validator is given
+    the session's own time), and the chain itself. The leaf's signature is checked once, by
+    the path validator (``cryptography.x509.verification`` verifies every signature on the
+    path it builds); the slower stand-alone check runs only to name a refusal ``unknown_ca``.
     """
 
     def __init__(
@@ -79,8 +99,52 @@ class PeerVerifier:
         self.peer_role = peer_role
         # Checked like every name at the edge (full match, no control characters), then compared.
         self.expected_names = None if expected_names is None else frozenset(map(check_dns_name, expected_names))
-        self.crl = crl
         self._clock = clock
+        self._builder = self._policy_builder()
+        self._server_name: x509.DNSName | None = None
+        if peer_role is Role.SERVER:
+            assert self.expected_names is not None
+            (name,) = self.expected_names
+            self._server_name = x509.DNSName(name)
+        self.crl = crl
+
+    @property
+    def crl(self) -> x509.CertificateRevocationList | None:
+        return self._crl
+
+    @crl.setter
+    def crl(self, crl: x509.CertificateRevocationList | None) -> None:
+        """A new CRL generation: its signature is checked here, once."""
+        self._crl_refusal: AlertError | None = None
+        if crl is not None:
+            try:
+                # Lazily parsed fields of a damaged CRL raise whatever they raise: a refusal too.
+                with der.malformed_as(Alert.certificate_unknown, "the CRL is malformed"):
+                    check_crl_signature(crl, self.root)
+                    _ = (crl.next_update_utc, crl.last_update_utc)  # parsed now, read per session
+            except AlertError as exc:
+                self._crl_refusal = exc
+        self._crl = crl
+
+    def _policy_builder(self) -> verification.PolicyBuilder:
+        wanted, role = self.peer_role.eku, self.peer_role.value
+
+        def require_role_eku(
+            policy: verification.Policy, cert: x509.Certificate, eku: x509.ExtendedKeyUsage | None
+        ) -> None:
+            # This callback replaces the verifier's own EKU check: test the purpose here.
+            if eku is None or wanted not in eku:
+                raise ValueError(f"certificate lacks the {role} ExtendedKeyUsage")
+
+        ee_policy = verification.ExtensionPolicy.webpki_defaults_ee().require_present(
+            x509.ExtendedKeyUsage, verification.Criticality.AGNOSTIC, require_role_eku
+        )
+        return (
+            verification.PolicyBuilder()
+            .store(verification.Store([self.root]))
+            .max_chain_depth(MAX_CHAIN_DEPTH)
+            .extension_policies(ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee_policy)
+        )
 
     def __call__(self, chain: Sequence[x509.Certificate]) -> None:
         self.verify(chain)
@@ -93,57 +157,53 @@ class PeerVerifier:
         now = self._clock()
         if now.tzinfo is None:
             raise ValueError("verification time must be timezone-aware UTC")
-        subject = leaf.subject.rfc4514_string()
-        if not any(_issued_by(leaf, ca) for ca in [self.root, *intermediates]):
-            raise AlertError(Alert.unknown_ca, f"{subject} is not issued by the pinned TTP root")
+        try:
+            self._check_leaf(leaf, intermediates, now)
+        except AlertError:
+            # A leaf that is not the root's (or a given CA's) is unknown_ca whatever else is
+            # wrong with it; only a refusal pays for this second signature check.
+            if not any(_issued_by(leaf, ca) for ca in [self.root, *intermediates]):
+                raise AlertError(
+                    Alert.unknown_ca, f"{leaf.subject.rfc4514_string()} is not issued by the pinned TTP root"
+                ) from None
+            raise
+        # The path validator accepted root -> leaf (depth 2): the root signed this leaf.
+        crl = self._crl
+        if crl is not None:
+            if self._crl_refusal is not None:
+                raise AlertError(self._crl_refusal.alert, self._crl_refusal.detail)
+            check_crl_freshness(crl, now)
+            revoked = crl.get_revoked_certificate_by_serial_number(leaf.serial_number)
+            if revoked is not None:
+                raise AlertError(
+                    Alert.certificate_revoked,
+                    f"{leaf.subject.rfc4514_string()} (serial {leaf.serial_number:x}) is revoked",
+                )
+        return leaf
+
+    def _check_leaf(
+        self, leaf: x509.Certificate, intermediates: list[x509.Certificate], now: datetime.datetime
+    ) -> None:
         if not leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc:
             raise AlertError(
                 Alert.certificate_expired,
-                f"{subject} is valid {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} to "
+                f"{leaf.subject.rfc4514_string()} is valid {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} to "
                 f"{leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC, not now",
             )
         try:
             check_public_key(leaf.public_key())
         except UnacceptableKey as exc:
-            raise AlertError(Alert.bad_certificate, f"{subject}: {exc}") from None
+            raise AlertError(Alert.bad_certificate, f"{leaf.subject.rfc4514_string()}: {exc}") from None
         self._check_names(leaf)  # first, for a plainer message than the path validator's
         self._validate_path(leaf, intermediates, now)
-        if self.crl is not None:
-            verify_crl(self.crl, self.root, now)
-            revoked = self.crl.get_revoked_certificate_by_serial_number(leaf.serial_number)
-            if revoked is not None:
-                raise AlertError(
-                    Alert.certificate_revoked, f"{subject} (serial {leaf.serial_number:x}) is revoked"
-                )
-        return leaf
 
     def _validate_path(
         self, leaf: x509.Certificate, intermediates: list[x509.Certificate], now: datetime.datetime
     ) -> None:
-        wanted = self.peer_role.eku
-
-        def require_role_eku(
-            policy: verification.Policy, cert: x509.Certificate, eku: x509.ExtendedKeyUsage | None
-        ) -> None:
-            # This callback replaces the verifier's own EKU check: test the purpose here.
-            if eku is None or wanted not in eku:
-                raise ValueError(f"certificate lacks the {self.peer_role.value} ExtendedKeyUsage")
-
-        ee_policy = verification.ExtensionPolicy.webpki_defaults_ee().require_present(
-            x509.ExtendedKeyUsage, verification.Criticality.AGNOSTIC, require_role_eku
-        )
-        builder = (
-            verification.PolicyBuilder()
-            .store(verification.Store([self.root]))
-            .time(now)
-            .max_chain_depth(MAX_CHAIN_DEPTH)
-            .extension_policies(ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee_policy)
-        )
+        builder = self._builder.time(now)
         try:
-            if self.peer_role is Role.SERVER:
-                assert self.expected_names is not None
-                (name,) = self.expected_names
-                builder.build_server_verifier(x509.DNSName(name)).verify(leaf, intermediates)
+            if self._server_name is not None:
+                builder.build_server_verifier(self._server_name).verify(leaf, intermediates)
             else:
                 builder.build_client_verifier().verify(leaf, intermediates)
         except verification.VerificationError as exc:
