@@ -46,7 +46,7 @@ CRL_FILE = "crl.pem"
 class Options(PartyOptions):
     synopsis = "--data-dir DIR --name NAME [--listen ENDPOINT] [--ttp ENDPOINT] (--ca-fingerprint F | --ca-cert FILE) [--token T] ..."
     optParameters: list[list[Any]] = [
-        ["listen", "l", "tcp:7001:interface=127.0.0.1", "Endpoint string to listen on."],
+        ["listen", "l", "tcp:7001:interface=127.0.0.1:backlog=1024", "Endpoint string to listen on."],
         ["name", "n", None, "The server's DNS name, as minted in its token (e.g. bank.example)."],
         ["otp-digits", None, 6, "Digits in each OTP (4 to 12).", int],
         ["otp-ttl", None, 300, "Seconds an OTP stays valid.", int],

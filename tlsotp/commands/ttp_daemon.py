@@ -34,7 +34,7 @@ from tlsotp.ttp.ca import CAError, CertificateAuthority, TTPPaths, load_ca, read
 from tlsotp.ttp.issuer import DEFAULT_CERT_DAYS, DEFAULT_MAX_LINEAGE, Issuer, Outcome
 from tlsotp.ttp.store import Store, StoreError
 
-DEFAULT_LISTEN = "tcp:7000:interface=127.0.0.1"
+DEFAULT_LISTEN = "tcp:7000:interface=127.0.0.1:backlog=1024"
 DEFAULT_CRL_HOURS = 24.0
 
 log = Logger(namespace="tlsotp.ttp")
