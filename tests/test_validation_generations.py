@@ -25,7 +25,7 @@ from tlsotp.alerts import Alert, AlertError
 from tlsotp.handshake import ServerConfig
 from tlsotp.handshake.suites import HashAlgorithm
 from tlsotp.handshake.transcript import Transcript
-from tlsotp.pki.builders import Revocation, build_crl
+from tlsotp.pki.builders import Revocation, build_crl, build_root
 from tlsotp.pki.keys import KeyType
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import PeerVerifier
@@ -82,6 +82,7 @@ class VerifierGenerationTests(unittest.SynchronousTestCase):
         self.assertIsNone(alert_of(self.verifier, [self.alice.certificate]))  # inclusive bound
         self.clock.now += datetime.timedelta(seconds=1)
         self.assertEqual(alert_of(self.verifier, [self.alice.certificate]), Alert.certificate_expired)
+        self.assertEqual(self.verifier.path_validations, 1)  # refused from the remembered chain too
         # and a leaf not yet valid when the verifier was built becomes valid later
         self.clock.now = NOW
         later = self.ca.issue("carol.example", Role.CLIENT)  # issued at NOW, backdated
@@ -153,6 +154,58 @@ class VerifierGenerationTests(unittest.SynchronousTestCase):
             self.assertIsNone(alert_of(named, [self.alice.certificate]))
             self.assertEqual(alert_of(named, [self.bob.certificate]), Alert.bad_certificate)  # SAN match
             self.assertEqual(alert_of(self.verifier, [server.certificate]), Alert.unsupported_certificate)  # EKU
+
+    def test_a_validated_chain_is_remembered_until_the_crl_changes(self) -> None:
+        chain = [self.alice.certificate]
+        for _ in range(3):
+            self.assertIsNone(alert_of(self.verifier, chain))
+        self.assertEqual(self.verifier.path_validations, 1)
+        self.assertIsNone(alert_of(self.verifier, [self.bob.certificate]))
+        self.assertEqual(self.verifier.path_validations, 2)
+        # A refused chain is never remembered: it is validated (and refused) every time.
+        stranger = test_ca("other").issue("mallory.example", Role.CLIENT)
+        for _ in range(2):
+            self.assertEqual(alert_of(self.verifier, [stranger.certificate]), Alert.unknown_ca)
+        self.assertEqual(self.verifier.path_validations, 4)
+        # A new CRL generation forgets every remembered chain.
+        self.verifier.crl = self.crl(self.bob.certificate, number=2)
+        self.assertIsNone(alert_of(self.verifier, chain))
+        self.assertEqual(self.verifier.path_validations, 5)
+        self.assertEqual(alert_of(self.verifier, [self.bob.certificate]), Alert.certificate_revoked)
+        # The exact DER is the key: a chain with one more certificate is validated on its own.
+        self.assertIsNone(alert_of(self.verifier, [self.alice.certificate, self.ca.root]))
+        self.assertEqual(self.verifier.path_validations, 7)
+
+    def test_a_remembered_chain_still_has_its_times_checked(self) -> None:
+        # A root that expires before the leaf (the TTP never issues one; built by hand here).
+        root_key = cached_key(KeyType.EC_P256, "short-root")
+        root = build_root(root_key, "short-lived root", days=1, now=NOW)
+        key = cached_key(KeyType.EC_P256, "long-leaf")
+        leaf = (
+            x509.CertificateBuilder()
+            .subject_name(self.alice.certificate.subject)
+            .issuer_name(root.subject)
+            .public_key(key.public_key())  # type: ignore[arg-type]
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(NOW - datetime.timedelta(hours=1))
+            .not_valid_after(NOW + 7 * DAY)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("alice.example")]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)  # type: ignore[arg-type]
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()), critical=False)  # type: ignore[arg-type]
+            .sign(root_key, hashes.SHA256())  # type: ignore[arg-type]
+        )
+        clock = Clock(NOW)
+        remembering = PeerVerifier(root, Role.CLIENT, clock=clock)
+        self.assertIsNone(alert_of(remembering, [leaf]))
+        clock.now = root.not_valid_after_utc + datetime.timedelta(seconds=1)
+        fresh = PeerVerifier(root, Role.CLIENT, clock=clock)
+        self.assertEqual(alert_of(fresh, [leaf]), Alert.bad_certificate)  # the path validator's verdict
+        self.assertEqual(alert_of(remembering, [leaf]), Alert.bad_certificate)  # the same, remembered
+        self.assertEqual(remembering.path_validations, 1)
+        clock.now = NOW + 8 * DAY
+        self.assertEqual(alert_of(remembering, [leaf]), Alert.certificate_expired)
 
 
 class FactoryGenerationTests(unittest.SynchronousTestCase):

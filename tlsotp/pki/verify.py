@@ -16,6 +16,7 @@ from typing import Callable, Collection, Sequence
 import service_identity
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtensionOID
 from service_identity.cryptography import verify_certificate_hostname
@@ -30,6 +31,9 @@ Clock = Callable[[], datetime.datetime]
 
 # root -> leaf: tlsotp's TTP signs end-entity certificates directly.
 MAX_CHAIN_DEPTH = 2
+
+#: Chains remembered as path-validated, per verifier (emptied when full: a bound, not an LRU).
+MAX_VALIDATED_CHAINS = 4096
 
 
 def utcnow() -> datetime.datetime:
@@ -82,6 +86,12 @@ class PeerVerifier:
     the session's own time), and the chain itself. The leaf's signature is checked once, by
     the path validator (``cryptography.x509.verification`` verifies every signature on the
     path it builds); the slower stand-alone check runs only to name a refusal ``unknown_ca``.
+
+    A chain that passed (keyed by the exact DER of every certificate sent) is remembered until
+    the CRL changes, so a returning peer's chain is not path-validated again: what the path
+    validator decided depends only on the chain, the root and the policy, except for time,
+    and the leaf's and the root's validity times are still checked on every session, as are
+    the CRL's freshness and revocation. ``path_validations`` counts the validator's runs.
     """
 
     def __init__(
@@ -95,11 +105,14 @@ class PeerVerifier:
     ) -> None:
         if peer_role is Role.SERVER and (expected_names is None or len(expected_names) != 1):
             raise ValueError("a server is verified against exactly one expected name")
-        self.root = root
-        self.peer_role = peer_role
+        # Fixed for the verifier's life (read-only): the prebuilt policy and the remembered chains
+        # hold for this root, role and names only. Another root means another verifier.
+        self._root = root
+        self._peer_role = peer_role
         # Checked like every name at the edge (full match, no control characters), then compared.
-        self.expected_names = None if expected_names is None else frozenset(map(check_dns_name, expected_names))
+        self._expected_names = None if expected_names is None else frozenset(map(check_dns_name, expected_names))
         self._clock = clock
+        self.path_validations = 0
         self._builder = self._policy_builder()
         self._server_name: x509.DNSName | None = None
         if peer_role is Role.SERVER:
@@ -109,6 +122,18 @@ class PeerVerifier:
         self.crl = crl
 
     @property
+    def root(self) -> x509.Certificate:
+        return self._root
+
+    @property
+    def peer_role(self) -> Role:
+        return self._peer_role
+
+    @property
+    def expected_names(self) -> frozenset[str] | None:
+        return self._expected_names
+
+    @property
     def crl(self) -> x509.CertificateRevocationList | None:
         return self._crl
 
@@ -116,6 +141,7 @@ class PeerVerifier:
     def crl(self, crl: x509.CertificateRevocationList | None) -> None:
         """A new CRL generation: its signature is checked here, once."""
         self._crl_refusal: AlertError | None = None
+        self._validated: dict[tuple[bytes, ...], None] = {}
         if crl is not None:
             try:
                 # Lazily parsed fields of a damaged CRL raise whatever they raise: a refusal too.
@@ -157,8 +183,16 @@ class PeerVerifier:
         now = self._clock()
         if now.tzinfo is None:
             raise ValueError("verification time must be timezone-aware UTC")
+        key = tuple(cert.public_bytes(serialization.Encoding.DER) for cert in chain)
         try:
-            self._check_leaf(leaf, intermediates, now)
+            self._check_validity(leaf, now)
+            if key in self._validated:
+                self._check_validity(self.root, now)  # the one other time-bound thing on the path
+            else:
+                self._check_leaf(leaf, intermediates, now)
+                if len(self._validated) >= MAX_VALIDATED_CHAINS:
+                    self._validated.clear()
+                self._validated[key] = None
         except AlertError:
             # A leaf that is not the root's (or a given CA's) is unknown_ca whatever else is
             # wrong with it; only a refusal pays for this second signature check.
@@ -181,15 +215,18 @@ class PeerVerifier:
                 )
         return leaf
 
+    def _check_validity(self, cert: x509.Certificate, now: datetime.datetime) -> None:
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            alert = Alert.certificate_expired if cert is not self.root else Alert.bad_certificate
+            raise AlertError(
+                alert,
+                f"{cert.subject.rfc4514_string()} is valid {cert.not_valid_before_utc:%Y-%m-%d %H:%M} to "
+                f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC, not now",
+            )
+
     def _check_leaf(
         self, leaf: x509.Certificate, intermediates: list[x509.Certificate], now: datetime.datetime
     ) -> None:
-        if not leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc:
-            raise AlertError(
-                Alert.certificate_expired,
-                f"{leaf.subject.rfc4514_string()} is valid {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} to "
-                f"{leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC, not now",
-            )
         try:
             check_public_key(leaf.public_key())
         except UnacceptableKey as exc:
@@ -201,6 +238,7 @@ class PeerVerifier:
         self, leaf: x509.Certificate, intermediates: list[x509.Certificate], now: datetime.datetime
     ) -> None:
         builder = self._builder.time(now)
+        self.path_validations += 1
         try:
             if self._server_name is not None:
                 builder.build_server_verifier(self._server_name).verify(leaf, intermediates)
