@@ -1,7 +1,7 @@
 """The real ``twistd -n tlsotp-server`` beside a Twisted TLS 1.3 mutual-TLS server, same run.
 
     pip install -e '.[bench]'
-    python benchmarks/daemon_vs_tls.py [--concurrency 50] [--sessions 400] [--repetitions 3]
+    python benchmarks/daemon_vs_tls.py [--concurrency 50] [--sessions 1000] [--repetitions 3]
 
 Starts a TTP (``twistd -n tlsotp-ttp``), enrolls the bank server daemon (EC P-256, default
 suites), a second P-256 server identity and a P-256 client from it, then starts the real
@@ -228,7 +228,7 @@ def percentile(values: list[float], p: float) -> float:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--concurrency", type=int, default=50)
-    parser.add_argument("--sessions", type=int, default=400, help="sessions per run")
+    parser.add_argument("--sessions", type=int, default=1000, help="sessions per run")
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, data dirs)")
     args = parser.parse_args(argv)
@@ -336,8 +336,8 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
                       f"{values['p99']:.1f}", f"{values['load_cpu_us']:.0f}"))
     widths = [max(len(str(c)) for c in column) for column in zip(header, *table)]
     rule = "  ".join("=" * w for w in widths)
-    lines += [rule, "  ".join(h.ljust(w) for h, w in zip(header, widths)), rule]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in table]
+    lines += [rule, "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip(), rule]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
     lines.append(rule)
     per_rep = [
         next(r["cpu_us"] for r in rows if r["kind"] == "tlsotp" and r["rep"] == rep)
