@@ -19,7 +19,7 @@ import enum
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tlsotp.alerts import Alert, AlertError
-from tlsotp.handshake.certificates import PeerKey, encode_chain, leaf_key, parse_chain, run_validator
+from tlsotp.handshake.certificates import PeerKey, leaf_key, parse_chain, run_validator
 from tlsotp.handshake.config import ClientConfig
 from tlsotp.handshake.connection import ConnectionBase, ConnectionStateError
 from tlsotp.handshake.events import Event, HandshakeComplete
@@ -178,7 +178,7 @@ class ClientConnection(ConnectionBase[ClientState]):
         secrets = derive_handshake_secrets(suite.hash, self._shared_secret, self._hello_hash)
         self._shared_secret = None
         chain = self.config.certificate_chain
-        self._send_handshake(Certificate(encode_chain(chain)))
+        self._send_handshake(Certificate(self.config.encoded_chain))
         if chain:
             kind = signature_kind_for_key(self.config.private_key.public_key())
             assert kind is not None  # checked by ClientConfig

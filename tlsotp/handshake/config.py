@@ -7,6 +7,7 @@ mismatched key and certificate fails at start-up rather than as a puzzling hands
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -49,6 +50,11 @@ class _SideConfig:
     ephemeral_keys: EphemeralKeyFactory = generate_ephemeral_key
     observer: Observer | None = None
 
+    @functools.cached_property
+    def encoded_chain(self) -> tuple[bytes, ...]:
+        """The chain as the Certificate message carries it, DER-encoded once per configuration."""
+        return tuple(cert.public_bytes(serialization.Encoding.DER) for cert in self.certificate_chain)
+
     def _check_common(self, role: str) -> None:
         chain, private_key, suites = self.certificate_chain, self.private_key, self.suites
         if signature_kind_for_key(private_key.public_key()) is None:
@@ -76,11 +82,20 @@ class ClientConfig(_SideConfig):
 
 @dataclass(frozen=True)
 class ServerConfig(_SideConfig):
-    """The server's side; ``suites`` is its preference order, which decides the choice."""
+    """The server's side; ``suites`` is its preference order, which decides the choice.
+
+    Build one per credentials generation and share it between connections: its checks, the
+    usable suites and the encoded chain are computed once (a ``ServerConnection`` only reads it).
+    """
 
     def __post_init__(self) -> None:
         if not self.certificate_chain:
             raise ValueError("server needs a certificate chain")
         self._check_common("server")
-        if not suites_for_key(self.private_key.public_key(), self.suites):
+        if not self.usable_suites:
             raise ValueError("none of the server's cipher suites can be authenticated by its certificate key")
+
+    @functools.cached_property
+    def usable_suites(self) -> tuple[Suite, ...]:
+        """The suites, in preference order, that this certificate key can authenticate (once)."""
+        return suites_for_key(self.private_key.public_key(), self.suites)

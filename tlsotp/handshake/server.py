@@ -19,7 +19,7 @@ import enum
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tlsotp.alerts import Alert, AlertError
-from tlsotp.handshake.certificates import PeerKey, encode_chain, leaf_key, parse_chain, run_validator
+from tlsotp.handshake.certificates import PeerKey, leaf_key, parse_chain, run_validator
 from tlsotp.handshake.config import ServerConfig
 from tlsotp.handshake.connection import ConnectionBase
 from tlsotp.handshake.events import Event, HandshakeComplete
@@ -49,7 +49,7 @@ from tlsotp.handshake.messages import (
 )
 from tlsotp.handshake.record import RecordOpener, RecordSealer
 from tlsotp.handshake.signatures import CLIENT_CONTEXT, SERVER_CONTEXT, scheme_for, sign, signed_content, verify
-from tlsotp.handshake.suites import Group, SignatureKind, Suite, suite_for_code, suites_for_key
+from tlsotp.handshake.suites import Group, SignatureKind, Suite, suite_for_code
 
 
 class ServerState(enum.Enum):
@@ -87,7 +87,7 @@ class ServerConnection(ConnectionBase[ServerState]):
             ServerState.WAIT_CLIENT_HELLO, ServerState.CLOSED, ServerState.FAILED, config.random_bytes, config.observer
         )
         self.config = config
-        self._usable_suites = suites_for_key(config.private_key.public_key(), config.suites)
+        self._usable_suites = config.usable_suites
         self._hello_hash = b""
         self._secrets: HandshakeSecrets | None = None
         self._client_key: PeerKey | None = None
@@ -130,7 +130,7 @@ class ServerConnection(ConnectionBase[ServerState]):
         self._transcript.append(raw)
         self._send_handshake(ServerHello(max(common_versions), self._random(RANDOM_LENGTH), suite.code, server_share))
         self._hello_hash = self._transcript.digest(suite.hash)
-        self._send_handshake(Certificate(encode_chain(self.config.certificate_chain)))
+        self._send_handshake(Certificate(self.config.encoded_chain))
         content = signed_content(SERVER_CONTEXT, self._transcript.digest(suite.hash))
         signature = sign(self.config.private_key, suite.hash, content)
         self._send_handshake(CertificateVerify(scheme_for(suite.authentication, suite.hash), signature))

@@ -16,11 +16,13 @@ from typing import Callable, Collection, Sequence
 import service_identity
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtensionOID
 from service_identity.cryptography import verify_certificate_hostname
 
 from tlsotp.alerts import Alert, AlertError
+from tlsotp.pki import der
 from tlsotp.pki.keys import UnacceptableKey, check_public_key
 from tlsotp.pki.names import check_dns_name
 from tlsotp.pki.roles import Role
@@ -30,21 +32,34 @@ Clock = Callable[[], datetime.datetime]
 # root -> leaf: tlsotp's TTP signs end-entity certificates directly.
 MAX_CHAIN_DEPTH = 2
 
+#: Chains remembered as path-validated, per verifier (emptied when full: a bound, not an LRU).
+MAX_VALIDATED_CHAINS = 4096
+
 
 def utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
+
+
+def check_crl_signature(crl: x509.CertificateRevocationList, root: x509.Certificate) -> None:
+    """Raise unless the pinned ``root`` issued and signed ``crl`` (true or not for good: check once)."""
+    if crl.issuer != root.subject or not crl.is_signature_valid(root.public_key()):  # type: ignore[arg-type]
+        raise AlertError(Alert.certificate_unknown, "CRL is not signed by the pinned root")
+
+
+def check_crl_freshness(crl: x509.CertificateRevocationList, now: datetime.datetime) -> None:
+    """Raise unless ``crl`` is current at ``now``: a stale CRL is no CRL (cheap: check per use)."""
+    if crl.next_update_utc is None or crl.next_update_utc < now:
+        raise AlertError(Alert.certificate_unknown, "CRL is out of date; fetch a fresh one")
+    if crl.last_update_utc > now + datetime.timedelta(minutes=10):
+        raise AlertError(Alert.certificate_unknown, "CRL is dated in the future")
 
 
 def verify_crl(
     crl: x509.CertificateRevocationList, root: x509.Certificate, now: datetime.datetime
 ) -> x509.CertificateRevocationList:
     """Return ``crl`` if the root signed it and it is current; a stale CRL is no CRL."""
-    if crl.issuer != root.subject or not crl.is_signature_valid(root.public_key()):  # type: ignore[arg-type]
-        raise AlertError(Alert.certificate_unknown, "CRL is not signed by the pinned root")
-    if crl.next_update_utc is None or crl.next_update_utc < now:
-        raise AlertError(Alert.certificate_unknown, "CRL is out of date; fetch a fresh one")
-    if crl.last_update_utc > now + datetime.timedelta(minutes=10):
-        raise AlertError(Alert.certificate_unknown, "CRL is dated in the future")
+    check_crl_signature(crl, root)
+    check_crl_freshness(crl, now)
     return crl
 
 
@@ -61,7 +76,22 @@ class PeerVerifier:
 
     ``expected_names`` is the server name the client dials (exactly one), or the client names a
     server accepts (``None``: any client the TTP certified). ``crl``, when given, must be the
-    pinned root's; it is verified on every call so that a stale CRL fails closed.
+    pinned root's.
+
+    What does not depend on the time is done once per generation, when the verifier is built or
+    its ``crl`` is replaced: the CRL's issuer and signature are checked then (a CRL that fails
+    refuses every session, as if it were checked each time), and the path validator's policy,
+    store and extension policies are prebuilt. Per session, only what the clock can change is
+    decided afresh: the CRL's freshness window, the validity times (the path validator is given
+    the session's own time), and the chain itself. The leaf's signature is checked once, by
+    the path validator (``cryptography.x509.verification`` verifies every signature on the
+    path it builds); the slower stand-alone check runs only to name a refusal ``unknown_ca``.
+
+    A chain that passed (keyed by the exact DER of every certificate sent) is remembered until
+    the CRL changes, so a returning peer's chain is not path-validated again: what the path
+    validator decided depends only on the chain, the root and the policy, except for time,
+    and the leaf's and the root's validity times are still checked on every session, as are
+    the CRL's freshness and revocation. ``path_validations`` counts the validator's runs.
     """
 
     def __init__(
@@ -75,12 +105,72 @@ class PeerVerifier:
     ) -> None:
         if peer_role is Role.SERVER and (expected_names is None or len(expected_names) != 1):
             raise ValueError("a server is verified against exactly one expected name")
-        self.root = root
-        self.peer_role = peer_role
+        # Fixed for the verifier's life (read-only): the prebuilt policy and the remembered chains
+        # hold for this root, role and names only. Another root means another verifier.
+        self._root = root
+        self._peer_role = peer_role
         # Checked like every name at the edge (full match, no control characters), then compared.
-        self.expected_names = None if expected_names is None else frozenset(map(check_dns_name, expected_names))
-        self.crl = crl
+        self._expected_names = None if expected_names is None else frozenset(map(check_dns_name, expected_names))
         self._clock = clock
+        self.path_validations = 0
+        self._builder = self._policy_builder()
+        self._server_name: x509.DNSName | None = None
+        if peer_role is Role.SERVER:
+            assert self.expected_names is not None
+            (name,) = self.expected_names
+            self._server_name = x509.DNSName(name)
+        self.crl = crl
+
+    @property
+    def root(self) -> x509.Certificate:
+        return self._root
+
+    @property
+    def peer_role(self) -> Role:
+        return self._peer_role
+
+    @property
+    def expected_names(self) -> frozenset[str] | None:
+        return self._expected_names
+
+    @property
+    def crl(self) -> x509.CertificateRevocationList | None:
+        return self._crl
+
+    @crl.setter
+    def crl(self, crl: x509.CertificateRevocationList | None) -> None:
+        """A new CRL generation: its signature is checked here, once."""
+        self._crl_refusal: AlertError | None = None
+        self._validated: dict[tuple[bytes, ...], None] = {}
+        if crl is not None:
+            try:
+                # Lazily parsed fields of a damaged CRL raise whatever they raise: a refusal too.
+                with der.malformed_as(Alert.certificate_unknown, "the CRL is malformed"):
+                    check_crl_signature(crl, self.root)
+                    _ = (crl.next_update_utc, crl.last_update_utc)  # parsed now, read per session
+            except AlertError as exc:
+                self._crl_refusal = exc
+        self._crl = crl
+
+    def _policy_builder(self) -> verification.PolicyBuilder:
+        wanted, role = self.peer_role.eku, self.peer_role.value
+
+        def require_role_eku(
+            policy: verification.Policy, cert: x509.Certificate, eku: x509.ExtendedKeyUsage | None
+        ) -> None:
+            # This callback replaces the verifier's own EKU check: test the purpose here.
+            if eku is None or wanted not in eku:
+                raise ValueError(f"certificate lacks the {role} ExtendedKeyUsage")
+
+        ee_policy = verification.ExtensionPolicy.webpki_defaults_ee().require_present(
+            x509.ExtendedKeyUsage, verification.Criticality.AGNOSTIC, require_role_eku
+        )
+        return (
+            verification.PolicyBuilder()
+            .store(verification.Store([self.root]))
+            .max_chain_depth(MAX_CHAIN_DEPTH)
+            .extension_policies(ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee_policy)
+        )
 
     def __call__(self, chain: Sequence[x509.Certificate]) -> None:
         self.verify(chain)
@@ -93,57 +183,65 @@ class PeerVerifier:
         now = self._clock()
         if now.tzinfo is None:
             raise ValueError("verification time must be timezone-aware UTC")
-        subject = leaf.subject.rfc4514_string()
-        if not any(_issued_by(leaf, ca) for ca in [self.root, *intermediates]):
-            raise AlertError(Alert.unknown_ca, f"{subject} is not issued by the pinned TTP root")
-        if not leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc:
+        key = tuple(cert.public_bytes(serialization.Encoding.DER) for cert in chain)
+        try:
+            self._check_validity(leaf, now)
+            if key in self._validated:
+                self._check_validity(self.root, now)  # the one other time-bound thing on the path
+            else:
+                self._check_leaf(leaf, intermediates, now)
+                if len(self._validated) >= MAX_VALIDATED_CHAINS:
+                    self._validated.clear()
+                self._validated[key] = None
+        except AlertError:
+            # A leaf that is not the root's (or a given CA's) is unknown_ca whatever else is
+            # wrong with it; only a refusal pays for this second signature check.
+            if not any(_issued_by(leaf, ca) for ca in [self.root, *intermediates]):
+                raise AlertError(
+                    Alert.unknown_ca, f"{leaf.subject.rfc4514_string()} is not issued by the pinned TTP root"
+                ) from None
+            raise
+        # The path validator accepted root -> leaf (depth 2): the root signed this leaf.
+        crl = self._crl
+        if crl is not None:
+            if self._crl_refusal is not None:
+                raise AlertError(self._crl_refusal.alert, self._crl_refusal.detail)
+            check_crl_freshness(crl, now)
+            revoked = crl.get_revoked_certificate_by_serial_number(leaf.serial_number)
+            if revoked is not None:
+                raise AlertError(
+                    Alert.certificate_revoked,
+                    f"{leaf.subject.rfc4514_string()} (serial {leaf.serial_number:x}) is revoked",
+                )
+        return leaf
+
+    def _check_validity(self, cert: x509.Certificate, now: datetime.datetime) -> None:
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            alert = Alert.certificate_expired if cert is not self.root else Alert.bad_certificate
             raise AlertError(
-                Alert.certificate_expired,
-                f"{subject} is valid {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} to "
-                f"{leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC, not now",
+                alert,
+                f"{cert.subject.rfc4514_string()} is valid {cert.not_valid_before_utc:%Y-%m-%d %H:%M} to "
+                f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC, not now",
             )
+
+    def _check_leaf(
+        self, leaf: x509.Certificate, intermediates: list[x509.Certificate], now: datetime.datetime
+    ) -> None:
         try:
             check_public_key(leaf.public_key())
         except UnacceptableKey as exc:
-            raise AlertError(Alert.bad_certificate, f"{subject}: {exc}") from None
+            raise AlertError(Alert.bad_certificate, f"{leaf.subject.rfc4514_string()}: {exc}") from None
         self._check_names(leaf)  # first, for a plainer message than the path validator's
         self._validate_path(leaf, intermediates, now)
-        if self.crl is not None:
-            verify_crl(self.crl, self.root, now)
-            revoked = self.crl.get_revoked_certificate_by_serial_number(leaf.serial_number)
-            if revoked is not None:
-                raise AlertError(
-                    Alert.certificate_revoked, f"{subject} (serial {leaf.serial_number:x}) is revoked"
-                )
-        return leaf
 
     def _validate_path(
         self, leaf: x509.Certificate, intermediates: list[x509.Certificate], now: datetime.datetime
     ) -> None:
-        wanted = self.peer_role.eku
-
-        def require_role_eku(
-            policy: verification.Policy, cert: x509.Certificate, eku: x509.ExtendedKeyUsage | None
-        ) -> None:
-            # This callback replaces the verifier's own EKU check: test the purpose here.
-            if eku is None or wanted not in eku:
-                raise ValueError(f"certificate lacks the {self.peer_role.value} ExtendedKeyUsage")
-
-        ee_policy = verification.ExtensionPolicy.webpki_defaults_ee().require_present(
-            x509.ExtendedKeyUsage, verification.Criticality.AGNOSTIC, require_role_eku
-        )
-        builder = (
-            verification.PolicyBuilder()
-            .store(verification.Store([self.root]))
-            .time(now)
-            .max_chain_depth(MAX_CHAIN_DEPTH)
-            .extension_policies(ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee_policy)
-        )
+        builder = self._builder.time(now)
+        self.path_validations += 1
         try:
-            if self.peer_role is Role.SERVER:
-                assert self.expected_names is not None
-                (name,) = self.expected_names
-                builder.build_server_verifier(x509.DNSName(name)).verify(leaf, intermediates)
+            if self._server_name is not None:
+                builder.build_server_verifier(self._server_name).verify(leaf, intermediates)
             else:
                 builder.build_client_verifier().verify(leaf, intermediates)
         except verification.VerificationError as exc:

@@ -1,7 +1,9 @@
 """The bank server's protocol and factory: handshake, then one OTP request per session.
 
 The factory holds what may change while the daemon runs (credentials after renewal, the CRL
-after a refresh) so each new connection is verified with the current ones. It also holds the
+after a refresh) so each new connection is verified with the current ones. The ServerConfig and
+its PeerVerifier are built once per generation (assigning ``identity`` or ``crl`` starts a new
+one) and shared by that generation's connections. It also holds the
 connection slots (``tlsotp.services.connection_slots``): a connection that has not sent its ClientHello
 gives way to a newcomer when the server is full, and one refused because every slot holds a
 client that has spoken gets an ``internal_error`` alert rather than a silent close.
@@ -62,6 +64,8 @@ class OTPServerFactory(SlottedFactory["OTPServerProtocol"]):
     ) -> None:
         """``first_message_timeout`` bounds the wait for the ClientHello (None: only
         ``timeout_seconds`` applies); ``call_later`` is a test clock's, else the reactor's."""
+        self._config: ServerConfig | None = None
+        self._config_key: tuple[object, ...] = ()
         self.identity = identity
         self.authority = authority
         self.suites = tuple(suites)
@@ -79,17 +83,41 @@ class OTPServerFactory(SlottedFactory["OTPServerProtocol"]):
         self.open_connections = 0
         self.sessions_completed = 0
 
+    @property
+    def identity(self) -> ServerIdentity:
+        return self._identity
+
+    @identity.setter
+    def identity(self, identity: ServerIdentity) -> None:
+        """New credentials (a renewal): the next connection gets a new configuration."""
+        self._identity = identity
+        self._config = None
+
+    @property
+    def crl(self) -> x509.CertificateRevocationList | None:
+        return self._crl
+
+    @crl.setter
+    def crl(self, crl: x509.CertificateRevocationList | None) -> None:
+        """A refreshed CRL: checked (signature) once by the next generation's verifier."""
+        self._crl = crl
+        self._config = None
+
     def server_config(self) -> ServerConfig:
-        verifier = PeerVerifier(
-            self.identity.root, Role.CLIENT, expected_names=self.allowed_clients, crl=self.crl
-        )
-        return ServerConfig(
-            certificate_chain=tuple(self.identity.chain),
-            private_key=self.identity.key,
-            validate_peer=verifier,
-            suites=self.suites,
-            observer=self.observer,
-        )
+        """This generation's configuration, built on first use after a change."""
+        if self._config is None or self._config_key != (self.suites, self.allowed_clients, self.observer):
+            verifier = PeerVerifier(
+                self.identity.root, Role.CLIENT, expected_names=self.allowed_clients, crl=self.crl
+            )
+            self._config = ServerConfig(
+                certificate_chain=tuple(self.identity.chain),
+                private_key=self.identity.key,
+                validate_peer=verifier,
+                suites=self.suites,
+                observer=self.observer,
+            )
+            self._config_key = (self.suites, self.allowed_clients, self.observer)
+        return self._config
 
     def make_protocol(self) -> OTPServerProtocol:
         return OTPServerProtocol(self)

@@ -58,7 +58,7 @@ __all__ = ["CRL_FILE", "DEFAULT_LISTEN", "BankServerService", "BankServerSetting
 log = Logger(namespace="tlsotp.services.bank_server")
 
 CRL_FILE = "crl.pem"
-DEFAULT_LISTEN = "tcp:7001:interface=127.0.0.1"
+DEFAULT_LISTEN = "tcp:7001:interface=127.0.0.1:backlog=1024"  # a burst of connects must not overflow the default 50
 DEFAULT_TTP = "tcp:host=127.0.0.1:port=7000"
 PROGRAM = "tlsotp-server"
 

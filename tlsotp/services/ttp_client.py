@@ -11,10 +11,10 @@ from typing import Any, cast
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import clientFromString, connectProtocol
+from twisted.internet.endpoints import clientFromString
 from twisted.internet.error import ConnectError, ConnectingCancelledError
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
-from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from tlsotp.alerts import Alert, AlertError
@@ -24,6 +24,19 @@ from tlsotp.ttp import wire
 
 class TTPUnavailable(ConnectionError):
     """The TTP could not be reached, did not answer in time, or hung up without a reply."""
+
+
+class _OneRequestFactory(Factory):
+    """Hands the endpoint the one protocol of one TTP call. Quiet: Twisted's default (noisy)
+    factory logs a "Starting factory" / "Stopping factory" pair on every call."""
+
+    noisy = False
+
+    def __init__(self, protocol: Protocol) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: object) -> Protocol:
+        return self._protocol
 
 
 class EnrollmentClientProtocol(Protocol):
@@ -97,7 +110,7 @@ def exchange(reactor: IReactorTime, ttp: str | IStreamClientEndpoint, request: w
             raise TTPUnavailable(f"cannot connect to the TTP at {ttp}: {failure.getErrorMessage()}")
         return failure
 
-    d: Deferred[wire.Reply] = connectProtocol(endpoint, protocol).addCallback(connected)  # type: ignore[no-untyped-call]
+    d: Deferred[wire.Reply] = endpoint.connect(_OneRequestFactory(protocol)).addCallback(connected)
     d.addTimeout(timeout, reactor)
     d.addErrback(failed)
     return d

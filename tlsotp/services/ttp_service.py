@@ -46,7 +46,7 @@ from tlsotp.ttp.store import Store, StoreError
 
 __all__ = ["DEFAULT_CRL_HOURS", "DEFAULT_LISTEN", "TTPService", "TTPSettings", "build_service"]
 
-DEFAULT_LISTEN = "tcp:7000:interface=127.0.0.1"
+DEFAULT_LISTEN = "tcp:7000:interface=127.0.0.1:backlog=1024"  # a burst of connects must not overflow the default 50
 DEFAULT_CRL_HOURS = 24.0
 PROGRAM = "tlsotp-ttp"
 
