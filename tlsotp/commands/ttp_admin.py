@@ -15,7 +15,7 @@ from cryptography import x509
 from twisted.python import usage
 
 from tlsotp.commands.common import Command, CommandFailed, CommandGroup, Subcommand, usage_errors
-from tlsotp.commands.option_types import duration
+from tlsotp.commands.option_types import duration, whole_days
 from tlsotp.pki.keys import KEY_TYPE_NAMES, KeyType, parse_key_type
 from tlsotp.pki.names import check_dns_name
 from tlsotp.pki.roles import Role
@@ -76,7 +76,7 @@ class InitOptions(_DataDirOptions):
         ["data-dir", "d", None, "Directory for the TTP's key, root and database (created if missing)."],
         ["key-type", None, KeyType.EC_P256.value, f"CA key type: {', '.join(KEY_TYPE_NAMES)}."],
         ["subject", None, DEFAULT_SUBJECT, "Common name of the root certificate."],
-        ["days", None, DEFAULT_ROOT_DAYS, "Lifetime of the root certificate in days.", int],
+        ["days", None, DEFAULT_ROOT_DAYS, "Lifetime of the root certificate: 3650d (a bare number is days; whole days).", whole_days],
         ["passphrase-file", None, None, "Encrypt the CA key with the first line of this file."],
     ]
 
