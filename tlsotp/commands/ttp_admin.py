@@ -27,6 +27,8 @@ from tlsotp.ttp.store import (
     CertificateRecord,
     Store,
     StoreError,
+    TokenRecord,
+    TokenUnavailable,
     UnknownSerial,
     parse_serial,
     serial_text,
@@ -217,6 +219,81 @@ class ListOptions(_DataDirOptions):
         return 0
 
 
+class TokensOptions(_DataDirOptions):
+    """List the outstanding tokens (not spent, withdrawn or expired); never their secrets."""
+
+    optParameters: list[list[Any]] = [["data-dir", "d", None, "The TTP's data dir."]]
+    optFlags: list[list[Any]] = [["json", None, "Print one JSON document instead of a table (for scripts)."]]
+
+    def execute(self, reactor: Any, out: TextIO) -> int:
+        store = self._store()
+        try:
+            records = store.outstanding_tokens(utcnow())
+        finally:
+            store.close()
+        if self["json"]:
+            write_json(out, {"tokens": [token_json(record) for record in records]})
+            return 0
+        rows = [("TOKEN ID", "NAME", "ROLE", "CREATED", "EXPIRES")]
+        for record in records:
+            rows.append((
+                record.token_id, record.name, record.role.value,
+                f"{record.created_at:%Y-%m-%d %H:%M:%S}", f"{record.expires_at:%Y-%m-%d %H:%M:%S}",
+            ))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+        for row in rows:
+            out.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1] + "\n")
+        return 0
+
+
+def token_json(record: TokenRecord) -> dict[str, Any]:
+    """One row of ``ttp tokens --json``: the token's id and what it may enroll, never its MAC key."""
+    return {
+        "id": record.token_id,
+        "name": record.name,
+        "role": record.role.value,
+        "created": utc_text(record.created_at),
+        "expires": utc_text(record.expires_at),
+    }
+
+
+class WithdrawOptions(_DataDirOptions):
+    """Withdraw an unspent token (a leaked one): the TTP refuses it from now on (token_withdrawn)."""
+
+    optParameters: list[list[Any]] = [["data-dir", "d", None, "The TTP's data dir."]]
+
+    synopsis = "--data-dir DIR TOKEN-ID"
+
+    def parseArgs(self, token: str | None = None) -> None:
+        if token is None:
+            raise usage.UsageError("give the id of the token to withdraw (as 'tlsotp ttp tokens' shows it)")
+        # The whole token (ID.SECRET) is accepted too, as a leaked one is usually found whole.
+        token_id = token.strip().split(".", 1)[0]
+        if not token_id:
+            raise usage.UsageError(f"{token!r} is not a token id")
+        self["token-id"] = token_id
+
+    def execute(self, reactor: Any, out: TextIO) -> int:
+        store = self._store()
+        try:
+            record = store.withdraw_token(self["token-id"], now=utcnow())
+        except TokenUnavailable as exc:
+            why = {
+                "unknown": "no such token",
+                "spent": "it was already used to enroll; revoke its certificate with 'tlsotp ttp revoke' instead",
+                "withdrawn": "it was already withdrawn",
+                "expired": "it has already expired, and enrolls nothing",
+            }.get(exc.reason, exc.reason)
+            raise CommandFailed(f"cannot withdraw token {self['token-id']}: {why}") from None
+        finally:
+            store.close()
+        out.write(
+            f"withdrew token {record.token_id} ({record.name}, {record.role.value}); "
+            "the TTP refuses it from now on (token_withdrawn)\n"
+        )
+        return 0
+
+
 def utc_text(moment: datetime.datetime | None) -> str | None:
     """A moment as ISO 8601 in UTC (``2026-12-01T22:00:00+00:00``), for JSON output."""
     return None if moment is None else moment.astimezone(datetime.timezone.utc).isoformat()
@@ -255,4 +332,6 @@ class TTPOptions(CommandGroup):
             "revoke", None, "tlsotp.commands.ttp_admin:RevokeOptions", "Revoke the whole enrollment of a certificate, by serial."
         ),
         Subcommand("list", None, "tlsotp.commands.ttp_admin:ListOptions", "List issued certificates and their status."),
+        Subcommand("tokens", None, "tlsotp.commands.ttp_admin:TokensOptions", "List outstanding tokens (never their secrets)."),
+        Subcommand("withdraw", None, "tlsotp.commands.ttp_admin:WithdrawOptions", "Withdraw an unspent token by its id."),
     ]
