@@ -22,7 +22,7 @@ from twisted.python import usage
 from tlsotp.alerts import AlertError
 from tlsotp.commands.client import ClientOptions, describe_session_error, render_answer
 from tlsotp.commands.common import describe_error
-from tlsotp.commands.option_types import positive_float
+from tlsotp.commands.option_types import seconds
 from tlsotp.pki.pem import KEY_MODE, atomic_write
 from tlsotp.services.client_run import ClientRunSettings, run_client
 from tlsotp.services.shutdown import stop_with_status
@@ -33,7 +33,7 @@ log = Logger()
 class Options(ClientOptions):
     optParameters: list[list[Any]] = [
         ["output", "o", None, "File the OTP message is written to (mode 0600; default DATA_DIR/otp.txt)."],
-        ["interval", None, None, "Repeat the run every this many seconds instead of stopping.", positive_float],
+        ["interval", None, None, "Repeat the run every this long instead of stopping: 90s, 1h (a bare number is seconds).", seconds],
     ]
 
     def postOptions(self) -> None:

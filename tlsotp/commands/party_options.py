@@ -11,7 +11,7 @@ from typing import Any
 
 from twisted.python import usage
 
-from tlsotp.commands.option_types import positive_float
+from tlsotp.commands.option_types import seconds
 from tlsotp.commands.requester import pin_from_options
 from tlsotp.handshake import DEFAULT_SUITES, Suite, parse_suite_list
 from tlsotp.pki.keys import KEY_TYPE_NAMES, KeyType, parse_key_type
@@ -30,7 +30,8 @@ class PartyOptions(usage.Options):
         ["token", None, None, "One-time enrollment token from the TTP operator (first start only)."],
         ["key-type", None, KeyType.EC_P256.value, f"Key type when enrolling: {', '.join(KEY_TYPE_NAMES)}."],
         ["suites", None, None, "Comma-separated cipher suites, most preferred first (default: all, strongest first)."],
-        ["timeout", None, DEFAULT_TIMEOUT, "Seconds allowed for the handshake and for each later wait.", positive_float],
+        ["timeout", None, DEFAULT_TIMEOUT, "Time allowed for the handshake and for each later wait: 30s, 2m (a bare number is seconds).",
+         seconds],
     ]
 
     def postOptions(self) -> None:

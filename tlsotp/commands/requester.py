@@ -9,7 +9,7 @@ from cryptography import x509
 from twisted.python import usage
 
 from tlsotp.commands.common import Command, CommandFailed, usage_errors
-from tlsotp.commands.option_types import positive_float
+from tlsotp.commands.option_types import seconds
 from tlsotp.commands.ttp_admin import parse_role
 from tlsotp.pki.credentials import CA_FILE, NEXT_KEY_FILE, RootPin
 from tlsotp.pki.keys import KEY_TYPE_NAMES, KeyType, parse_key_type
@@ -22,7 +22,7 @@ DEFAULT_TTP = "tcp:host=127.0.0.1:port=7000"
 
 _TTP_PARAMETERS: list[list[Any]] = [
     ["ttp", None, DEFAULT_TTP, "Endpoint string of the TTP."],
-    ["timeout", None, DEFAULT_TIMEOUT, "Seconds to wait for the TTP.", positive_float],
+    ["timeout", None, DEFAULT_TIMEOUT, "Time to wait for the TTP: 30s, 2m (a bare number is seconds).", seconds],
 ]
 _PIN_PARAMETERS: list[list[Any]] = [
     ["ca-fingerprint", None, None, "Pin the TTP root by fingerprint, sha256:HEX."],

@@ -15,7 +15,7 @@ from twisted.application import service
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from tlsotp.commands.option_types import positive_float, positive_int, same_named
+from tlsotp.commands.option_types import positive_int, same_named, seconds, whole_seconds
 from tlsotp.commands.party_options import PartyOptions
 from tlsotp.database_checks import DatabaseUnusable, check_database
 from tlsotp.pki.names import check_dns_name
@@ -37,11 +37,13 @@ class Options(PartyOptions):
         ["listen", "l", DEFAULT_LISTEN, "Endpoint string to listen on."],
         ["name", "n", None, "The server's DNS name, as minted in its token (e.g. bank.example)."],
         ["otp-digits", None, 6, "Digits in each OTP (4 to 12).", int],
-        ["otp-ttl", None, 300, "Seconds an OTP stays valid.", int],
+        ["otp-ttl", None, 300, "How long an OTP stays valid: 90s, 5m, 1h (a bare number is seconds).", whole_seconds],
         ["max-attempts", None, 3, "Wrong confirmations before a transaction locks.", int],
-        ["crl-refresh", None, 300.0, "Seconds between CRL refreshes from the TTP.", positive_float],
-        ["renew-check", None, 3600.0, "Seconds between checks whether the certificate needs renewing.", positive_float],
-        ["renew-before", None, 2 * 86400.0, "Renew when the certificate expires within this many seconds.", positive_float],
+        ["crl-refresh", None, 300.0, "Time between CRL refreshes from the TTP: 5m, 1h (a bare number is seconds).", seconds],
+        ["renew-check", None, 3600.0, "Time between checks whether the certificate needs renewing: 1h (a bare number is seconds).",
+         seconds],
+        ["renew-before", None, 2 * 86400.0, "Renew when the certificate expires within this long: 2d, 12h (a bare number is seconds).",
+         seconds],
         ["max-connections", None, DEFAULT_MAX_CONNECTIONS,
          "Connections held at once. When all are taken, the oldest that has not yet sent its ClientHello "
          "is closed to make room; only when every one has spoken is a newcomer refused (internal_error).",
@@ -49,11 +51,11 @@ class Options(PartyOptions):
         ["max-per-address", None, DEFAULT_MAX_PER_ADDRESS,
          "Connections held at once from one source address (an IPv6 /64), with the same rule.", positive_int],
         ["first-message-timeout", None, DEFAULT_FIRST_MESSAGE_TIMEOUT,
-         "Seconds a new connection has to send its complete ClientHello (--timeout bounds the rest).",
-         positive_float],
+         "Time a new connection has to send its complete ClientHello (--timeout bounds the rest): 10s "
+         "(a bare number is seconds).", seconds],
         ["drain-timeout", None, DEFAULT_DRAIN_TIMEOUT,
-         "On SIGTERM: stop accepting at once, then give sessions in flight this many seconds to finish "
-         "before closing them.", positive_float],
+         "On SIGTERM: stop accepting at once, then give sessions in flight this long to finish "
+         "before closing them: 30s, 2m (a bare number is seconds).", seconds],
     ]
 
     def __init__(self) -> None:

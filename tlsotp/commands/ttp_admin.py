@@ -8,6 +8,7 @@ key, so they run while the daemon runs (SQLite serialises the writers). Machine-
 from __future__ import annotations
 
 import datetime
+import json
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -15,13 +16,23 @@ from cryptography import x509
 from twisted.python import usage
 
 from tlsotp.commands.common import Command, CommandFailed, CommandGroup, Subcommand, usage_errors
-from tlsotp.commands.option_types import duration
+from tlsotp.commands.option_types import duration, whole_days
 from tlsotp.pki.keys import KEY_TYPE_NAMES, KeyType, parse_key_type
 from tlsotp.pki.names import check_dns_name
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import utcnow
 from tlsotp.ttp.ca import DEFAULT_ROOT_DAYS, DEFAULT_SUBJECT, CAError, init_ca, open_store, read_passphrase
-from tlsotp.ttp.store import AlreadyRevoked, Store, StoreError, UnknownSerial, parse_serial, serial_text
+from tlsotp.ttp.store import (
+    AlreadyRevoked,
+    CertificateRecord,
+    Store,
+    StoreError,
+    TokenRecord,
+    TokenUnavailable,
+    UnknownSerial,
+    parse_serial,
+    serial_text,
+)
 
 DEFAULT_TTL = "1h"
 MAX_TTL = datetime.timedelta(days=30)
@@ -76,7 +87,7 @@ class InitOptions(_DataDirOptions):
         ["data-dir", "d", None, "Directory for the TTP's key, root and database (created if missing)."],
         ["key-type", None, KeyType.EC_P256.value, f"CA key type: {', '.join(KEY_TYPE_NAMES)}."],
         ["subject", None, DEFAULT_SUBJECT, "Common name of the root certificate."],
-        ["days", None, DEFAULT_ROOT_DAYS, "Lifetime of the root certificate in days.", int],
+        ["days", None, DEFAULT_ROOT_DAYS, "Lifetime of the root certificate: 3650d (a bare number is days; whole days).", whole_days],
         ["passphrase-file", None, None, "Encrypt the CA key with the first line of this file."],
     ]
 
@@ -177,6 +188,7 @@ class ListOptions(_DataDirOptions):
     """List every certificate the TTP issued, with its enrollment (token id) and status."""
 
     optParameters: list[list[Any]] = [["data-dir", "d", None, "The TTP's data dir."]]
+    optFlags: list[list[Any]] = [["json", None, "Print one JSON document instead of a table (for scripts)."]]
 
     def execute(self, reactor: Any, out: TextIO) -> int:
         store = self._store()
@@ -185,6 +197,9 @@ class ListOptions(_DataDirOptions):
         finally:
             store.close()
         now = utcnow()
+        if self["json"]:
+            write_json(out, {"certificates": [certificate_json(record, now) for record in records]})
+            return 0
         rows = [("SERIAL", "NAME", "ROLE", "ENROLLMENT", "NOT BEFORE", "NOT AFTER", "STATUS")]
         for record in records:
             rows.append(
@@ -204,6 +219,109 @@ class ListOptions(_DataDirOptions):
         return 0
 
 
+class TokensOptions(_DataDirOptions):
+    """List the outstanding tokens (not spent, withdrawn or expired); never their secrets."""
+
+    optParameters: list[list[Any]] = [["data-dir", "d", None, "The TTP's data dir."]]
+    optFlags: list[list[Any]] = [["json", None, "Print one JSON document instead of a table (for scripts)."]]
+
+    def execute(self, reactor: Any, out: TextIO) -> int:
+        store = self._store()
+        try:
+            records = store.outstanding_tokens(utcnow())
+        finally:
+            store.close()
+        if self["json"]:
+            write_json(out, {"tokens": [token_json(record) for record in records]})
+            return 0
+        rows = [("TOKEN ID", "NAME", "ROLE", "CREATED", "EXPIRES")]
+        for record in records:
+            rows.append((
+                record.token_id, record.name, record.role.value,
+                f"{record.created_at:%Y-%m-%d %H:%M:%S}", f"{record.expires_at:%Y-%m-%d %H:%M:%S}",
+            ))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+        for row in rows:
+            out.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1] + "\n")
+        return 0
+
+
+def token_json(record: TokenRecord) -> dict[str, Any]:
+    """One row of ``ttp tokens --json``: the token's id and what it may enroll, never its MAC key."""
+    return {
+        "id": record.token_id,
+        "name": record.name,
+        "role": record.role.value,
+        "created": utc_text(record.created_at),
+        "expires": utc_text(record.expires_at),
+    }
+
+
+class WithdrawOptions(_DataDirOptions):
+    """Withdraw an unspent token (a leaked one): the TTP refuses it from now on (token_withdrawn)."""
+
+    optParameters: list[list[Any]] = [["data-dir", "d", None, "The TTP's data dir."]]
+
+    synopsis = "--data-dir DIR TOKEN-ID"
+
+    def parseArgs(self, token: str | None = None) -> None:
+        if token is None:
+            raise usage.UsageError("give the id of the token to withdraw (as 'tlsotp ttp tokens' shows it)")
+        # The whole token (ID.SECRET) is accepted too, as a leaked one is usually found whole.
+        token_id = token.strip().split(".", 1)[0]
+        if not token_id:
+            raise usage.UsageError(f"{token!r} is not a token id")
+        self["token-id"] = token_id
+
+    def execute(self, reactor: Any, out: TextIO) -> int:
+        store = self._store()
+        try:
+            record = store.withdraw_token(self["token-id"], now=utcnow())
+        except TokenUnavailable as exc:
+            why = {
+                "unknown": "no such token",
+                "spent": "it was already used to enroll; revoke its certificate with 'tlsotp ttp revoke' instead",
+                "withdrawn": "it was already withdrawn",
+                "expired": "it has already expired, and enrolls nothing",
+            }.get(exc.reason, exc.reason)
+            raise CommandFailed(f"cannot withdraw token {self['token-id']}: {why}") from None
+        finally:
+            store.close()
+        out.write(
+            f"withdrew token {record.token_id} ({record.name}, {record.role.value}); "
+            "the TTP refuses it from now on (token_withdrawn)\n"
+        )
+        return 0
+
+
+def utc_text(moment: datetime.datetime | None) -> str | None:
+    """A moment as ISO 8601 in UTC (``2026-12-01T22:00:00+00:00``), for JSON output."""
+    return None if moment is None else moment.astimezone(datetime.timezone.utc).isoformat()
+
+
+def certificate_json(record: CertificateRecord, now: datetime.datetime) -> dict[str, Any]:
+    """One row of ``ttp list --json``: what the table shows, with full timestamps and the lineage."""
+    return {
+        "serial": serial_text(record.serial),
+        "name": record.name,
+        "role": record.role.value,
+        "enrollment": record.enrollment,
+        "not_before": utc_text(record.not_before),
+        "not_after": utc_text(record.not_after),
+        "issued_at": utc_text(record.issued_at),
+        "renewed_from": None if record.renewed_from is None else serial_text(record.renewed_from),
+        "superseded_by": None if record.superseded_by is None else serial_text(record.superseded_by),
+        "revoked_at": utc_text(record.revoked_at),
+        "revocation_reason": record.revocation_reason.name if record.revocation_reason else None,
+        "status": record.status(now),
+    }
+
+
+def write_json(out: TextIO, document: dict[str, Any]) -> None:
+    """One JSON document and a newline on ``out``."""
+    out.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
+
+
 class TTPOptions(CommandGroup):
     """Operate the TTP's data dir (times are UTC)."""
 
@@ -214,4 +332,6 @@ class TTPOptions(CommandGroup):
             "revoke", None, "tlsotp.commands.ttp_admin:RevokeOptions", "Revoke the whole enrollment of a certificate, by serial."
         ),
         Subcommand("list", None, "tlsotp.commands.ttp_admin:ListOptions", "List issued certificates and their status."),
+        Subcommand("tokens", None, "tlsotp.commands.ttp_admin:TokensOptions", "List outstanding tokens (never their secrets)."),
+        Subcommand("withdraw", None, "tlsotp.commands.ttp_admin:WithdrawOptions", "Withdraw an unspent token by its id."),
     ]

@@ -22,7 +22,7 @@ from twisted.application import service
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from tlsotp.commands.option_types import duration, positive_float, positive_int, same_named
+from tlsotp.commands.option_types import duration, hours, positive_int, same_named, seconds, whole_days
 from tlsotp.services import shutdown
 from tlsotp.services.connection_slots import DEFAULT_FIRST_MESSAGE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS
 from tlsotp.services.daemon_services import DEFAULT_DRAIN_TIMEOUT
@@ -43,26 +43,28 @@ class Options(usage.Options):
         ["data-dir", "d", None, "The TTP's data dir, as made by 'tlsotp ttp init' (required)."],
         ["listen", "l", DEFAULT_LISTEN, "Endpoint string to listen on."],
         ["passphrase-file", None, None, "File whose first line is the CA key's passphrase."],
-        ["cert-days", None, DEFAULT_CERT_DAYS, "Lifetime of issued certificates, in days.", positive_int],
-        ["timeout", None, DEFAULT_TIMEOUT, "Seconds a requester has to send its complete request, at most.", positive_float],
+        ["cert-days", None, DEFAULT_CERT_DAYS, "Lifetime of issued certificates: 7d, 168h (a bare number is days; whole days).",
+         whole_days],
+        ["timeout", None, DEFAULT_TIMEOUT, "Time a requester has to send its complete request, at most: 30s (a bare number is seconds).",
+         seconds],
         ["first-message-timeout", None, DEFAULT_FIRST_MESSAGE_TIMEOUT,
-         "Seconds a new connection has to send its complete request (the smaller of this and --timeout applies).",
-         positive_float],
+         "Time a new connection has to send its complete request (the smaller of this and --timeout "
+         "applies): 10s (a bare number is seconds).", seconds],
         ["max-connections", None, DEFAULT_MAX_CONNECTIONS,
          "Connections held at once. When all are taken, the oldest whose request is not complete yet is "
          "closed to make room; only when every one holds a request is a newcomer refused (internal_error).",
          positive_int],
         ["max-per-address", None, DEFAULT_MAX_PER_ADDRESS,
          "Connections held at once from one source address (an IPv6 /64), with the same rule.", positive_int],
-        ["crl-hours", None, DEFAULT_CRL_HOURS, "Hours from a CRL's issue to its next update.", positive_float],
+        ["crl-hours", None, DEFAULT_CRL_HOURS, "Time from a CRL's issue to its next update: 24h, 1d, 90m (a bare number is hours).", hours],
         [
             "max-lineage", None, f"{DEFAULT_MAX_LINEAGE.days}d",
             "How long an enrollment may be renewed, from its token's use (90d, 12h, ...); then a new token is needed.",
             duration,
         ],
         ["drain-timeout", None, DEFAULT_DRAIN_TIMEOUT,
-         "On SIGTERM: stop accepting at once, then give requests in flight this many seconds to finish "
-         "before closing them.", positive_float],
+         "On SIGTERM: stop accepting at once, then give requests in flight this long to finish "
+         "before closing them: 30s, 2m (a bare number is seconds).", seconds],
     ]
 
     ca: CertificateAuthority

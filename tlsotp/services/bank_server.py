@@ -227,10 +227,11 @@ class OTPServerProtocol(SecureChannelProtocol):
             return
         grant = messages.OTPGrant(issued.transaction_id, transaction, issued.code, issued.expires_at, sentence)
         self.connection.send_application_data(messages.encode(grant))
-        # The code itself is a secret: it is logged nowhere.
+        # The code itself is a secret and the transaction text is personal data (an amount, a
+        # payee): neither is logged. The transaction id (random, also in the grant) correlates.
         log.info(
-            "{peer}: issued an OTP to {client} for {transaction!r}, valid until {expires}",
-            peer=self.peer, client=self.client_name, transaction=transaction,
+            "{peer}: issued an OTP to {client} for transaction {transaction_id}, valid until {expires}",
+            peer=self.peer, client=self.client_name, transaction_id=issued.transaction_id.hex()[:16],
             expires=datetime.datetime.fromtimestamp(issued.expires_at, datetime.timezone.utc).isoformat(),
         )
         self.server.sessions_completed += 1
@@ -241,9 +242,9 @@ class OTPServerProtocol(SecureChannelProtocol):
             return
         result = messages.ConfirmResult(confirmation.status, confirmation.attempts_left)
         self.connection.send_application_data(messages.encode(result))
-        log.info(
-            "{peer}: confirmation from {client} for {transaction!r}: {status}",
-            peer=self.peer, client=self.client_name, transaction=transaction, status=confirmation.status.name,
+        log.info(  # without the transaction text, personal data (see _send_grant)
+            "{peer}: confirmation from {client}: {status}",
+            peer=self.peer, client=self.client_name, status=confirmation.status.name,
         )
         self.server.sessions_completed += 1
         self.close()

@@ -55,6 +55,7 @@ _TOKEN_REFUSALS = {
     "unknown": Refusal.unknown_token,
     "spent": Refusal.token_spent,
     "expired": Refusal.token_expired,
+    "withdrawn": Refusal.token_withdrawn,
     "mismatch": Refusal.name_mismatch,
 }
 
@@ -125,6 +126,11 @@ class Issuer:
             token.mac_key, request.proof, request.token_id, request.role, request.name, request.nonce, request.csr_der
         ):
             raise RequestRefused(Refusal.bad_token_proof, f"proof for token {request.token_id} does not verify")
+        if token.withdrawn_at is not None:  # never spent: a token is withdrawn only while unspent
+            raise RequestRefused(
+                Refusal.token_withdrawn,
+                f"token {token.token_id} was withdrawn by the TTP's operator at {token.withdrawn_at:%Y-%m-%d %H:%M:%S} UTC",
+            )
         if token.spent_at is not None:
             again = self._enrollment_retry(request, token.name, token.role, now)
             if again is not None:

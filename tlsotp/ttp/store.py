@@ -26,7 +26,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -39,7 +39,7 @@ from tlsotp.ttp.tokens import Token
 
 DB_NAME = "ttp.sqlite3"
 DB_MODE = 0o600  # it holds the MAC keys of unspent tokens
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_SECONDS = 10.0
 
 # The first schema, as version 1 files were made; ``create`` runs it, then every migration, so a
@@ -99,13 +99,20 @@ ALTER TABLE certificates ADD COLUMN enrollment TEXT REFERENCES enrollments (toke
 CREATE INDEX certificates_by_enrollment ON certificates (enrollment);
 """
 
+# Version 3: an operator may withdraw an unspent token (``tlsotp ttp withdraw``); it then
+# enrolls nothing.
+SCHEMA_V3 = """
+ALTER TABLE tokens ADD COLUMN withdrawn_at INTEGER;
+"""
+
 
 class StoreError(Exception):
     """The database is missing, of another schema, or unusable."""
 
 
 class TokenUnavailable(Exception):
-    """The token was spent or expired meanwhile; ``reason`` is 'spent', 'expired' or 'unknown'."""
+    """The token was spent, expired or withdrawn meanwhile; ``reason`` is 'spent', 'expired',
+    'withdrawn', 'unknown' or 'mismatch'."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -168,6 +175,11 @@ class TokenRecord:
     expires_at: datetime.datetime
     spent_at: datetime.datetime | None
     spent_serial: int | None
+    withdrawn_at: datetime.datetime | None = None
+
+    def outstanding(self, now: datetime.datetime) -> bool:
+        """Still usable to enroll: not spent, not withdrawn, not expired."""
+        return self.spent_at is None and self.withdrawn_at is None and now < self.expires_at
 
 
 @dataclass(frozen=True)
@@ -314,22 +326,31 @@ class Store:
             )
 
     def get_token(self, token_id: str) -> TokenRecord | None:
-        row = self._db.execute(
-            "SELECT id, mac_key, name, role, created_at, expires_at, spent_at, spent_serial FROM tokens WHERE id = ?",
-            (token_id,),
-        ).fetchone()
-        if row is None:
-            return None
-        return TokenRecord(
-            token_id=row[0],
-            mac_key=bytes(row[1]),
-            name=row[2],
-            role=Role(row[3]),
-            created_at=_moment(row[4]),
-            expires_at=_moment(row[5]),
-            spent_at=None if row[6] is None else _moment(row[6]),
-            spent_serial=None if row[7] is None else int(row[7], 16),
-        )
+        row = self._db.execute(f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE id = ?", (token_id,)).fetchone()
+        return None if row is None else _token_record(row)
+
+    def outstanding_tokens(self, now: datetime.datetime) -> list[TokenRecord]:
+        """Tokens that could still enroll (not spent, withdrawn or expired), oldest first."""
+        rows = self._db.execute(
+            f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE spent_at IS NULL AND withdrawn_at IS NULL AND expires_at > ?"
+            " ORDER BY created_at, id",
+            (_seconds(now),),
+        ).fetchall()
+        return [_token_record(row) for row in rows]
+
+    def withdraw_token(self, token_id: str, *, now: datetime.datetime) -> TokenRecord:
+        """Withdraw an outstanding token: from now on it enrolls nothing. Raises ``TokenUnavailable``
+        ('unknown', 'spent', 'withdrawn' or 'expired') when there is nothing to withdraw."""
+        with self._transaction():
+            if not self._db.execute(
+                "UPDATE tokens SET withdrawn_at = ? WHERE id = ? AND spent_at IS NULL AND withdrawn_at IS NULL"
+                " AND expires_at > ?",
+                (_seconds(now), token_id, _seconds(now)),
+            ).rowcount:
+                raise TokenUnavailable(self._why_unavailable(token_id, now))
+        record = self.get_token(token_id)
+        assert record is not None
+        return record
 
     def get_enrollment(self, token_id: str) -> EnrollmentRecord | None:
         row = self._db.execute(
@@ -351,7 +372,8 @@ class Store:
         serial = serial_text(cert.serial_number)
         with self._transaction():
             available = self._db.execute(
-                "SELECT 1 FROM tokens WHERE id = ? AND spent_at IS NULL AND expires_at > ? AND name = ? AND role = ?",
+                "SELECT 1 FROM tokens WHERE id = ? AND spent_at IS NULL AND withdrawn_at IS NULL AND expires_at > ?"
+                " AND name = ? AND role = ?",
                 (token_id, _seconds(now), name, role.value),
             ).fetchone()
             if available is None:
@@ -386,6 +408,8 @@ class Store:
             return "unknown"
         if token.spent_at is not None:
             return "spent"
+        if token.withdrawn_at is not None:
+            return "withdrawn"
         if token.expires_at <= now:
             return "expired"
         return "mismatch"
@@ -617,6 +641,9 @@ def _migrate(db: sqlite3.Connection, version: int, *, now: int) -> None:
     if version == 1:
         _migrate_1_to_2(db, now)
         version = 2
+    if version == 2:
+        _migrate_2_to_3(db)
+        version = 3
     if version != SCHEMA_VERSION:
         raise StoreError(f"no migration from schema version {version}")
 
@@ -660,6 +687,29 @@ def _migrate_1_to_2(db: sqlite3.Connection, now: int) -> None:
     if added:
         db.execute("UPDATE meta SET value = value + 1 WHERE key = 'revocation_generation'")
     db.execute("UPDATE meta SET value = 2 WHERE key = 'schema_version'")
+
+
+def _migrate_2_to_3(db: sqlite3.Connection) -> None:
+    """Tokens gain ``withdrawn_at``; no token of a version 2 file was withdrawn."""
+    _run_script(db, SCHEMA_V3)
+    db.execute("UPDATE meta SET value = 3 WHERE key = 'schema_version'")
+
+
+_TOKEN_COLUMNS = "id, mac_key, name, role, created_at, expires_at, spent_at, spent_serial, withdrawn_at"
+
+
+def _token_record(row: tuple[object, ...]) -> TokenRecord:
+    return TokenRecord(
+        token_id=str(row[0]),
+        mac_key=bytes(cast(bytes, row[1])),
+        name=str(row[2]),
+        role=Role(row[3]),
+        created_at=_moment(cast(int, row[4])),
+        expires_at=_moment(cast(int, row[5])),
+        spent_at=None if row[6] is None else _moment(cast(int, row[6])),
+        spent_serial=None if row[7] is None else int(cast(str, row[7]), 16),
+        withdrawn_at=None if row[8] is None else _moment(cast(int, row[8])),
+    )
 
 
 def _connect(path: Path) -> sqlite3.Connection:

@@ -67,6 +67,7 @@ class Refusal(enum.IntEnum):
     not_renewable = 13
     bad_timestamp = 14
     timeout = 15
+    token_withdrawn = 16
     internal_error = 255
 
 
