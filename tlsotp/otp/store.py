@@ -13,6 +13,12 @@ later confirmation is ``locked`` and a new request for it is refused (``Transact
 so asking for a fresh code does not buy more guesses. The bank must start a new transaction
 (a new description) instead.
 
+The schema is versioned (``PRAGMA user_version``; a file without one is version 1):
+``configure_connection`` creates a new file at ``SCHEMA_VERSION`` and migrates an older one in
+place. Version 2 added partial indexes that fit every query here, so a request, a confirmation
+and a prune cost the same however many earlier rows a (client, transaction) pair has.
+``prune`` deletes rows long expired but keeps what the lockout rule reads (see there).
+
 The functions take a cursor and run inside the caller's transaction; the daemon runs them on a
 ``SQLiteWorker`` (one connection, one thread), so every read-modify-write is serialised.
 """
@@ -32,7 +38,9 @@ from tlsotp.pki.pem import KEY_MODE, atomic_write
 PEPPER_BYTES = 32
 MAX_CODE_LENGTH = 12
 
-SCHEMA = """
+# The first schema, as unversioned (version 1) files were made; ``create_schema`` runs it, then
+# every migration, so a new file and a migrated one end up the same.
+SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS otps (
     id BLOB PRIMARY KEY,
     client TEXT NOT NULL,
@@ -45,6 +53,25 @@ CREATE TABLE IF NOT EXISTS otps (
 );
 CREATE INDEX IF NOT EXISTS otps_by_client ON otps (client, transaction_text, issued_at);
 """
+
+# Version 2: partial indexes that fit each query of ``issue``, ``confirm`` and ``prune``, so none
+# walks every earlier row of a (client, transaction) pair: a pair has at most one pending row,
+# at most one locked one, fewer than ``max_attempts`` rows with wrong guesses since its last
+# accepted code, and the newest used row is the last entry of its index range.
+MIGRATION_V2 = """
+CREATE INDEX IF NOT EXISTS otps_pending ON otps (client, transaction_text) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS otps_locked ON otps (client, transaction_text) WHERE status = 'locked';
+CREATE INDEX IF NOT EXISTS otps_used ON otps (client, transaction_text) WHERE status = 'used';
+CREATE INDEX IF NOT EXISTS otps_failed ON otps (client, transaction_text) WHERE failed_attempts > 0;
+CREATE INDEX IF NOT EXISTS otps_by_expiry ON otps (expires_at);
+"""
+
+SCHEMA_VERSION = 2
+MIGRATIONS = {2: MIGRATION_V2}
+
+
+class SchemaError(Exception):
+    """The OTP database is of a schema this version does not know (made by a newer tlsotp)."""
 
 
 @dataclass(frozen=True)
@@ -85,10 +112,45 @@ def _code_mac(pepper: bytes, transaction_id: bytes, code: str) -> bytes:
     return hmac.new(pepper, transaction_id + code.encode("ascii"), hashlib.sha256).digest()
 
 
-def create_schema(cursor: sqlite3.Cursor) -> None:
-    for statement in SCHEMA.split(";"):
+def _run_script(cursor: sqlite3.Cursor, script: str) -> None:
+    for statement in script.split(";"):
         if statement.strip():
             cursor.execute(statement)
+
+
+def schema_version(cursor: sqlite3.Cursor) -> int:
+    """The file's schema version: ``PRAGMA user_version``, where 0 means an unversioned file
+    (version 1 if it has the ``otps`` table, empty otherwise)."""
+    version = int(cursor.execute("PRAGMA user_version").fetchone()[0])
+    if version:
+        return version
+    found = cursor.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'otps'").fetchone()
+    return 1 if found is not None else 0
+
+
+def create_schema(cursor: sqlite3.Cursor) -> None:
+    """Create the schema, or migrate an older file to ``SCHEMA_VERSION``, in the caller's
+    transaction; raises ``SchemaError`` for a file of a newer schema."""
+    version = schema_version(cursor)
+    if version > SCHEMA_VERSION:
+        raise SchemaError(f"OTP schema version {version} is newer than this tlsotp's ({SCHEMA_VERSION})")
+    if version == SCHEMA_VERSION:
+        return
+    if version == 0:
+        _run_script(cursor, SCHEMA_V1)
+        version = 1
+    # Each step is idempotent (IF NOT EXISTS): a migration cut short runs again on the next open.
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        _run_script(cursor, MIGRATIONS[target])
+    cursor.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _is_locked(cursor: sqlite3.Cursor, client: str, transaction: str) -> bool:
+    cursor.execute(
+        "SELECT 1 FROM otps WHERE client = ? AND transaction_text = ? AND status = 'locked' LIMIT 1",
+        (client, transaction),
+    )
+    return cursor.fetchone() is not None
 
 
 def issue(
@@ -104,11 +166,7 @@ def issue(
     """A fresh OTP for (client, transaction); any earlier pending one for the pair is superseded.
 
     Raises ``TransactionLocked`` if wrong confirmations locked the pair."""
-    cursor.execute(
-        "SELECT 1 FROM otps WHERE client = ? AND transaction_text = ? AND status = 'locked' LIMIT 1",
-        (client, transaction),
-    )
-    if cursor.fetchone() is not None:
+    if _is_locked(cursor, client, transaction):
         raise TransactionLocked(f"the transaction {transaction!r} of {client} is locked after wrong confirmations")
     transaction_id = secrets.token_bytes(TRANSACTION_ID_BYTES)
     code = generate_code(digits)
@@ -142,12 +200,14 @@ def confirm(
     # Wrong confirmations since the pair's last accepted OTP (an accepted code ends a transaction;
     # a later request with the same text starts the count afresh), over every OTP issued since.
     cursor.execute(
-        "SELECT COALESCE(SUM(failed_attempts), 0), COALESCE(MAX(status = 'locked'), 0) FROM otps"
-        " WHERE client = ? AND transaction_text = ? AND rowid > COALESCE((SELECT MAX(rowid) FROM otps"
-        " WHERE client = ? AND transaction_text = ? AND status = 'used'), 0)",
+        "SELECT COALESCE(SUM(failed_attempts), 0) FROM otps"
+        " WHERE client = ? AND transaction_text = ? AND failed_attempts > 0 AND rowid > COALESCE((SELECT MAX(rowid)"
+        " FROM otps WHERE client = ? AND transaction_text = ? AND status = 'used'), 0)",
         (client, transaction, client, transaction),
     )
-    failed, any_locked = cursor.fetchone()
+    (failed,) = cursor.fetchone()
+    # A locked pair stays locked (no code is issued, and so none accepted, after a lock).
+    any_locked = _is_locked(cursor, client, transaction)
     cursor.execute(
         "SELECT id, code_mac, expires_at, status, failed_attempts FROM otps"
         " WHERE client = ? AND transaction_text = ? ORDER BY issued_at DESC, rowid DESC LIMIT 1",
@@ -176,6 +236,34 @@ def confirm(
         return Confirmation(ConfirmStatus.locked, 0)
     cursor.execute("UPDATE otps SET failed_attempts = ? WHERE id = ?", (failed_here + 1, transaction_id))
     return Confirmation(ConfirmStatus.wrong_code, max_attempts - failed)
+
+
+def prune(cursor: sqlite3.Cursor, *, expired_before: int) -> int:
+    """Delete OTP rows that expired before ``expired_before``, except those the lockout rule
+    still reads; returns how many rows went. Runs in the caller's transaction.
+
+    Kept whatever their age: a ``locked`` row (the pair stays locked for good); a row with wrong
+    guesses and no accepted code after it (those guesses still count against the pair); and a
+    ``used`` row with a kept row of wrong guesses before it (it is the boundary that stops those
+    from counting). So every pair's count and lock read the same before and after, and only a
+    bounded record is kept per pair (its lock, or fewer than ``max_attempts`` guessed rows).
+    A pruned OTP had expired, so it could not be accepted anyway; a confirmation of it now
+    answers ``unknown_transaction`` instead of ``expired`` or ``already_used``."""
+    cursor.execute(
+        "DELETE FROM otps WHERE expires_at < ? AND status != 'locked' AND status != 'used'"
+        " AND (failed_attempts = 0 OR EXISTS (SELECT 1 FROM otps AS later WHERE later.client = otps.client"
+        " AND later.transaction_text = otps.transaction_text AND later.status = 'used' AND later.rowid > otps.rowid))",
+        (expired_before,),
+    )
+    removed = cursor.rowcount
+    cursor.execute(
+        "DELETE FROM otps WHERE expires_at < ? AND status = 'used'"
+        " AND NOT EXISTS (SELECT 1 FROM otps AS earlier WHERE earlier.client = otps.client"
+        " AND earlier.transaction_text = otps.transaction_text AND earlier.failed_attempts > 0"
+        " AND earlier.rowid < otps.rowid)",
+        (expired_before,),
+    )
+    return removed + cursor.rowcount
 
 
 def configure_connection(connection: sqlite3.Connection) -> None:

@@ -21,6 +21,7 @@ from twisted.internet.interfaces import IReactorFromThreads
 from twisted.python.failure import Failure
 
 from tlsotp.alerts import Alert, AlertError
+from tlsotp.database_checks import Cause, DatabaseUnusable
 from tlsotp.otp import store
 from tlsotp.otp.messages import otp_message
 from tlsotp.services.sqlite_worker import DatabaseWorker, open_sqlite, sqlite_transaction
@@ -63,8 +64,14 @@ class OTPAuthority:
         self._pepper = store.load_or_create_pepper(data_dir / PEPPER_FILE)
         self.path = data_dir / DATABASE_FILE
         self.worker: DatabaseWorker[sqlite3.Connection] = DatabaseWorker(
-            reactor, lambda: open_sqlite(self.path, store.configure_connection), sqlite3.Connection.close, "otp-db"
+            reactor, self._open_database, sqlite3.Connection.close, "otp-db"
         )
+
+    def _open_database(self) -> sqlite3.Connection:
+        try:
+            return open_sqlite(self.path, store.configure_connection)
+        except store.SchemaError as exc:  # made by a newer tlsotp: one line, as for a damaged file
+            raise DatabaseUnusable(self.path, Cause.damaged, str(exc)) from None
 
     def open(self) -> "Deferred[None]":
         """Start the worker (open and check the database) unless started; fails with
