@@ -13,12 +13,13 @@ from typing import Any, TextIO
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
+from tlsotp.commands import common
 from tlsotp.commands import main as cli
 
 MODES = ("execute", "run", "callback", "lost-deferred", "options")
 
 
-class FaultyOptions(cli.Command):
+class FaultyOptions(common.Command):
     optParameters = [["mode", None, "execute", "how to fail: " + ", ".join(MODES)]]
 
     def postOptions(self) -> None:
@@ -46,11 +47,11 @@ class FaultyOptions(cli.Command):
             lost.errback(OverflowError("bug in a forgotten Deferred"))
             del lost
             gc.collect()
-        return deferLater(reactor, 0.2, lambda: cli.EXIT_OK)
+        return deferLater(reactor, 0.2, lambda: common.EXIT_OK)
 
 
 def main() -> None:
-    cli.SUBCOMMANDS.append(cli.Subcommand("faulty", None, "tests.cli_faults:FaultyOptions", "Fail on purpose."))
+    cli.SUBCOMMANDS.append(common.Subcommand("faulty", None, "tests.cli_faults:FaultyOptions", "Fail on purpose."))
     cli.main(sys.argv[1:])
 
 

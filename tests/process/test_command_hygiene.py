@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 import tlsotp
 from tests.processes import REPO, subprocess_env
+from tlsotp.commands import common
 from tlsotp.commands import main as cli
 from tlsotp.commands.common import options_first
 
@@ -65,7 +66,7 @@ class AbbreviationTests(SynchronousTestCase):
 
     def test_ambiguous_prefix_is_a_usage_error(self) -> None:
         """``--ca`` could be --ca-cert or --ca-fingerprint: refused, naming the command."""
-        with self.assertRaises(cli.UsageFailure) as caught:
+        with self.assertRaises(common.UsageFailure) as caught:
             cli.parse(["enroll", "--dat", "bank", "--ca", "x", "--name", "bank.example", "--role", "server", "--token", "t"])
         self.assertEqual(caught.exception.command, "tlsotp enroll")
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from twisted.trial import unittest
 
 from tests.test_ttp_fixtures import reactor, start_ttp
+from tlsotp.commands import common
 from tlsotp.commands import main as cli
 from tlsotp.pki import pem
 from tlsotp.pki.fingerprint import fingerprint
@@ -36,15 +37,15 @@ async def run(*argv: str) -> Ran:
     out, err = io.StringIO(), io.StringIO()
     try:
         command = cli.parse(argv)
-    except cli.UsageFailure as exc:
-        return Ran(cli.EXIT_USAGE, "", f"{exc}\n")
+    except common.UsageFailure as exc:
+        return Ran(common.EXIT_USAGE, "", f"{exc}\n")
     code = await command.run(reactor, out, err)
     return Ran(code, out.getvalue(), err.getvalue())
 
 
 class ParseTests(unittest.SynchronousTestCase):
     def assertUsage(self, argv: list[str], command: str, message: str) -> None:
-        with self.assertRaises(cli.UsageFailure) as caught:
+        with self.assertRaises(common.UsageFailure) as caught:
             cli.parse(argv)
         self.assertEqual(caught.exception.command, command)
         self.assertIn(message, caught.exception.message)
@@ -78,14 +79,14 @@ class ParseTests(unittest.SynchronousTestCase):
         self.assertEqual(command["serial"], 0xABC)
         self.assertEqual(command["reason"].name, "key_compromise")
         self.assertEqual(
-            cli.options_first(["x", "-d", "dir", "--flag", "--opt=v", "--", "-y"], ["opt=", "flag"], "d:"),
+            common.options_first(["x", "-d", "dir", "--flag", "--opt=v", "--", "-y"], ["opt=", "flag"], "d:"),
             ["-d", "dir", "--flag", "--opt=v", "--", "x", "-y"],
         )
 
     def test_every_registered_subcommand_loads(self) -> None:
         for sub in cli.SUBCOMMANDS:
             options = sub.load()()
-            self.assertTrue(callable(getattr(options, "run", None)) or isinstance(options, cli.CommandGroup), sub.name)
+            self.assertTrue(callable(getattr(options, "run", None)) or isinstance(options, common.CommandGroup), sub.name)
 
 
 class OperatorCommandTests(unittest.TestCase):

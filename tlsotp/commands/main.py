@@ -26,41 +26,18 @@ from twisted.logger import ILogObserver, LogEvent, LogLevel, formatEvent, global
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-# The shared bases live in tlsotp.commands.common (the leaf modules import them from there);
-# they are re-exported here for callers that know them as tlsotp.commands.main's.
 from tlsotp.commands.common import (
-    EXIT_CODES_HELP,
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
-    Command,
-    CommandFailed,
     CommandGroup,
     Subcommand,
     UsageFailure,
     command_path,
     describe_error,
-    options_first,
 )
 
-__all__ = [
-    "EXIT_CODES_HELP",
-    "EXIT_FAILED",
-    "EXIT_OK",
-    "EXIT_USAGE",
-    "SUBCOMMANDS",
-    "Command",
-    "CommandFailed",
-    "CommandGroup",
-    "Subcommand",
-    "TlsotpOptions",
-    "UsageFailure",
-    "command_path",
-    "describe_error",
-    "main",
-    "options_first",
-    "parse",
-]
+__all__ = ["SUBCOMMANDS", "TlsotpOptions", "main", "parse"]
 
 SUBCOMMANDS: list[Subcommand] = [
     Subcommand("ttp", None, "tlsotp.commands.ttp_admin:TTPOptions", "Operate the TTP: init, token, revoke, list."),
