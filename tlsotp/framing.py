@@ -26,7 +26,7 @@ exceed ``max_buffered`` (``len(str(max_length)) + 1 + max_length``: the longest 
 the colon and the longest payload; the closing comma completes the frame).
 
 Why not Twisted's ``NetstringReceiver``: the only way to learn *which* framing error it found is
-to override its private ``_handleParseError`` and re-parse its private ``_remainingData`` (a
+to override its private parse-error hook and re-parse its private receive buffer (a
 private API may change in any Twisted release, and the buffer it exposes is not even the start
 of the netstring once a payload is under way, so the old shells needed a copy of their own to
 tell an over-long frame from a malformed one). A decoder of our own reports the kind in its
