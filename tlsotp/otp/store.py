@@ -167,7 +167,8 @@ def issue(
 
     Raises ``TransactionLocked`` if wrong confirmations locked the pair."""
     if _is_locked(cursor, client, transaction):
-        raise TransactionLocked(f"the transaction {transaction!r} of {client} is locked after wrong confirmations")
+        # The transaction text is personal data and this message reaches the server's log: not in it.
+        raise TransactionLocked(f"this transaction of {client} is locked after wrong confirmations")
     transaction_id = secrets.token_bytes(TRANSACTION_ID_BYTES)
     code = generate_code(digits)
     cursor.execute(
