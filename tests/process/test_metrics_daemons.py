@@ -30,7 +30,7 @@ from twisted.trial import unittest
 from twisted.web.client import Agent, readBody
 
 from tests.process.test_daemon_drain import Daemon, spawn_twistd
-from tests.processes import REPO, TLSOTP, guarded, metrics_port, subprocess_env
+from tests.processes import REPO, TLSOTP, TWISTD, guarded, metrics_port, subprocess_env
 from tests.test_ttp_fixtures import mint_token, reactor
 from tlsotp.pki.credentials import RootPin
 from tlsotp.pki.roles import Role
@@ -241,7 +241,7 @@ class MetricsDaemonTests(unittest.TestCase):
         self.assertNotIn("Traceback", ttp.log)
 
 
-class LazyImportTests(unittest.SynchronousTestCase):
+class OptionalDependencyTests(unittest.SynchronousTestCase):
     def test_the_daemons_import_prometheus_client_only_for_metrics(self) -> None:
         """prometheus-client is an extra: building both daemons' services without --metrics
         (the tap modules, the services, the protocols with their event hooks) must not import it."""
@@ -255,3 +255,25 @@ class LazyImportTests(unittest.SynchronousTestCase):
             timeout=60, stdin=subprocess.DEVNULL,
         )
         self.assertEqual((result.returncode, result.stdout.strip()), (0, "[]"), result.stderr)
+
+    def test_without_prometheus_client_metrics_refuses_to_start_in_one_line(self) -> None:
+        """Both daemons, with a prometheus_client that cannot be imported first on the path."""
+        shim = Path(self.mktemp()).resolve() / "prometheus_client"
+        shim.mkdir(parents=True)
+        (shim / "__init__.py").write_text("raise ImportError(\"No module named 'prometheus_client'\")\n")
+        env = subprocess_env()
+        env["PYTHONPATH"] = f"{shim.parent}:{env['PYTHONPATH']}"
+        data_dir = str(shim.parent / "data")
+        for plugin, args in (
+            ("tlsotp-server", ["--data-dir", data_dir, "--name", "bank.example"]),
+            ("tlsotp-ttp", ["--data-dir", data_dir]),
+        ):
+            result = subprocess.run(
+                [*TWISTD, "-n", "--pidfile", "", plugin, *args, "--metrics", "tcp:0:interface=127.0.0.1"],
+                cwd=REPO, env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+            )
+            self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+            self.assertEqual(
+                result.stderr.strip().splitlines(),
+                [f"{plugin}: --metrics needs prometheus-client, which is not installed: install tlsotp[metrics]"],
+            )
