@@ -15,6 +15,7 @@ from typing import Any, cast
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock, deferLater
 from twisted.trial import unittest
 from twisted.web.client import Agent, readBody
@@ -26,7 +27,8 @@ from tlsotp.commands.demo import mint, port_of
 from tlsotp.commands.metrics_option import check_metrics_option
 from tlsotp.database_checks import check_writable, create_private
 from tlsotp.pki.roles import Role
-from tlsotp.services.bank_service import build_service
+from tlsotp.services.bank_service import BankServerSettings, build_service
+from tlsotp.services.daemon_services import DrainingFactory
 from tlsotp.services.health import PROBE_TIMEOUT, HealthResource, certificate_problems, crl_problems, ttp_problems
 from tlsotp.services.metrics import BankMetrics, TTPMetrics, database_problems
 from tlsotp.services.sqlite_worker import DatabaseWorker
@@ -137,8 +139,10 @@ class DatabaseProbeTests(unittest.TestCase):
 
 class RegistryTests(unittest.SynchronousTestCase):
     def test_ttp_replies_are_counted_by_kind_and_refusal_code(self) -> None:
-        metrics = TTPMetrics(cast(Any, None), cast(Any, type("C", (), {"open_connections": 2})()), Clock())
-        metrics.request_refresh = lambda: None  # type: ignore[method-assign]  # no store here
+        clock = Clock()
+        worker: DatabaseWorker[Any] = DatabaseWorker(reactor, object, lambda _: None)  # not started: no snapshot
+        connections = DrainingFactory(Factory(), clock)
+        metrics = TTPMetrics(worker, connections, clock)
         issued = Outcome(wire.Issued(b"root", b"leaf"), "issued")
         metrics.replied(wire.MessageType.enroll_request, issued, 0.01)
         metrics.replied(wire.MessageType.renew_request, issued, 0.02)
@@ -150,12 +154,17 @@ class RegistryTests(unittest.SynchronousTestCase):
         self.assertEqual(samples[("tlsotp_ttp_refusals_total", frozenset({("code", "token_spent")}))], 1)
         self.assertEqual(samples[("tlsotp_ttp_refusals_total", frozenset({("code", "decode_error")}))], 1)
         self.assertEqual(samples[("tlsotp_ttp_request_seconds_count", frozenset())], 3)  # with a request only
-        self.assertEqual(samples[("tlsotp_ttp_open_connections", frozenset())], 2)
+        self.assertEqual(samples[("tlsotp_ttp_open_connections", frozenset())], 0)
+        self.assertNotIn(("tlsotp_ttp_tokens_outstanding", frozenset()), samples)  # no snapshot yet
 
     def test_two_services_in_one_process_have_their_own_registries(self) -> None:
-        view = type("View", (), {"factory": None, "authority": None, "ttp_failing_since": None})()
-        first = BankMetrics(cast(Any, view), Clock(), renew_before=3600, ttp_unreachable_after=60)
-        second = BankMetrics(cast(Any, view), Clock(), renew_before=3600, ttp_unreachable_after=60)
+        # Two bank servers built (not started) in one process: with the library's global
+        # registry, the second one's metrics would be refused as duplicated time series.
+        services = [
+            build_service(BankServerSettings(data_dir=Path(self.mktemp()), name="bank.example"), reactor=Clock())
+            for _ in range(2)
+        ]
+        first, second = (BankMetrics(service, Clock(), renew_before=3600, ttp_unreachable_after=60) for service in services)
         first.otp_issued()
         first.session_ended("issued", "none", 0.1)
         second.session_ended("refused", "bad_certificate", 0.2)
