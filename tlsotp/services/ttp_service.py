@@ -17,8 +17,9 @@ store (an ``Issuer`` over it: every decision runs there, one after another, each
 ``BEGIN IMMEDIATE`` transaction; the reactor never waits for SQLite or for signing), and a
 ``ListeningService`` (``StreamServerEndpointService``). It listens in
 ``privilegedStartService``, before twistd drops privileges (with ``metrics`` set, so does a
-``tlsotp.services.metrics.MetricsService`` serving ``/metrics`` and ``/health``). Stopping it stops accepting at
-once, lets requests in flight finish for up to ``drain_timeout`` seconds, then closes the store.
+``tlsotp.services.metrics.MetricsService`` serving ``/metrics`` and ``/health``). Stopping it
+stops accepting at once, lets requests in flight finish for up to ``drain_timeout`` seconds,
+then closes the store.
 """
 
 from __future__ import annotations
