@@ -87,6 +87,17 @@ def listening_port(log: str) -> int | None:
     return int(match.group("port")) if match else None
 
 
+#: What a daemon logs once its ``--metrics`` endpoint listens (``tlsotp.services.metrics``):
+#: "tlsotp-server metrics and health at http://127.0.0.1:PORT/metrics and /health".
+METRICS_AT = re.compile(r"\bmetrics and health at http://\[?(?P<host>[0-9A-Fa-f.:]+?)\]?:(?P<port>\d+)/metrics\b")
+
+
+def metrics_port(log: str) -> int | None:
+    """The port of a daemon's ``--metrics`` listener, from its log, or None before it is there."""
+    match = METRICS_AT.search(log)
+    return int(match.group("port")) if match else None
+
+
 def poll(condition: Callable[[], object], seconds: float, interval: float = 0.05) -> bool:
     """Call ``condition`` until it returns a true value or ``seconds`` pass; whether it did."""
     deadline = time.monotonic() + seconds

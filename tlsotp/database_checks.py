@@ -195,15 +195,28 @@ def check_connection(connection: sqlite3.Connection, path: Path) -> None:
         if rows != [("ok",)]:
             first = str(rows[0][0]).splitlines()[-1] if rows else "no answer"
             raise DatabaseUnusable(path, Cause.damaged, f"quick_check: {first}")
-        # A real write: rewrite the header's user_version with its own value, and commit.
-        (version,) = connection.execute("PRAGMA user_version").fetchone()
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            connection.execute(f"PRAGMA user_version = {int(version)}")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        connection.execute("COMMIT")
+        _write_header(connection)
+    except sqlite3.Error as exc:
+        raise unusable(path, exc) or DatabaseUnusable(path, Cause.damaged, str(exc)) from None
+
+
+def _write_header(connection: sqlite3.Connection) -> None:
+    # A real write: rewrite the header's user_version with its own value, and commit.
+    (version,) = connection.execute("PRAGMA user_version").fetchone()
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        connection.execute(f"PRAGMA user_version = {int(version)}")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
+
+
+def check_writable(connection: sqlite3.Connection, path: Path) -> None:
+    """One committed write on ``connection`` (not inside a transaction), as a health probe while
+    serving: cheaper than ``check_connection`` (no integrity scan); ``DatabaseUnusable`` if it fails."""
+    try:
+        _write_header(connection)
     except sqlite3.Error as exc:
         raise unusable(path, exc) or DatabaseUnusable(path, Cause.damaged, str(exc)) from None
 

@@ -15,12 +15,20 @@ from twisted.application import service
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from tlsotp.commands.metrics_option import METRICS_OPTION, check_metrics_option
 from tlsotp.commands.option_types import positive_int, same_named, seconds, whole_seconds
 from tlsotp.commands.party_options import PartyOptions
 from tlsotp.database_checks import DatabaseUnusable, check_database
 from tlsotp.pki.names import check_dns_name
 from tlsotp.pki.pem import PEMError
-from tlsotp.services.bank_service import CRL_FILE, DEFAULT_LISTEN, BankServerService, BankServerSettings, build_service
+from tlsotp.services.bank_service import (
+    CRL_FILE,
+    DEFAULT_LISTEN,
+    DEFAULT_TTP_UNREACHABLE_AFTER,
+    BankServerService,
+    BankServerSettings,
+    build_service,
+)
 from tlsotp.services.connection_slots import DEFAULT_FIRST_MESSAGE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS
 from tlsotp.services.credentials import StartupError, check_can_enroll
 from tlsotp.services.daemon_services import DEFAULT_DRAIN_TIMEOUT
@@ -56,6 +64,10 @@ class Options(PartyOptions):
         ["drain-timeout", None, DEFAULT_DRAIN_TIMEOUT,
          "On SIGTERM: stop accepting at once, then give sessions in flight this long to finish "
          "before closing them: 30s, 2m (a bare number is seconds).", seconds],
+        METRICS_OPTION,
+        ["ttp-unreachable-after", None, DEFAULT_TTP_UNREACHABLE_AFTER,
+         "With --metrics: /health reports 503 once CRL refreshes and renewals have been failing for this long: "
+         "30m, 2h (a bare number is seconds).", seconds],
     ]
 
     def __init__(self) -> None:
@@ -70,6 +82,7 @@ class Options(PartyOptions):
         super().postOptions()
         if not self["name"]:
             raise usage.UsageError("--name is required: the DNS name the server's certificate is for")
+        check_metrics_option("tlsotp-server", self["metrics"])
         try:
             self["name"] = check_dns_name(self["name"])
             self["allow-client"] = [check_dns_name(name) for name in self["allow-client"]]
@@ -102,7 +115,7 @@ def settings_from(options: Options) -> BankServerSettings:
         **same_named(
             options, "data_dir", "name", "ttp", "pin", "token", "listen", "key_type", "timeout", "crl_refresh",
             "renew_check", "renew_before", "max_connections", "max_per_address", "first_message_timeout",
-            "drain_timeout",
+            "drain_timeout", "metrics", "ttp_unreachable_after",
         ),
     )
 

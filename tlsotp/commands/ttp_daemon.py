@@ -22,6 +22,7 @@ from twisted.application import service
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from tlsotp.commands.metrics_option import METRICS_OPTION, check_metrics_option
 from tlsotp.commands.option_types import duration, hours, positive_int, same_named, seconds, whole_days
 from tlsotp.services import shutdown
 from tlsotp.services.connection_slots import DEFAULT_FIRST_MESSAGE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS
@@ -65,6 +66,7 @@ class Options(usage.Options):
         ["drain-timeout", None, DEFAULT_DRAIN_TIMEOUT,
          "On SIGTERM: stop accepting at once, then give requests in flight this long to finish "
          "before closing them: 30s, 2m (a bare number is seconds).", seconds],
+        METRICS_OPTION,
     ]
 
     ca: CertificateAuthority
@@ -72,6 +74,7 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self["data-dir"]:
             raise usage.UsageError("--data-dir is required")
+        check_metrics_option("tlsotp-ttp", self["metrics"])
         self["data-dir"] = Path(self["data-dir"])
         if isinstance(self["max-lineage"], str):  # the default, which usage.Options does not coerce
             self["max-lineage"] = duration(self["max-lineage"])
@@ -103,7 +106,7 @@ def settings_from(options: Options) -> TTPSettings:
         crl_validity=datetime.timedelta(hours=options["crl-hours"]),
         **same_named(
             options, "data_dir", "listen", "cert_days", "timeout", "max_lineage", "first_message_timeout",
-            "max_connections", "max_per_address", "drain_timeout",
+            "max_connections", "max_per_address", "drain_timeout", "metrics",
         ),
     )
 

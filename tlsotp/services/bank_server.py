@@ -32,6 +32,7 @@ from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import PeerVerifier
 from tlsotp.services.channel import SansIOConnection, SecureChannelProtocol
 from tlsotp.services.connection_slots import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS, SlotKeeper, SlottedFactory
+from tlsotp.services.events import BankEvents
 from tlsotp.services.otp_authority import OTPAuthority
 
 log = Logger()
@@ -61,9 +62,11 @@ class OTPServerFactory(SlottedFactory["OTPServerProtocol"]):
         max_per_address: int = DEFAULT_MAX_PER_ADDRESS,
         call_later: Callable[..., Any] | None = None,
         observer: Callable[[TraceRecord], None] | None = None,
+        events: BankEvents | None = None,
     ) -> None:
         """``first_message_timeout`` bounds the wait for the ClientHello (None: only
-        ``timeout_seconds`` applies); ``call_later`` is a test clock's, else the reactor's."""
+        ``timeout_seconds`` applies); ``call_later`` is a test clock's, else the reactor's;
+        ``events`` hears of each session (``--metrics``)."""
         self._config: ServerConfig | None = None
         self._config_key: tuple[object, ...] = ()
         self.identity = identity
@@ -82,6 +85,7 @@ class OTPServerFactory(SlottedFactory["OTPServerProtocol"]):
         self.observer = observer
         self.open_connections = 0
         self.sessions_completed = 0
+        self.events = events or BankEvents()
 
     @property
     def identity(self) -> ServerIdentity:
@@ -137,6 +141,8 @@ class OTPServerProtocol(SecureChannelProtocol):
         #: so that a flood is one line per interval in the log, not one per connection.
         self.busy = False
         self.quiet = False
+        #: How the session ended, for ``events``: (outcome, alert).
+        self.outcome = ("closed", "none")
         super().__init__()
 
     def make_connection(self) -> SansIOConnection:
@@ -174,8 +180,11 @@ class OTPServerProtocol(SecureChannelProtocol):
             self.quiet = True
             self.server.slots.event("gone", f"{self.peer}: closed by the peer before sending anything")
         super().connectionLost(reason)
+        self.server.events.session_ended(*self.outcome, self.stats.elapsed())
 
     def handshake_complete(self, event: HandshakeComplete) -> None:
+        if self.stats.handshake_seconds is not None:
+            self.server.events.handshake_done(self.stats.handshake_seconds)
         try:
             self.client_name = certified_name(event.peer_chain[0])
         except AlertError as exc:
@@ -227,6 +236,8 @@ class OTPServerProtocol(SecureChannelProtocol):
             return
         grant = messages.OTPGrant(issued.transaction_id, transaction, issued.code, issued.expires_at, sentence)
         self.connection.send_application_data(messages.encode(grant))
+        self.outcome = ("issued", "none")
+        self.server.events.otp_issued()
         # The code itself is a secret and the transaction text is personal data (an amount, a
         # payee): neither is logged. The transaction id (random, also in the grant) correlates.
         log.info(
@@ -242,6 +253,8 @@ class OTPServerProtocol(SecureChannelProtocol):
             return
         result = messages.ConfirmResult(confirmation.status, confirmation.attempts_left)
         self.connection.send_application_data(messages.encode(result))
+        self.outcome = ("confirmed", "none")
+        self.server.events.confirmation(confirmation.status.name)
         log.info(  # without the transaction text, personal data (see _send_grant)
             "{peer}: confirmation from {client}: {status}",
             peer=self.peer, client=self.client_name, status=confirmation.status.name,
@@ -251,12 +264,15 @@ class OTPServerProtocol(SecureChannelProtocol):
 
     def _internal_error(self, failure: Failure) -> None:
         if isinstance(failure.value, AlertError):  # a refusal by the OTP rules (a locked transaction)
+            self.server.events.otp_refused("locked")
             self.abort(failure.value.alert, failure.value.detail)
             return
         log.error("{peer}: OTP store failed: {error}", peer=self.peer, error=failure.getErrorMessage())
+        self.server.events.otp_refused("store_failed")
         self.abort(Alert.internal_error, "the OTP store failed")
 
     def failed(self, error: AlertError, *, sent: bool) -> None:
+        self.outcome = ("refused" if sent else "peer_alert", error.alert.name)
         if self.quiet:
             return  # counted by the slot keeper, which logs once per interval
         who = "refused" if sent else "peer alert"

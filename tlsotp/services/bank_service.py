@@ -15,6 +15,8 @@ the TTP's CRL, and listens; ``ready`` fires then (or fails with why not). The se
 ``DatabaseWorker``, a ``ListeningService`` (``StreamServerEndpointService``), and two
 ``PeriodicTask`` (``TimerService``) children that refresh the CRL and renew the certificate
 before expiry, swapping both into the factory so that new sessions use them without a restart.
+With ``metrics`` set, a ``tlsotp.services.metrics.MetricsService`` (``/metrics``, ``/health``)
+joins them once the server listens.
 
 Stopping it (SIGTERM under twistd) drains: the port closes first (new connections are refused
 at once) and a CRL fetch or renewal under way is cancelled; sessions in flight get up to
@@ -27,7 +29,7 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Collection, Sequence, cast
+from typing import TYPE_CHECKING, Any, Callable, Collection, Sequence, cast
 
 from cryptography import x509
 from twisted.application import service
@@ -51,7 +53,11 @@ from tlsotp.services.connection_slots import DEFAULT_FIRST_MESSAGE_TIMEOUT, DEFA
 from tlsotp.services.credentials import StartupError, obtain_credentials
 from tlsotp.services.daemon_services import DEFAULT_DRAIN_TIMEOUT, DrainingFactory, ListeningService, PeriodicTask
 from tlsotp.services.enrollment import Credentials, RootPin, fetch_crl, renew
+from tlsotp.services.events import BankEvents
 from tlsotp.services.otp_authority import OTPAuthority, OTPPolicy
+
+if TYPE_CHECKING:  # imported when --metrics is given: prometheus-client is an extra
+    from tlsotp.services.metrics import BankMetrics, MetricsService
 
 __all__ = ["CRL_FILE", "DEFAULT_LISTEN", "BankServerService", "BankServerSettings", "build_service"]
 
@@ -61,6 +67,7 @@ CRL_FILE = "crl.pem"
 DEFAULT_LISTEN = "tcp:7001:interface=127.0.0.1:backlog=1024"  # a burst of connects must not overflow the default 50
 DEFAULT_TTP = "tcp:host=127.0.0.1:port=7000"
 PROGRAM = "tlsotp-server"
+DEFAULT_TTP_UNREACHABLE_AFTER = 1800.0
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,11 @@ class BankServerSettings:
     first_message_timeout: float | None = DEFAULT_FIRST_MESSAGE_TIMEOUT
     #: Seconds sessions in flight get to finish when the service stops (SIGTERM).
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    #: Where to serve /metrics and /health (an endpoint string; None: not at all). Needs
+    #: prometheus-client (tlsotp[metrics]); see tlsotp.services.metrics.
+    metrics: str | None = None
+    #: Seconds CRL refreshes and renewals may fail in a row before /health reports 503.
+    ttp_unreachable_after: float = DEFAULT_TTP_UNREACHABLE_AFTER
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -124,6 +136,9 @@ class BankServerService(service.MultiService):
         self.authority: OTPAuthority | None = None
         self.listener: ListeningService | None = None
         self.timers: list[PeriodicTask] = []
+        self.metrics_service: MetricsService | None = None
+        #: The reactor's time of the first TTP call (CRL refresh, renewal) failing since the last success.
+        self.ttp_failing_since: float | None = None
         #: Fires once listening (or fails with why the server cannot start).
         self.ready: Deferred[None] = Deferred()
         self._starting: Deferred[None] | None = None
@@ -143,6 +158,8 @@ class BankServerService(service.MultiService):
             self.ready = Deferred()
         self.timers = []
         self.listener = self.connections = self.factory = self.authority = None
+        self.metrics_service = None
+        self.ttp_failing_since = None
         self._stopping = False
         self._starting = Deferred.fromCoroutine(self._start())
         self._starting.addCallbacks(self._started, self._start_failed)
@@ -175,6 +192,14 @@ class BankServerService(service.MultiService):
         self.authority = OTPAuthority(self.reactor, s.data_dir, s.otp_policy)
         self.authority.worker.setServiceParent(self)  # type: ignore[no-untyped-call]
         crl = await self._initial_crl(credentials)
+        events = BankEvents()
+        metrics: BankMetrics | None = None
+        if s.metrics is not None:
+            from tlsotp.services.metrics import BankMetrics  # prometheus-client only when asked for
+
+            events = metrics = BankMetrics(
+                self, self.reactor, renew_before=s.renew_before, ttp_unreachable_after=s.ttp_unreachable_after
+            )
         self.factory = OTPServerFactory(
             ServerIdentity(credentials.key, credentials.chain, credentials.root),
             self.authority,
@@ -185,6 +210,7 @@ class BankServerService(service.MultiService):
             first_message_timeout=s.first_message_timeout,
             max_connections=s.max_connections,
             max_per_address=s.max_per_address,
+            events=events,
         )
         self.connections = DrainingFactory(self.factory, self.reactor)
         try:
@@ -202,6 +228,8 @@ class BankServerService(service.MultiService):
             name=s.name, where=describe_address(cast(Any, port).getHost()),
             suites=", ".join(suite.name for suite in usable),
         )
+        if metrics is not None and s.metrics is not None:
+            await self._serve_metrics(metrics, s.metrics)
         # The CRL was fetched just now: the first refresh is one interval away.
         self.timers = [
             PeriodicTask(s.crl_refresh, self.refresh_crl, clock=self.reactor, skip_first=True),
@@ -209,6 +237,23 @@ class BankServerService(service.MultiService):
         ]
         for timer in self.timers:
             timer.setServiceParent(self)  # type: ignore[no-untyped-call]
+
+    async def _serve_metrics(self, metrics: BankMetrics, endpoint: str) -> None:
+        try:
+            self.metrics_service = metrics.service(endpoint, PROGRAM)
+        except ValueError as exc:
+            raise StartupError(f"bad --metrics endpoint {endpoint!r}: {exc}") from None
+        self.metrics_service.setServiceParent(self)  # type: ignore[no-untyped-call]
+        try:
+            await self.metrics_service.listening
+        except Exception as exc:
+            raise StartupError(f"cannot listen on --metrics {endpoint}: {exc}") from None
+
+    def _ttp_failed(self, task: str) -> None:
+        if self.ttp_failing_since is None:
+            self.ttp_failing_since = self.reactor.seconds()
+        assert self.factory is not None
+        self.factory.events.ttp_failed(task)
 
     async def _initial_crl(self, credentials: Credentials) -> x509.CertificateRevocationList:
         try:
@@ -225,6 +270,7 @@ class BankServerService(service.MultiService):
             except (PEMError, AlertError):
                 raise StartupError(f"cannot fetch the TTP's CRL and no fresh one is stored: {exc}") from None
             log.warn("cannot fetch the CRL ({error}); using the stored one until it goes stale", error=str(exc))
+            self.ttp_failing_since = self.reactor.seconds()
             return stored
 
     async def refresh_crl(self) -> None:
@@ -241,8 +287,11 @@ class BankServerService(service.MultiService):
                 "CRL refresh failed: {error}; keeping the current CRL, which stops validating clients once stale",
                 error=str(exc),
             )
+            self._ttp_failed("crl_refresh")
             return
         self.factory.crl = crl
+        self.ttp_failing_since = None
+        self.factory.events.crl_refreshed()
         log.info("CRL refreshed: {n} revoked, next update {next}", n=len(list(crl)), next=crl.next_update_utc)
 
     async def renew_if_due(self) -> None:
@@ -261,8 +310,11 @@ class BankServerService(service.MultiService):
             raise
         except Exception as exc:
             log.warn("certificate renewal failed, will retry: {error}", error=str(exc))
+            self._ttp_failed("renewal")
             return
         self.factory.identity = ServerIdentity(credentials.key, credentials.chain, credentials.root)
+        self.ttp_failing_since = None
+        self.factory.events.certificate_renewed()
         log.info(
             "certificate renewed: serial {serial:x}, valid until {until}",
             serial=credentials.chain[0].serial_number, until=credentials.chain[0].not_valid_after_utc,
@@ -278,6 +330,8 @@ class BankServerService(service.MultiService):
             self._starting.cancel()
         # First stop accepting, and cancel a CRL fetch or renewal under way.
         stopping = [timer.stopService() for timer in self.timers]
+        if self.metrics_service is not None:
+            stopping.append(self.metrics_service.stopService())
         if self.listener is not None:
             stopping.append(self.listener.stopService())
         for d in stopping:

@@ -15,6 +15,7 @@ these (and idle peers timing out) are logged once, then counted once per interva
 from __future__ import annotations
 
 import enum
+import time
 from typing import Any, Callable, cast
 
 from twisted.internet.defer import Deferred
@@ -26,6 +27,7 @@ from twisted.python.failure import Failure
 from tlsotp.framing import Frame, FrameTooLong, FramingError, NetstringDecoder, encode
 from tlsotp.services.addresses import describe_address
 from tlsotp.services.connection_slots import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS, SlotKeeper, SlottedFactory
+from tlsotp.services.events import TTPEvents
 from tlsotp.ttp import wire
 from tlsotp.ttp.issuer import Outcome, refused
 from tlsotp.ttp.wire import Refusal
@@ -48,9 +50,12 @@ class EnrollmentServerProtocol(Protocol, TimeoutMixin):
 
     def __init__(
         self, handle: Handler, timeout: float | None, *, first_message_timeout: float | None = None,
-        slots: SlotKeeper | None = None,
+        slots: SlotKeeper | None = None, events: TTPEvents | None = None,
     ) -> None:
         self._handle = handle
+        self._events = events or TTPEvents()
+        self._request_type: int | None = None
+        self._request_at = 0.0
         # The request is the first and only message: the shorter of the two deadlines applies.
         deadlines = [t for t in (timeout, first_message_timeout) if t is not None]
         self._timeout = min(deadlines) if deadlines else None
@@ -88,6 +93,7 @@ class EnrollmentServerProtocol(Protocol, TimeoutMixin):
         if self._phase is not _State.waiting:
             return
         self._phase = _State.working
+        self._request_type, self._request_at = (string[0] if string else None), time.monotonic()
         self._set_timeout(None)  # the wait is ours now, not the peer's
         if self._slots is not None:
             self._slots.spoke(self)
@@ -109,6 +115,7 @@ class EnrollmentServerProtocol(Protocol, TimeoutMixin):
             return
         self._phase = _State.done
         self._set_timeout(None)
+        self._events.replied(self._request_type, outcome, time.monotonic() - self._request_at)
         if quiet:
             pass  # the slot keeper has counted it
         elif outcome.refusal is None:
@@ -173,8 +180,10 @@ class EnrollmentServerFactory(SlottedFactory[EnrollmentServerProtocol]):
         first_message_timeout: float | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         max_per_address: int = DEFAULT_MAX_PER_ADDRESS,
+        events: TTPEvents | None = None,
     ) -> None:
         self.handle = handle
+        self.events = events
         self.timeout = timeout
         self.call_later = call_later
         self.first_message_timeout = first_message_timeout
@@ -184,5 +193,6 @@ class EnrollmentServerFactory(SlottedFactory[EnrollmentServerProtocol]):
 
     def make_protocol(self) -> EnrollmentServerProtocol:
         return EnrollmentServerProtocol(
-            self.handle, self.timeout, first_message_timeout=self.first_message_timeout, slots=self.slots
+            self.handle, self.timeout, first_message_timeout=self.first_message_timeout, slots=self.slots,
+            events=self.events,
         )

@@ -16,8 +16,10 @@ The service is a ``MultiService`` of Twisted's own parts: a ``DatabaseWorker`` o
 store (an ``Issuer`` over it: every decision runs there, one after another, each in its own
 ``BEGIN IMMEDIATE`` transaction; the reactor never waits for SQLite or for signing), and a
 ``ListeningService`` (``StreamServerEndpointService``). It listens in
-``privilegedStartService``, before twistd drops privileges. Stopping it stops accepting at
-once, lets requests in flight finish for up to ``drain_timeout`` seconds, then closes the store.
+``privilegedStartService``, before twistd drops privileges (with ``metrics`` set, so does a
+``tlsotp.services.metrics.MetricsService`` serving ``/metrics`` and ``/health``). Stopping it
+stops accepting at once, lets requests in flight finish for up to ``drain_timeout`` seconds,
+then closes the store.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, cast
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 from twisted.application import service
 from twisted.internet.defer import Deferred
@@ -43,6 +45,9 @@ from tlsotp.services.ttp_server import DEFAULT_TIMEOUT, EnrollmentServerFactory
 from tlsotp.ttp.ca import CertificateAuthority, TTPPaths
 from tlsotp.ttp.issuer import DEFAULT_CERT_DAYS, DEFAULT_MAX_LINEAGE, Issuer, Outcome
 from tlsotp.ttp.store import Store, StoreError
+
+if TYPE_CHECKING:  # imported when --metrics is given: prometheus-client is an extra
+    from tlsotp.services.metrics import MetricsService
 
 __all__ = ["DEFAULT_CRL_HOURS", "DEFAULT_LISTEN", "TTPService", "TTPSettings", "build_service"]
 
@@ -70,6 +75,9 @@ class TTPSettings:
     max_per_address: int = DEFAULT_MAX_PER_ADDRESS
     #: Seconds requests in flight get to finish when the service stops (SIGTERM).
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    #: Where to serve /metrics and /health (an endpoint string; None: not at all). Needs
+    #: prometheus-client (tlsotp[metrics]); see tlsotp.services.metrics.
+    metrics: str | None = None
 
 
 def build_service(
@@ -125,6 +133,17 @@ class TTPService(service.MultiService):
             shutdown.refuse_to_start(PROGRAM, f"bad --listen endpoint {settings.listen!r}: {exc}")
         self.listener = ListeningService(endpoint, self.connections)
         self.listener.setServiceParent(self)  # type: ignore[no-untyped-call]
+        self.metrics_service: MetricsService | None = None
+        if settings.metrics is not None:
+            from tlsotp.services.metrics import TTPMetrics  # prometheus-client only when asked for
+
+            metrics = TTPMetrics(self.worker, self.connections, reactor)
+            self.factory.events = metrics
+            try:
+                self.metrics_service = metrics.service(settings.metrics, PROGRAM)
+            except ValueError as exc:
+                shutdown.refuse_to_start(PROGRAM, f"bad --metrics endpoint {settings.metrics!r}: {exc}")
+            self.metrics_service.setServiceParent(self)  # type: ignore[no-untyped-call]
         self._listen_started = False
 
     # The settings, as attributes (the names the service had before settings existed).
@@ -170,9 +189,25 @@ class TTPService(service.MultiService):
                 )
 
         self.listener.listening.addCallbacks(listening, failed)
+        metrics_failed: list[Failure] = []
+        if self.metrics_service is not None:
+            def metrics_listen_failed(failure: Failure) -> None:
+                if starting:
+                    metrics_failed.append(failure)
+                else:
+                    shutdown.fail_late(
+                        PROGRAM, RuntimeError(f"cannot listen on --metrics {self.settings.metrics}: {failure.getErrorMessage()}"),
+                        self.on_fatal,
+                    )
+
+            self.metrics_service.listening.addErrback(metrics_listen_failed)
         starting = False
         if failed_now:  # TCP and UNIX endpoints fail at once
             shutdown.refuse_to_start(PROGRAM, f"cannot listen on {self.settings.listen}: {failed_now[0].getErrorMessage()}")
+        if metrics_failed:
+            shutdown.refuse_to_start(
+                PROGRAM, f"cannot listen on --metrics {self.settings.metrics}: {metrics_failed[0].getErrorMessage()}"
+            )
 
     def startService(self) -> None:
         if not self._listen_started:
@@ -192,5 +227,7 @@ class TTPService(service.MultiService):
         service.Service.stopService(self)  # type: ignore[no-untyped-call]
         self._listen_started = False
         await self.listener.stopService()  # new connections are refused from here on
+        if self.metrics_service is not None:
+            await self.metrics_service.stopService()
         await self.connections.drain(self.settings.drain_timeout)
         await self.worker.stopService()  # after the decisions those requests queued

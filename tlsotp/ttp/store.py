@@ -297,6 +297,10 @@ class Store:
     def close(self) -> None:
         self._db.close()
 
+    def check_writable(self) -> None:
+        """One committed write (a health probe); ``DatabaseUnusable`` if the file cannot take it."""
+        database_checks.check_writable(self._db, self.path)
+
     @contextmanager
     def _transaction(self) -> Iterator[None]:
         # IMMEDIATE takes the write lock up front: read-check-write sequences cannot interleave.
