@@ -32,7 +32,7 @@ __all__ = ["DEFAULT_TRANSACTION", "ClientCommandOptions", "ClientOptions", "desc
 class ClientOptions(PartyOptions):
     """The client's options, shared by ``tlsotp client`` and ``twistd -n tlsotp-client``."""
 
-    synopsis = "--data-dir DIR --server-name NAME [--server ENDPOINT] [--name NAME --token T (--ca-fingerprint F | --ca-cert FILE)] ..."
+    synopsis = "--data-dir DIR --server-name NAME [--server ENDPOINT] [--name NAME --token-file F (--ca-fingerprint F | --ca-cert FILE)]"
     optFlags: list[list[Any]] = [
         ["no-crl-check", None, "Do not fetch the TTP's CRL before connecting (revoked servers go unnoticed!)."],
         ["trace", None, "Print each handshake message as it goes, and what the session cost."],
