@@ -16,8 +16,12 @@ The service is a ``MultiService`` of Twisted's own parts: a ``DatabaseWorker`` o
 store (an ``Issuer`` over it: every decision runs there, one after another, each in its own
 ``BEGIN IMMEDIATE`` transaction; the reactor never waits for SQLite or for signing), and a
 ``ListeningService`` (``StreamServerEndpointService``). It listens in
-``privilegedStartService``, before twistd drops privileges. Stopping it stops accepting at
-once, lets requests in flight finish for up to ``drain_timeout`` seconds, then closes the store.
+``privilegedStartService``, before twistd drops privileges. A ``PeriodicTask`` prunes old
+tokens (``token_retention``, see ``tlsotp.ttp.store``) at start and every ``prune_interval``
+seconds, as one more call on the same worker. Stopping it stops that timer first (a prune
+already queued finishes before the store closes, and one asked for later is refused by the
+stopped worker and dropped), then stops accepting, lets requests in flight finish for up to
+``drain_timeout`` seconds, then closes the store.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, cast
 
 from twisted.application import service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
@@ -37,17 +41,19 @@ from twisted.python.failure import Failure
 from tlsotp.services import shutdown
 from tlsotp.services.addresses import describe_address
 from tlsotp.services.connection_slots import DEFAULT_FIRST_MESSAGE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS
-from tlsotp.services.daemon_services import DEFAULT_DRAIN_TIMEOUT, DrainingFactory, ListeningService
-from tlsotp.services.sqlite_worker import DatabaseWorker
+from tlsotp.services.daemon_services import DEFAULT_DRAIN_TIMEOUT, DrainingFactory, ListeningService, PeriodicTask
+from tlsotp.services.sqlite_worker import DatabaseWorker, WorkerNotRunning
 from tlsotp.services.ttp_server import DEFAULT_TIMEOUT, EnrollmentServerFactory
 from tlsotp.ttp.ca import CertificateAuthority, TTPPaths
 from tlsotp.ttp.issuer import DEFAULT_CERT_DAYS, DEFAULT_MAX_LINEAGE, Issuer, Outcome
 from tlsotp.ttp.store import Store, StoreError
 
-__all__ = ["DEFAULT_CRL_HOURS", "DEFAULT_LISTEN", "TTPService", "TTPSettings", "build_service"]
+__all__ = ["DEFAULT_CRL_HOURS", "DEFAULT_LISTEN", "DEFAULT_TOKEN_RETENTION", "TTPService", "TTPSettings", "build_service"]
 
 DEFAULT_LISTEN = "tcp:7000:interface=127.0.0.1:backlog=1024"  # a burst of connects must not overflow the default 50
 DEFAULT_CRL_HOURS = 24.0
+DEFAULT_TOKEN_RETENTION = datetime.timedelta(days=30)
+DEFAULT_PRUNE_INTERVAL = 3600.0
 PROGRAM = "tlsotp-ttp"
 
 log = Logger(namespace="tlsotp.ttp")
@@ -70,6 +76,10 @@ class TTPSettings:
     max_per_address: int = DEFAULT_MAX_PER_ADDRESS
     #: Seconds requests in flight get to finish when the service stops (SIGTERM).
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    #: How long a token is kept after it expired, was withdrawn or was spent (``Store.prune_tokens``).
+    token_retention: datetime.timedelta = DEFAULT_TOKEN_RETENTION
+    #: Seconds between two prunes of old tokens (the first runs at start).
+    prune_interval: float = DEFAULT_PRUNE_INTERVAL
 
 
 def build_service(
@@ -125,6 +135,9 @@ class TTPService(service.MultiService):
             shutdown.refuse_to_start(PROGRAM, f"bad --listen endpoint {settings.listen!r}: {exc}")
         self.listener = ListeningService(endpoint, self.connections)
         self.listener.setServiceParent(self)  # type: ignore[no-untyped-call]
+        # After the worker: MultiService starts children in order, so the first prune finds it running.
+        self.pruning = PeriodicTask(settings.prune_interval, self.prune_tokens, clock=reactor)
+        self.pruning.setServiceParent(self)  # type: ignore[no-untyped-call]
         self._listen_started = False
 
     # The settings, as attributes (the names the service had before settings existed).
@@ -185,12 +198,32 @@ class TTPService(service.MultiService):
     def _decide(self, payload: bytes) -> Deferred[Outcome]:
         return self.worker.run(Issuer.handle, payload)
 
+    async def prune_tokens(self) -> None:
+        """One prune on the worker; a failure is one log line, and the next period tries again."""
+        retention = self.settings.token_retention
+        try:
+            pruned = await self.worker.run(Issuer.prune_tokens, retention)
+        except WorkerNotRunning:
+            return  # stopping: nothing to prune any more
+        except CancelledError:
+            raise  # stopped meanwhile (the call queued still runs, before the store closes)
+        except Exception as exc:
+            log.warn("tlsotp-ttp: pruning old tokens failed: {error}", error=shutdown.describe_startup_error(exc))
+            return
+        if pruned.deleted or pruned.erased:
+            log.info(
+                "tlsotp-ttp: pruned tokens older than {retention}: {deleted} expired or withdrawn deleted, "
+                "{erased} spent ones' MAC keys erased",
+                retention=retention, deleted=pruned.deleted, erased=pruned.erased,
+            )
+
     def stopService(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
         service.Service.stopService(self)  # type: ignore[no-untyped-call]
         self._listen_started = False
+        await self.pruning.stopService()  # before the worker: no prune is queued after its close
         await self.listener.stopService()  # new connections are refused from here on
         await self.connections.drain(self.settings.drain_timeout)
         await self.worker.stopService()  # after the decisions those requests queued

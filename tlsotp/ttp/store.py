@@ -15,6 +15,17 @@ renewals inherit it. Revocation, reuse detection and the lifetime cap act on the
 enrollment (``revoke``, ``resolve_superseded``, ``renewal_problem``). Schema version 2 added
 the ``enrollments`` table and ``certificates.enrollment``; ``open`` migrates a version 1 file
 in one transaction.
+
+Retention (``prune_tokens``): certificates, enrollments and revocations are the audit record
+and are kept for ever. A token that never enrolled (expired, or withdrawn) is referenced by
+nothing, and its row is deleted once it has been expired or withdrawn for the retention. A
+spent token's row is the lineage's name (``enrollments.token_id`` and
+``certificates.token_id`` reference it, and ``ttp list`` shows it), so it stays; only its MAC
+key, the one thing in it derived from the secret, is erased (set to an empty blob), once it was
+spent longer ago than the retention *and* the certificate it bought is no longer current
+(renewed, revoked or expired): until then ``enrollment_retry`` may still need the MAC key to
+recognise a lost reply's retry. A token pruned either way is unknown to the Issuer
+(``unknown_token``). No schema change: version 3 holds all of this.
 """
 
 from __future__ import annotations
@@ -180,6 +191,20 @@ class TokenRecord:
     def outstanding(self, now: datetime.datetime) -> bool:
         """Still usable to enroll: not spent, not withdrawn, not expired."""
         return self.spent_at is None and self.withdrawn_at is None and now < self.expires_at
+
+    @property
+    def pruned(self) -> bool:
+        """Spent long ago, its MAC key erased by ``Store.prune_tokens``: it proves nothing now."""
+        return not self.mac_key
+
+
+@dataclass(frozen=True)
+class TokenPrune:
+    """What one ``prune_tokens`` did: rows deleted (expired or withdrawn, never enrolled) and
+    spent tokens whose MAC key was erased."""
+
+    deleted: int
+    erased: int
 
 
 @dataclass(frozen=True)
@@ -351,6 +376,26 @@ class Store:
         record = self.get_token(token_id)
         assert record is not None
         return record
+
+    def prune_tokens(self, *, now: datetime.datetime, retention: datetime.timedelta) -> TokenPrune:
+        """Forget tokens past ``retention``, keeping what the lineage and the retry rule need
+        (see the module's docstring); one transaction."""
+        cutoff = _seconds(now - retention)
+        with self._transaction():
+            deleted = self._db.execute(
+                "DELETE FROM tokens WHERE spent_at IS NULL AND (expires_at < ? OR withdrawn_at < ?)"
+                " AND id NOT IN (SELECT token_id FROM enrollments)"
+                " AND id NOT IN (SELECT token_id FROM certificates WHERE token_id IS NOT NULL)",
+                (cutoff, cutoff),
+            ).rowcount
+            erased = self._db.execute(
+                "UPDATE tokens SET mac_key = X'' WHERE spent_at IS NOT NULL AND spent_at < ? AND length(mac_key) > 0"
+                " AND NOT EXISTS (SELECT 1 FROM certificates c JOIN enrollments e ON e.token_id = tokens.id"
+                "   WHERE c.serial = tokens.spent_serial AND c.superseded_by IS NULL AND c.not_after >= ?"
+                "   AND e.revoked_at IS NULL AND c.serial NOT IN (SELECT serial FROM revocations))",
+                (cutoff, _seconds(now)),
+            ).rowcount
+        return TokenPrune(deleted, erased)
 
     def get_enrollment(self, token_id: str) -> EnrollmentRecord | None:
         row = self._db.execute(
