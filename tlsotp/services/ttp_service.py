@@ -94,6 +94,15 @@ def build_service(
     return TTPService.from_settings(reactor, settings, on_fatal=on_fatal)
 
 
+def span_text(span: datetime.timedelta) -> str:
+    """A duration as the options take it: 30d, 12h, 90m or 45s."""
+    seconds = int(span.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 def _close_issuer(issuer: Issuer) -> None:
     issuer.store.close()
 
@@ -214,7 +223,7 @@ class TTPService(service.MultiService):
             log.info(
                 "tlsotp-ttp: pruned tokens older than {retention}: {deleted} expired or withdrawn deleted, "
                 "{erased} spent ones' MAC keys erased",
-                retention=retention, deleted=pruned.deleted, erased=pruned.erased,
+                retention=span_text(retention), deleted=pruned.deleted, erased=pruned.erased,
             )
 
     def stopService(self) -> Deferred[None]:
