@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -313,6 +314,44 @@ def withdraw(store: Store, token_id: str, out: TextIO) -> int:
     return 0
 
 
+class BackupOptions(_DataDirOptions):
+    """Copy the TTP's database to a new file (0600) while the daemon runs (SQLite online backup)."""
+
+    optParameters: list[list[Any]] = [
+        ["data-dir", "d", None, "The TTP's data dir."],
+        ["to", None, None, "The backup file to create (required; an existing file is never overwritten)."],
+    ]
+
+    synopsis = "--data-dir DIR --to FILE"
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        if not self["to"]:
+            raise usage.UsageError("--to FILE is required: the backup file to create")
+        self["to"] = Path(self["to"])
+
+    def execute(self, reactor: Any, out: TextIO) -> int:
+        target: Path = self["to"]
+        if target.exists() or target.is_symlink():
+            raise CommandFailed(f"{target} exists: a backup never overwrites a file; name a new one")
+        store = self._store()
+        try:
+            store.backup_to(target)
+            certificates = len(store.list_certificates())
+        except FileExistsError:
+            raise CommandFailed(f"{target} exists: a backup never overwrites a file; name a new one") from None
+        except (OSError, sqlite3.Error, StoreError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise CommandFailed(f"cannot back up to {target}: {why}") from None
+        finally:
+            store.close()
+        out.write(
+            f"backed up {store.path} to {target} ({certificates} certificates; mode 0600): to restore, stop the TTP, "
+            f"copy it in place as {store.path.name} and remove any {store.path.name}-wal and -shm left there\n"
+        )
+        return 0
+
+
 def utc_text(moment: datetime.datetime | None) -> str | None:
     """A moment as ISO 8601 in UTC (``2026-12-01T22:00:00+00:00``), for JSON output."""
     return None if moment is None else moment.astimezone(datetime.timezone.utc).isoformat()
@@ -355,4 +394,5 @@ class TTPOptions(CommandGroup):
         Subcommand("list", None, "tlsotp.commands.ttp_admin:ListOptions", "List issued certificates and their status."),
         Subcommand("tokens", None, "tlsotp.commands.ttp_admin:TokensOptions", "List outstanding tokens (never their secrets)."),
         Subcommand("withdraw", None, "tlsotp.commands.ttp_admin:WithdrawOptions", "Withdraw an unspent token by its id."),
+        Subcommand("backup", None, "tlsotp.commands.ttp_admin:BackupOptions", "Copy the TTP's database to a new file, live."),
     ]
