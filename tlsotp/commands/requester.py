@@ -9,9 +9,9 @@ from typing import Any, TextIO
 from cryptography import x509
 from twisted.python import usage
 
-from tlsotp.commands.common import Command, CommandFailed, usage_errors
+from tlsotp.commands.common import Command, CommandFailed, usage_errors, write_json
 from tlsotp.commands.option_types import seconds
-from tlsotp.commands.ttp_admin import parse_role
+from tlsotp.commands.ttp_admin import parse_role, utc_text
 from tlsotp.pki.credentials import CA_FILE, NEXT_KEY_FILE, RootPin
 from tlsotp.pki.keys import KEY_TYPE_NAMES, KeyType, parse_key_type
 from tlsotp.pki.names import check_dns_name
@@ -186,6 +186,7 @@ class RenewOptions(Command):
 class CRLOptions(Command):
     """Fetch the TTP's CRL, verify it against the pinned root, print the revoked serials."""
 
+    optFlags: list[list[Any]] = [["json", None, "Print one JSON document instead of the summary (for scripts)."]]
     optParameters: list[list[Any]] = [
         *_TTP_PARAMETERS,
         *_PIN_PARAMETERS,
@@ -209,6 +210,9 @@ class CRLOptions(Command):
                 write_crl(Path(self["out"]), crl)
             except OSError as exc:
                 raise CommandFailed(f"cannot write {self['out']}: {exc.strerror or exc}") from None
+        if self["json"]:
+            write_json(out, {"crl": crl_json(crl)})
+            return 0
         next_update = crl.next_update_utc
         out.write(
             f"# CRL number {crl_number(crl)}, next update "
@@ -217,9 +221,28 @@ class CRLOptions(Command):
             else f"# CRL number {crl_number(crl)}, {len(crl)} revoked\n"
         )
         for entry in crl:
-            try:
-                reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason.name
-            except x509.ExtensionNotFound:
-                reason = "unspecified"
-            out.write(f"{serial_text(entry.serial_number)}  {entry.revocation_date_utc:%Y-%m-%d %H:%M}  {reason}\n")
+            out.write(f"{serial_text(entry.serial_number)}  {entry.revocation_date_utc:%Y-%m-%d %H:%M}  {revocation_reason(entry)}\n")
         return 0
+
+
+def revocation_reason(entry: x509.RevokedCertificate) -> str:
+    try:
+        return entry.extensions.get_extension_for_class(x509.CRLReason).value.reason.name
+    except x509.ExtensionNotFound:
+        return "unspecified"
+
+
+def crl_json(crl: x509.CertificateRevocationList) -> dict[str, Any]:
+    """``tlsotp crl --json``: the verified CRL's number, times and entries (serials hex, as
+    ``ttp list`` shows them; times ISO 8601 UTC)."""
+    return {
+        "number": crl_number(crl),
+        "issuer": crl.issuer.rfc4514_string(),
+        "last_update": utc_text(crl.last_update_utc),
+        "next_update": utc_text(crl.next_update_utc),
+        "revoked": [
+            {"serial": serial_text(entry.serial_number), "revoked_at": utc_text(entry.revocation_date_utc),
+             "reason": revocation_reason(entry)}
+            for entry in crl
+        ],
+    }

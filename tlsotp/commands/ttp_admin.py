@@ -9,7 +9,6 @@ serialises the writers). Machine-usable output
 from __future__ import annotations
 
 import datetime
-import json
 import sqlite3
 from pathlib import Path
 from typing import Any, TextIO
@@ -17,7 +16,7 @@ from typing import Any, TextIO
 from cryptography import x509
 from twisted.python import usage
 
-from tlsotp.commands.common import Command, CommandFailed, CommandGroup, Subcommand, usage_errors
+from tlsotp.commands.common import Command, CommandFailed, CommandGroup, Subcommand, usage_errors, write_json
 from tlsotp.commands.option_types import duration, whole_days
 from tlsotp.pki.keys import KEY_TYPE_NAMES, KeyType, parse_key_type
 from tlsotp.pki.names import check_dns_name
@@ -373,11 +372,6 @@ def certificate_json(record: CertificateRecord, now: datetime.datetime) -> dict[
         "revocation_reason": record.revocation_reason.name if record.revocation_reason else None,
         "status": record.status(now),
     }
-
-
-def write_json(out: TextIO, document: dict[str, Any]) -> None:
-    """One JSON document and a newline on ``out``."""
-    out.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
 
 
 class TTPOptions(CommandGroup):
