@@ -58,6 +58,12 @@ class Options(PartyOptions):
          "before closing them: 30s, 2m (a bare number is seconds).", seconds],
     ]
 
+    optFlags: list[list[Any]] = [
+        ["log-transactions", None,
+         "Also log each transaction's text when its OTP is issued or confirmed (personal data: off by default; "
+         "the code is never logged)."],
+    ]
+
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self["allow-client"] = []
@@ -99,6 +105,7 @@ def settings_from(options: Options) -> BankServerSettings:
         suites=options.suites,
         otp_policy=options["otp-policy"],
         allowed_clients=options["allow-client"] or None,
+        log_transactions=bool(options["log-transactions"]),
         **same_named(
             options, "data_dir", "name", "ttp", "pin", "token", "listen", "key_type", "timeout", "crl_refresh",
             "renew_check", "renew_before", "max_connections", "max_per_address", "first_message_timeout",

@@ -61,9 +61,12 @@ class OTPServerFactory(SlottedFactory["OTPServerProtocol"]):
         max_per_address: int = DEFAULT_MAX_PER_ADDRESS,
         call_later: Callable[..., Any] | None = None,
         observer: Callable[[TraceRecord], None] | None = None,
+        log_transactions: bool = False,
     ) -> None:
         """``first_message_timeout`` bounds the wait for the ClientHello (None: only
-        ``timeout_seconds`` applies); ``call_later`` is a test clock's, else the reactor's."""
+        ``timeout_seconds`` applies); ``call_later`` is a test clock's, else the reactor's.
+        ``log_transactions``: also log each transaction's text (personal data: off by default)."""
+        self.log_transactions = log_transactions
         self._config: ServerConfig | None = None
         self._config_key: tuple[object, ...] = ()
         self.identity = identity
@@ -230,9 +233,11 @@ class OTPServerProtocol(SecureChannelProtocol):
         # The code itself is a secret and the transaction text is personal data (an amount, a
         # payee): neither is logged. The transaction id (random, also in the grant) correlates.
         log.info(
-            "{peer}: issued an OTP to {client} for transaction {transaction_id}, valid until {expires}",
+            "{peer}: issued an OTP to {client} for transaction {transaction_id}, valid until {expires}"
+            + (": {transaction!r}" if self.server.log_transactions else ""),
             peer=self.peer, client=self.client_name, transaction_id=issued.transaction_id.hex()[:16],
             expires=datetime.datetime.fromtimestamp(issued.expires_at, datetime.timezone.utc).isoformat(),
+            **self._transaction_field(transaction),
         )
         self.server.sessions_completed += 1
         self.close()
@@ -243,11 +248,16 @@ class OTPServerProtocol(SecureChannelProtocol):
         result = messages.ConfirmResult(confirmation.status, confirmation.attempts_left)
         self.connection.send_application_data(messages.encode(result))
         log.info(  # without the transaction text, personal data (see _send_grant)
-            "{peer}: confirmation from {client}: {status}",
+            "{peer}: confirmation from {client}: {status}" + (" for {transaction!r}" if self.server.log_transactions else ""),
             peer=self.peer, client=self.client_name, status=confirmation.status.name,
+            **self._transaction_field(transaction),
         )
         self.server.sessions_completed += 1
         self.close()
+
+    def _transaction_field(self, transaction: str) -> dict[str, str]:
+        """The transaction text as a log field, only with ``--log-transactions`` (never the code)."""
+        return {"transaction": transaction} if self.server.log_transactions else {}
 
     def _internal_error(self, failure: Failure) -> None:
         if isinstance(failure.value, AlertError):  # a refusal by the OTP rules (a locked transaction)

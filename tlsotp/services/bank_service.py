@@ -91,6 +91,8 @@ class BankServerSettings:
     first_message_timeout: float | None = DEFAULT_FIRST_MESSAGE_TIMEOUT
     #: Seconds sessions in flight get to finish when the service stops (SIGTERM).
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    #: Log each transaction's text with its OTP's issue and confirmation (personal data: off).
+    log_transactions: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -183,6 +185,7 @@ class BankServerService(service.MultiService):
             crl=crl,
             timeout_seconds=s.timeout,
             first_message_timeout=s.first_message_timeout,
+            log_transactions=s.log_transactions,
             max_connections=s.max_connections,
             max_per_address=s.max_per_address,
         )
