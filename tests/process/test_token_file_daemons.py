@@ -13,7 +13,7 @@ from pathlib import Path
 from twisted.trial import unittest
 
 from tests.process.test_end_to_end import COMMAND_SECONDS, tlsotp
-from tests.processes import REPO, TLSOTP, Daemon
+from tests.processes import REPO, TLSOTP, TWISTD, Daemon
 
 
 class TokenFileDaemonTests(unittest.TestCase):
@@ -62,3 +62,17 @@ class TokenFileDaemonTests(unittest.TestCase):
         listing = tlsotp("ttp", "list", "--data-dir", str(ttp_dir)).stdout
         self.assertIn("bank.example", listing)
         self.assertIn("alice.example", listing)
+
+        # The unsafe form still works, and the daemon says once in its log that ps shows it.
+        carol_token = token("carol.example", "client")
+        log_path = workdir / "carol.log"
+        carol = subprocess.run(
+            [*TWISTD, "-n", "--pidfile", "", "--logfile", str(log_path), "tlsotp-client", "--data-dir",
+             str(workdir / "carol"), "--name", "carol.example", "--ttp", endpoint, "--ca-fingerprint", fingerprint.group(0),
+             "--token", carol_token, "--server", f"tcp:host=127.0.0.1:port={server.port}", "--server-name", "bank.example"],
+            cwd=REPO, capture_output=True, text=True, timeout=COMMAND_SECONDS, stdin=subprocess.DEVNULL,
+        )
+        log = log_path.read_text()
+        self.assertEqual(carol.returncode, 0, log)
+        self.assertEqual(log.count("--token on the command line is visible to every local user"), 1, log)
+        self.assertNotIn(carol_token, log)
