@@ -34,7 +34,7 @@ class ServerStartupTests(unittest.TestCase):
         self.assertEqual(result.returncode, 1)
         self.assertEqual(
             result.stderr.strip(),
-            f"tlsotp-server: {self.workdir / 'bank'} holds no certificate yet: start with --token to enroll",
+            f"tlsotp-server: {self.workdir / 'bank'} holds no certificate yet: start with --token-file FILE to enroll",
         )
 
     def test_no_pin_is_one_line_exit_1(self) -> None:

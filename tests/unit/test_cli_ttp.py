@@ -54,7 +54,7 @@ class ParseTests(unittest.SynchronousTestCase):
     def test_usage_errors_name_the_command(self) -> None:
         self.assertUsage([], "tlsotp", "choose a command")
         self.assertUsage(["frobnicate"], "tlsotp", "frobnicate")
-        self.assertUsage(["ttp"], "tlsotp ttp", "choose a command: init, token, revoke, list, tokens, withdraw")
+        self.assertUsage(["ttp"], "tlsotp ttp", "choose a command: init, token, revoke, list, tokens, withdraw, backup")
         self.assertUsage(["ttp", "token", "--data-dir", "d"], "tlsotp ttp token", "--name and --role are required")
         self.assertUsage(["ttp", "token", "--data-dir", "d", "--name", "x", "--role", "admin"], "tlsotp ttp token", "role must be")
         self.assertUsage(["ttp", "token", "--data-dir", "d", "--name", "*.x", "--role", "server"], "tlsotp ttp token", "DNS host name")

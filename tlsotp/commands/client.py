@@ -5,7 +5,9 @@ Its options (shared with ``twistd -n tlsotp-client``) only turn argv into a
 
 Exit codes: 0 the OTP was received and verified (or a confirmation accepted); 1 any refusal or
 failure (one line on stderr, saying whether the server could not be reached, refused us, was
-refused by us, or hung up); 2 a usage error.
+refused by us, or hung up); 2 a usage error. With ``--json`` stdout gets one JSON document
+(``run_json``: the answer, the suite, the costs; or, on a failure, the error document of
+``tlsotp.commands.common``, with the way it failed and the alert).
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ from twisted.internet.defer import Deferred
 from twisted.python import usage
 
 from tlsotp.alerts import AlertError, LocalRefusal, PeerRefused, PeerUnreachable, SessionTruncated
-from tlsotp.commands.common import EXIT_OK, Command, CommandFailed
+from tlsotp.commands.common import EXIT_OK, AnsweredFailure, Command, CommandFailed, write_json
 from tlsotp.commands.party_options import PartyOptions
 from tlsotp.commands.trace import TracePrinter, summarise
 from tlsotp.otp import messages
 from tlsotp.otp.messages import check_code, check_transaction
 from tlsotp.pki.names import check_dns_name
-from tlsotp.services.client_run import DEFAULT_SERVER, DEFAULT_TRANSACTION, ClientRunSettings, run_client
+from tlsotp.services.client_run import DEFAULT_SERVER, DEFAULT_TRANSACTION, ClientRun, ClientRunSettings, run_client
 
 __all__ = ["DEFAULT_TRANSACTION", "ClientCommandOptions", "ClientOptions", "describe_session_error", "render_answer"]
 
@@ -32,7 +34,7 @@ __all__ = ["DEFAULT_TRANSACTION", "ClientCommandOptions", "ClientOptions", "desc
 class ClientOptions(PartyOptions):
     """The client's options, shared by ``tlsotp client`` and ``twistd -n tlsotp-client``."""
 
-    synopsis = "--data-dir DIR --server-name NAME [--server ENDPOINT] [--name NAME --token T (--ca-fingerprint F | --ca-cert FILE)] ..."
+    synopsis = "--data-dir DIR --server-name NAME [--server ENDPOINT] [--name NAME --token-file F (--ca-fingerprint F | --ca-cert FILE)]"
     optFlags: list[list[Any]] = [
         ["no-crl-check", None, "Do not fetch the TTP's CRL before connecting (revoked servers go unnoticed!)."],
         ["trace", None, "Print each handshake message as it goes, and what the session cost."],
@@ -92,6 +94,31 @@ def render_answer(answer: messages.OTPGrant | messages.ConfirmResult, transactio
     return False, f"OTP refused for {transaction}: {detail}"
 
 
+def run_json(run: ClientRun, transaction: str, good: bool) -> dict[str, Any]:
+    """``tlsotp client --json``: the answer, the suite, and what the session cost on the wire."""
+    answer = run.result.answer
+    document: dict[str, Any] = {"transaction": transaction, "ok": good}
+    if isinstance(answer, messages.OTPGrant):
+        expires = datetime.datetime.fromtimestamp(answer.expires_at, datetime.timezone.utc)
+        document["otp"] = {"code": answer.code, "message": answer.message, "expires": expires.isoformat()}
+    else:
+        document["confirmation"] = {"status": answer.status.name, "attempts_left": answer.attempts_left}
+    stats = run.result.stats
+    document["suite"] = run.result.suite.name
+    document["crl_checked"] = run.crl_checked
+    document["costs"] = {
+        "bytes_sent": stats.bytes_sent,
+        "bytes_received": stats.bytes_received,
+        "frames_sent": stats.frames_sent,
+        "frames_received": stats.frames_received,
+        "round_trips": stats.flights_received,
+        "handshake_ms": None if stats.handshake_seconds is None else round(stats.handshake_seconds * 1000, 3),
+        "handshake_cpu_ms": None if stats.handshake_cpu_seconds is None else round(stats.handshake_cpu_seconds * 1000, 3),
+        "session_ms": round(stats.elapsed() * 1000, 3),
+    }
+    return document
+
+
 def describe_session_error(error: AlertError) -> str:
     """One line that says which way the session with the server failed. A refusal by the server
     and a hang-up say so in their detail already ("the server refused the session")."""
@@ -107,6 +134,15 @@ class ClientCommandOptions(Command, ClientOptions):
     """Run one client session: request an OTP for a transaction, or confirm one."""
 
     synopsis = ClientOptions.synopsis
+    optFlags: list[list[Any]] = [
+        ["json", None, "Print one JSON document (the answer, the suite, the session's costs) instead of text."],
+    ]
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        if self["json"] and self["trace"]:
+            raise usage.UsageError("--trace prints text: give --trace or --json, not both")
+        self.session_error: AlertError | None = None
 
     async def _execute(self, reactor: Any, out: TextIO) -> int:
         if self["no-crl-check"]:
@@ -116,14 +152,31 @@ class ClientCommandOptions(Command, ClientOptions):
         try:
             run = await run_client(reactor, self.run_settings(trace_out=out))
         except (PeerUnreachable, PeerRefused, LocalRefusal, SessionTruncated) as exc:
+            self.session_error = exc
             raise CommandFailed(describe_session_error(exc)) from None
         good, text = render_answer(run.result.answer, self["transaction"])
+        if self["json"]:
+            write_json(out, run_json(run, self["transaction"], good))
+            if not good:
+                raise AnsweredFailure(text)
+            return EXIT_OK
         if self["trace"]:
             out.write(summarise(run.result.stats, run.result.suite.name) + "\n")
         if not good:
             raise CommandFailed(text)
         out.write(text + "\n")
         return EXIT_OK
+
+    def json_error(self, error: BaseException | None) -> dict[str, Any]:
+        """Which way the session failed, and its alert, for scripts."""
+        failed = self.session_error
+        if failed is None:
+            return {"kind": "failed", "alert": None}
+        kind = {
+            PeerUnreachable: "unreachable", PeerRefused: "refused_by_server", LocalRefusal: "refused_by_client",
+            SessionTruncated: "truncated",
+        }.get(type(failed), "failed")
+        return {"kind": kind, "alert": None if isinstance(failed, PeerUnreachable) else failed.alert.name}
 
     def execute(self, reactor: Any, out: TextIO) -> Deferred[int]:
         return Deferred.fromCoroutine(self._execute(reactor, out))

@@ -23,6 +23,7 @@ from tlsotp.alerts import AlertError
 from tlsotp.commands.client import ClientOptions, describe_session_error, render_answer
 from tlsotp.commands.common import describe_error
 from tlsotp.commands.option_types import seconds
+from tlsotp.commands.party_options import warn_token_on_argv
 from tlsotp.pki.pem import KEY_MODE, atomic_write
 from tlsotp.services.client_run import ClientRunSettings, run_client
 from tlsotp.services.shutdown import stop_with_status
@@ -112,6 +113,7 @@ class OTPClientService(service.Service):
 def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
+    warn_token_on_argv("tlsotp-client", options)
     def on_done(status: int) -> None:
         stop_with_status(reactor, status)
 

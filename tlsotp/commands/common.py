@@ -8,11 +8,18 @@ modules in its lazy table, so a leaf importing ``main`` would close an import cy
 
 Exit codes: 0 success; 1 refused or failed (one line on stderr); 2 usage error (one line on
 stderr). Never a traceback.
+
+``--json`` (on the commands that have it): the result is one JSON document on stdout and
+nothing else goes there; a failure (exit 1) is still its one line on stderr, and stdout gets
+one JSON document too, ``{"error": {"command": ..., "message": ...}}`` (``json_error`` adds
+more where the command knows more), so a script reading stdout always gets JSON. A usage
+error (exit 2) is never JSON: the arguments did not parse.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,6 +53,11 @@ class Subcommand:
 
 class CommandFailed(Exception):
     """A refusal the command states in one line (exit code 1)."""
+
+
+class AnsweredFailure(CommandFailed):
+    """A failure whose ``--json`` document is already on stdout (a refused confirmation): one
+    line on stderr and exit code 1, and no second document."""
 
 
 def describe_error(error: BaseException | None) -> str:
@@ -160,6 +172,15 @@ class Command(usage.Options):
     def execute(self, reactor: Any, out: TextIO) -> int | Awaitable[int] | Deferred[int]:
         raise NotImplementedError
 
+    @property
+    def wants_json(self) -> bool:
+        """Whether this command has a ``--json`` flag and it was given."""
+        return bool(self.opts.get("json"))
+
+    def json_error(self, error: BaseException | None) -> dict[str, Any]:
+        """More fields for the ``--json`` error document, beyond command and message."""
+        return {}
+
     def run(self, reactor: Any, out: TextIO | None = None, err: TextIO | None = None) -> Deferred[int]:
         out = out or sys.stdout
         err = err or sys.stderr
@@ -169,11 +190,20 @@ class Command(usage.Options):
             return ensureDeferred(value) if hasattr(value, "__await__") and not isinstance(value, Deferred) else value
 
         def failed(failure: Failure) -> int:
-            assert err is not None
-            err.write(f"{command_path(self)}: {describe_error(failure.value)}\n")
+            assert err is not None and out is not None
+            message = describe_error(failure.value)
+            err.write(f"{command_path(self)}: {message}\n")
+            if self.wants_json and not failure.check(AnsweredFailure):  # type: ignore[no-untyped-call]
+                write_json(out, {"error": {"command": command_path(self), "message": message,
+                                           **self.json_error(failure.value)}})
             return EXIT_FAILED
 
         return result.addCallback(awaited).addErrback(failed)
+
+
+def write_json(out: TextIO, document: dict[str, Any]) -> None:
+    """One JSON document and a newline on ``out``."""
+    out.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
 
 
 class CommandGroup(usage.Options):

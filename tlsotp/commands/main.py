@@ -40,7 +40,7 @@ from tlsotp.commands.common import (
 __all__ = ["SUBCOMMANDS", "TlsotpOptions", "main", "parse"]
 
 SUBCOMMANDS: list[Subcommand] = [
-    Subcommand("ttp", None, "tlsotp.commands.ttp_admin:TTPOptions", "Operate the TTP: init, token, revoke, list."),
+    Subcommand("ttp", None, "tlsotp.commands.ttp_admin:TTPOptions", "Operate the TTP: init, token(s), withdraw, revoke, list, backup."),
     Subcommand("enroll", None, "tlsotp.commands.requester:EnrollOptions", "Enroll with the TTP using a token."),
     Subcommand("renew", None, "tlsotp.commands.requester:RenewOptions", "Renew this party's certificate."),
     Subcommand("crl", None, "tlsotp.commands.requester:CRLOptions", "Fetch and verify the TTP's CRL."),

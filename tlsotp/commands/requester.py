@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, TextIO
 
 from cryptography import x509
 from twisted.python import usage
 
-from tlsotp.commands.common import Command, CommandFailed, usage_errors
+from tlsotp.commands.common import Command, CommandFailed, usage_errors, write_json
 from tlsotp.commands.option_types import seconds
-from tlsotp.commands.ttp_admin import parse_role
+from tlsotp.commands.ttp_admin import parse_role, utc_text
 from tlsotp.pki.credentials import CA_FILE, NEXT_KEY_FILE, RootPin
 from tlsotp.pki.keys import KEY_TYPE_NAMES, KeyType, parse_key_type
 from tlsotp.pki.names import check_dns_name
@@ -46,6 +47,42 @@ def pin_from_options(options: usage.Options, *, required: bool) -> RootPin | Non
     return None
 
 
+#: How much of a token file is read: a token is about 60 characters.
+TOKEN_FILE_LIMIT = 4096
+
+
+def read_token_file(name: str, stdin: TextIO | None = None) -> str:
+    """The token in file ``name`` (``-``: standard input), stripped; a ``usage.UsageError`` naming
+    the file when it cannot be read or holds no token. A file keeps the token out of ``ps``."""
+    where = "standard input" if name == "-" else name
+    try:
+        if name == "-":
+            text = (stdin or sys.stdin).read(TOKEN_FILE_LIMIT + 1)
+        else:
+            with open(name, encoding="utf-8") as file:
+                text = file.read(TOKEN_FILE_LIMIT + 1)
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise usage.UsageError(f"cannot read --token-file {where}: {reason}") from None
+    if len(text) > TOKEN_FILE_LIMIT:
+        raise usage.UsageError(f"--token-file {where} is too long for a token")
+    token = text.strip()
+    if not token:
+        raise usage.UsageError(f"--token-file {where} is empty: write the token from 'tlsotp ttp token' into it")
+    return token
+
+
+def token_from_options(options: usage.Options, *, required: bool) -> str | None:
+    """The token given by --token or --token-file (at most one; ``-`` is standard input)."""
+    if options["token"] and options["token-file"]:
+        raise usage.UsageError("give --token or --token-file, not both")
+    if options["token-file"]:
+        return read_token_file(options["token-file"])
+    if required and not options["token"]:
+        raise usage.UsageError("give the token: --token-file FILE (or - for standard input), or --token T")
+    return options["token"] or None
+
+
 def _retry_hint(exc: TTPUnavailable, data_dir: Path) -> CommandFailed:
     """No reply: the TTP may have issued the certificate. Say that re-running is safe."""
     if (data_dir / NEXT_KEY_FILE).exists():
@@ -63,8 +100,8 @@ class EnrollOptions(Command):
         ["data-dir", "d", None, "Directory for key.pem, cert.pem and ca.pem (created if missing)."],
         *_TTP_PARAMETERS,
         *_PIN_PARAMETERS,
-        ["token", None, None, "The token from 'tlsotp ttp token'."],
-        ["token-file", None, None, "Read the token from this file instead (keeps it out of ps)."],
+        ["token-file", None, None, "Read the token from 'tlsotp ttp token' from this file (- for standard input)."],
+        ["token", None, None, "The token itself (visible in ps: prefer --token-file)."],
         ["name", None, None, "The name the token was minted for."],
         ["role", None, None, "server or client."],
         ["key-type", None, KeyType.EC_P256.value, f"Key type: {', '.join(KEY_TYPE_NAMES)}."],
@@ -75,11 +112,8 @@ class EnrollOptions(Command):
             raise usage.UsageError("--data-dir, --name and --role are required")
         self["data-dir"] = Path(self["data-dir"])
         self["pin"] = pin_from_options(self, required=True)
-        if bool(self["token"]) == bool(self["token-file"]):
-            raise usage.UsageError("give the token: --token T or --token-file FILE")
+        self["token"] = token_from_options(self, required=True)
         try:
-            if self["token-file"]:
-                self["token"] = Path(self["token-file"]).read_text().strip()
             self["name"] = check_dns_name(self["name"])
             self["role"] = parse_role(self["role"])
             self["key-type"] = parse_key_type(self["key-type"])
@@ -152,6 +186,7 @@ class RenewOptions(Command):
 class CRLOptions(Command):
     """Fetch the TTP's CRL, verify it against the pinned root, print the revoked serials."""
 
+    optFlags: list[list[Any]] = [["json", None, "Print one JSON document instead of the summary (for scripts)."]]
     optParameters: list[list[Any]] = [
         *_TTP_PARAMETERS,
         *_PIN_PARAMETERS,
@@ -175,6 +210,9 @@ class CRLOptions(Command):
                 write_crl(Path(self["out"]), crl)
             except OSError as exc:
                 raise CommandFailed(f"cannot write {self['out']}: {exc.strerror or exc}") from None
+        if self["json"]:
+            write_json(out, {"crl": crl_json(crl)})
+            return 0
         next_update = crl.next_update_utc
         out.write(
             f"# CRL number {crl_number(crl)}, next update "
@@ -183,9 +221,28 @@ class CRLOptions(Command):
             else f"# CRL number {crl_number(crl)}, {len(crl)} revoked\n"
         )
         for entry in crl:
-            try:
-                reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason.name
-            except x509.ExtensionNotFound:
-                reason = "unspecified"
-            out.write(f"{serial_text(entry.serial_number)}  {entry.revocation_date_utc:%Y-%m-%d %H:%M}  {reason}\n")
+            out.write(f"{serial_text(entry.serial_number)}  {entry.revocation_date_utc:%Y-%m-%d %H:%M}  {revocation_reason(entry)}\n")
         return 0
+
+
+def revocation_reason(entry: x509.RevokedCertificate) -> str:
+    try:
+        return entry.extensions.get_extension_for_class(x509.CRLReason).value.reason.name
+    except x509.ExtensionNotFound:
+        return "unspecified"
+
+
+def crl_json(crl: x509.CertificateRevocationList) -> dict[str, Any]:
+    """``tlsotp crl --json``: the verified CRL's number, times and entries (serials hex, as
+    ``ttp list`` shows them; times ISO 8601 UTC)."""
+    return {
+        "number": crl_number(crl),
+        "issuer": crl.issuer.rfc4514_string(),
+        "last_update": utc_text(crl.last_update_utc),
+        "next_update": utc_text(crl.next_update_utc),
+        "revoked": [
+            {"serial": serial_text(entry.serial_number), "revoked_at": utc_text(entry.revocation_date_utc),
+             "reason": revocation_reason(entry)}
+            for entry in crl
+        ],
+    }

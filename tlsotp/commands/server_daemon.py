@@ -2,7 +2,7 @@
 
 The options become a ``BankServerSettings`` and ``makeService`` is
 ``tlsotp.services.bank_service.build_service``: on start the service loads its credentials (or
-enrolls with ``--token``), fetches the TTP's CRL, and listens; while running it refreshes the
+enrolls with the token of ``--token-file``), fetches the TTP's CRL, and listens; while running it refreshes the
 CRL and renews its certificate before expiry. SIGTERM stops accepting at once and lets sessions
 in flight finish (``--drain-timeout``).
 """
@@ -17,7 +17,7 @@ from twisted.python import usage
 
 from tlsotp.commands.metrics_option import METRICS_OPTION, check_metrics_option
 from tlsotp.commands.option_types import positive_int, same_named, seconds, whole_seconds
-from tlsotp.commands.party_options import PartyOptions
+from tlsotp.commands.party_options import PartyOptions, warn_token_on_argv
 from tlsotp.database_checks import DatabaseUnusable, check_database
 from tlsotp.pki.names import check_dns_name
 from tlsotp.pki.pem import PEMError
@@ -40,7 +40,7 @@ __all__ = ["CRL_FILE", "BankServerService", "Options", "makeService", "settings_
 
 
 class Options(PartyOptions):
-    synopsis = "--data-dir DIR --name NAME [--listen ENDPOINT] [--ttp ENDPOINT] (--ca-fingerprint F | --ca-cert FILE) [--token T] ..."
+    synopsis = "--data-dir DIR --name NAME [--listen ENDPOINT] [--ttp ENDPOINT] (--ca-fingerprint F | --ca-cert FILE) [--token-file F] ..."
     optParameters: list[list[Any]] = [
         ["listen", "l", DEFAULT_LISTEN, "Endpoint string to listen on."],
         ["name", "n", None, "The server's DNS name, as minted in its token (e.g. bank.example)."],
@@ -68,6 +68,12 @@ class Options(PartyOptions):
         ["ttp-unreachable-after", None, DEFAULT_TTP_UNREACHABLE_AFTER,
          "With --metrics: /health reports 503 once CRL refreshes and renewals have been failing for this long: "
          "30m, 2h (a bare number is seconds).", seconds],
+    ]
+
+    optFlags: list[list[Any]] = [
+        ["log-transactions", None,
+         "Also log each transaction's text when its OTP is issued or confirmed (personal data: off by default; "
+         "the code is never logged)."],
     ]
 
     def __init__(self) -> None:
@@ -112,6 +118,7 @@ def settings_from(options: Options) -> BankServerSettings:
         suites=options.suites,
         otp_policy=options["otp-policy"],
         allowed_clients=options["allow-client"] or None,
+        log_transactions=bool(options["log-transactions"]),
         **same_named(
             options, "data_dir", "name", "ttp", "pin", "token", "listen", "key_type", "timeout", "crl_refresh",
             "renew_check", "renew_before", "max_connections", "max_per_address", "first_message_timeout",
@@ -123,6 +130,7 @@ def settings_from(options: Options) -> BankServerSettings:
 def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
+    warn_token_on_argv("tlsotp-server", options)
     return cast(
         service.IService,
         build_service(settings_from(options), reactor, on_fatal=lambda: stop_with_status(reactor, 1)),

@@ -1,21 +1,22 @@
 """``tlsotp ttp ...``: the operator's commands on a TTP data dir.
 
-``init`` makes the CA; ``token``, ``revoke`` and ``list`` work on the database and need no CA
-key, so they run while the daemon runs (SQLite serialises the writers). Machine-usable output
+``init`` makes the CA; ``token`` (also ``token --withdraw``), ``tokens``, ``withdraw``, ``revoke``
+and ``list`` work on the database and need no CA key, so they run while the daemon runs (SQLite
+serialises the writers). Machine-usable output
 (the fingerprint, the token) goes alone to stdout; notes for the human go to stderr.
 """
 
 from __future__ import annotations
 
 import datetime
-import json
+import sqlite3
 from pathlib import Path
 from typing import Any, TextIO
 
 from cryptography import x509
 from twisted.python import usage
 
-from tlsotp.commands.common import Command, CommandFailed, CommandGroup, Subcommand, usage_errors
+from tlsotp.commands.common import Command, CommandFailed, CommandGroup, Subcommand, usage_errors, write_json
 from tlsotp.commands.option_types import duration, whole_days
 from tlsotp.pki.keys import KEY_TYPE_NAMES, KeyType, parse_key_type
 from tlsotp.pki.names import check_dns_name
@@ -113,25 +114,35 @@ class InitOptions(_DataDirOptions):
 
 
 class TokenOptions(_DataDirOptions):
-    """Mint a one-time enrollment token for one name and one role."""
+    """Mint a one-time enrollment token for one name and one role (or, with --withdraw ID,
+    withdraw one: the same as ``tlsotp ttp withdraw ID``)."""
 
+    synopsis = "--data-dir DIR (--name NAME --role server|client [--ttl 1h] | --withdraw TOKEN-ID)"
     optParameters: list[list[Any]] = [
         ["data-dir", "d", None, "The TTP's data dir."],
-        ["name", None, None, "The DNS name the token may enroll (required)."],
-        ["role", None, None, "server or client (required)."],
+        ["name", None, None, "The DNS name the token may enroll (required to mint)."],
+        ["role", None, None, "server or client (required to mint)."],
         ["ttl", None, DEFAULT_TTL, "How long the token stays usable: 90s, 30m, 1h, 7d (at most 30d)."],
+        ["withdraw", None, None, "Withdraw this unspent token (its id, or the whole token) instead of minting one."],
     ]
 
     def postOptions(self) -> None:
         super().postOptions()
+        if self["withdraw"] is not None:
+            if self["name"] or self["role"]:
+                raise usage.UsageError("--withdraw takes the token id alone, without --name or --role")
+            self["token-id"] = parse_token_id(self["withdraw"])
+            return
         if not self["name"] or not self["role"]:
-            raise usage.UsageError("--name and --role are required")
+            raise usage.UsageError("--name and --role are required (or --withdraw TOKEN-ID)")
         with usage_errors():
             self["name"] = check_dns_name(self["name"])
             self["role"] = parse_role(self["role"])
             self["ttl"] = parse_duration(self["ttl"])
 
     def execute(self, reactor: Any, out: TextIO) -> int:
+        if self["withdraw"] is not None:
+            return withdraw(self._store(), self["token-id"], out)
         store = self._store()
         try:
             token = store.mint_token(self["name"], self["role"], ttl=self["ttl"], now=utcnow())
@@ -267,29 +278,75 @@ class WithdrawOptions(_DataDirOptions):
     def parseArgs(self, token: str | None = None) -> None:
         if token is None:
             raise usage.UsageError("give the id of the token to withdraw (as 'tlsotp ttp tokens' shows it)")
-        # The whole token (ID.SECRET) is accepted too, as a leaked one is usually found whole.
-        token_id = token.strip().split(".", 1)[0]
-        if not token_id:
-            raise usage.UsageError(f"{token!r} is not a token id")
-        self["token-id"] = token_id
+        self["token-id"] = parse_token_id(token)
 
     def execute(self, reactor: Any, out: TextIO) -> int:
+        return withdraw(self._store(), self["token-id"], out)
+
+
+def parse_token_id(text: str) -> str:
+    """The id of a token given by its id or whole (ID.SECRET), as a leaked one is usually found."""
+    token_id = text.strip().split(".", 1)[0]
+    if not token_id:
+        raise usage.UsageError(f"{text!r} is not a token id")
+    return token_id
+
+
+def withdraw(store: Store, token_id: str, out: TextIO) -> int:
+    """``ttp withdraw ID`` and ``ttp token --withdraw ID``: withdraw, say so, close the store."""
+    try:
+        record = store.withdraw_token(token_id, now=utcnow())
+    except TokenUnavailable as exc:
+        why = {
+            "unknown": "no such token",
+            "spent": "it was already used to enroll; revoke its certificate with 'tlsotp ttp revoke' instead",
+            "withdrawn": "it was already withdrawn",
+            "expired": "it has already expired, and enrolls nothing",
+        }.get(exc.reason, exc.reason)
+        raise CommandFailed(f"cannot withdraw token {token_id}: {why}") from None
+    finally:
+        store.close()
+    out.write(
+        f"withdrew token {record.token_id} ({record.name}, {record.role.value}); "
+        "the TTP refuses it from now on (token_withdrawn)\n"
+    )
+    return 0
+
+
+class BackupOptions(_DataDirOptions):
+    """Copy the TTP's database to a new file (0600) while the daemon runs (SQLite online backup)."""
+
+    optParameters: list[list[Any]] = [
+        ["data-dir", "d", None, "The TTP's data dir."],
+        ["to", None, None, "The backup file to create (required; an existing file is never overwritten)."],
+    ]
+
+    synopsis = "--data-dir DIR --to FILE"
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        if not self["to"]:
+            raise usage.UsageError("--to FILE is required: the backup file to create")
+        self["to"] = Path(self["to"])
+
+    def execute(self, reactor: Any, out: TextIO) -> int:
+        target: Path = self["to"]
+        if target.exists() or target.is_symlink():
+            raise CommandFailed(f"{target} exists: a backup never overwrites a file; name a new one")
         store = self._store()
         try:
-            record = store.withdraw_token(self["token-id"], now=utcnow())
-        except TokenUnavailable as exc:
-            why = {
-                "unknown": "no such token",
-                "spent": "it was already used to enroll; revoke its certificate with 'tlsotp ttp revoke' instead",
-                "withdrawn": "it was already withdrawn",
-                "expired": "it has already expired, and enrolls nothing",
-            }.get(exc.reason, exc.reason)
-            raise CommandFailed(f"cannot withdraw token {self['token-id']}: {why}") from None
+            store.backup_to(target)
+            certificates = len(store.list_certificates())
+        except FileExistsError:
+            raise CommandFailed(f"{target} exists: a backup never overwrites a file; name a new one") from None
+        except (OSError, sqlite3.Error, StoreError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise CommandFailed(f"cannot back up to {target}: {why}") from None
         finally:
             store.close()
         out.write(
-            f"withdrew token {record.token_id} ({record.name}, {record.role.value}); "
-            "the TTP refuses it from now on (token_withdrawn)\n"
+            f"backed up {store.path} to {target} ({certificates} certificates; mode 0600): to restore, stop the TTP, "
+            f"copy it in place as {store.path.name} and remove any {store.path.name}-wal and -shm left there\n"
         )
         return 0
 
@@ -317,21 +374,19 @@ def certificate_json(record: CertificateRecord, now: datetime.datetime) -> dict[
     }
 
 
-def write_json(out: TextIO, document: dict[str, Any]) -> None:
-    """One JSON document and a newline on ``out``."""
-    out.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
-
-
 class TTPOptions(CommandGroup):
     """Operate the TTP's data dir (times are UTC)."""
 
     commands = [
         Subcommand("init", None, "tlsotp.commands.ttp_admin:InitOptions", "Create the CA key and root; print its fingerprint."),
-        Subcommand("token", None, "tlsotp.commands.ttp_admin:TokenOptions", "Mint a one-time enrollment token."),
+        Subcommand(
+            "token", None, "tlsotp.commands.ttp_admin:TokenOptions", "Mint a one-time enrollment token (or --withdraw one)."
+        ),
         Subcommand(
             "revoke", None, "tlsotp.commands.ttp_admin:RevokeOptions", "Revoke the whole enrollment of a certificate, by serial."
         ),
         Subcommand("list", None, "tlsotp.commands.ttp_admin:ListOptions", "List issued certificates and their status."),
         Subcommand("tokens", None, "tlsotp.commands.ttp_admin:TokensOptions", "List outstanding tokens (never their secrets)."),
         Subcommand("withdraw", None, "tlsotp.commands.ttp_admin:WithdrawOptions", "Withdraw an unspent token by its id."),
+        Subcommand("backup", None, "tlsotp.commands.ttp_admin:BackupOptions", "Copy the TTP's database to a new file, live."),
     ]

@@ -28,7 +28,7 @@ from tlsotp.services import shutdown
 from tlsotp.services.connection_slots import DEFAULT_FIRST_MESSAGE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS
 from tlsotp.services.daemon_services import DEFAULT_DRAIN_TIMEOUT
 from tlsotp.services.ttp_server import DEFAULT_TIMEOUT
-from tlsotp.services.ttp_service import DEFAULT_CRL_HOURS, DEFAULT_LISTEN, TTPService, TTPSettings, build_service
+from tlsotp.services.ttp_service import DEFAULT_CRL_HOURS, DEFAULT_LISTEN, DEFAULT_TOKEN_RETENTION, TTPService, TTPSettings, build_service
 from tlsotp.ttp.ca import CAError, CertificateAuthority, TTPPaths, load_ca, read_passphrase
 from tlsotp.ttp.issuer import DEFAULT_CERT_DAYS, DEFAULT_MAX_LINEAGE
 from tlsotp.ttp.store import Store, StoreError
@@ -63,6 +63,12 @@ class Options(usage.Options):
             "How long an enrollment may be renewed, from its token's use (90d, 12h, ...); then a new token is needed.",
             duration,
         ],
+        [
+            "token-retention", None, f"{DEFAULT_TOKEN_RETENTION.days}d",
+            "How long tokens are kept once expired, withdrawn or spent (30d, 12h, ...); then an hourly prune "
+            "deletes the unspent ones and erases the spent ones' MAC keys. Certificates are kept for ever.",
+            duration,
+        ],
         ["drain-timeout", None, DEFAULT_DRAIN_TIMEOUT,
          "On SIGTERM: stop accepting at once, then give requests in flight this long to finish "
          "before closing them: 30s, 2m (a bare number is seconds).", seconds],
@@ -76,8 +82,9 @@ class Options(usage.Options):
             raise usage.UsageError("--data-dir is required")
         check_metrics_option("tlsotp-ttp", self["metrics"])
         self["data-dir"] = Path(self["data-dir"])
-        if isinstance(self["max-lineage"], str):  # the default, which usage.Options does not coerce
-            self["max-lineage"] = duration(self["max-lineage"])
+        for name in ("max-lineage", "token-retention"):
+            if isinstance(self[name], str):  # the default, which usage.Options does not coerce
+                self[name] = duration(self[name])
         try:
             passphrase_file = self["passphrase-file"]
             passphrase = read_passphrase(Path(passphrase_file) if passphrase_file else None)
@@ -106,7 +113,7 @@ def settings_from(options: Options) -> TTPSettings:
         crl_validity=datetime.timedelta(hours=options["crl-hours"]),
         **same_named(
             options, "data_dir", "listen", "cert_days", "timeout", "max_lineage", "first_message_timeout",
-            "max_connections", "max_per_address", "drain_timeout", "metrics",
+            "max_connections", "max_per_address", "drain_timeout", "metrics", "token_retention",
         ),
     )
 

@@ -63,10 +63,13 @@ class OTPServerFactory(SlottedFactory["OTPServerProtocol"]):
         call_later: Callable[..., Any] | None = None,
         observer: Callable[[TraceRecord], None] | None = None,
         events: BankEvents | None = None,
+        log_transactions: bool = False,
     ) -> None:
         """``first_message_timeout`` bounds the wait for the ClientHello (None: only
         ``timeout_seconds`` applies); ``call_later`` is a test clock's, else the reactor's;
-        ``events`` hears of each session (``--metrics``)."""
+        ``events`` hears of each session (``--metrics``); ``log_transactions``: also log each
+        transaction's text (personal data: off by default)."""
+        self.log_transactions = log_transactions
         self._config: ServerConfig | None = None
         self._config_key: tuple[object, ...] = ()
         self.identity = identity
@@ -241,9 +244,11 @@ class OTPServerProtocol(SecureChannelProtocol):
         # The code itself is a secret and the transaction text is personal data (an amount, a
         # payee): neither is logged. The transaction id (random, also in the grant) correlates.
         log.info(
-            "{peer}: issued an OTP to {client} for transaction {transaction_id}, valid until {expires}",
+            "{peer}: issued an OTP to {client} for transaction {transaction_id}, valid until {expires}"
+            + (": {transaction!r}" if self.server.log_transactions else ""),
             peer=self.peer, client=self.client_name, transaction_id=issued.transaction_id.hex()[:16],
             expires=datetime.datetime.fromtimestamp(issued.expires_at, datetime.timezone.utc).isoformat(),
+            **self._transaction_field(transaction),
         )
         self.server.sessions_completed += 1
         self.close()
@@ -256,11 +261,16 @@ class OTPServerProtocol(SecureChannelProtocol):
         self.outcome = ("confirmed", "none")
         self.server.events.confirmation(confirmation.status.name)
         log.info(  # without the transaction text, personal data (see _send_grant)
-            "{peer}: confirmation from {client}: {status}",
+            "{peer}: confirmation from {client}: {status}" + (" for {transaction!r}" if self.server.log_transactions else ""),
             peer=self.peer, client=self.client_name, status=confirmation.status.name,
+            **self._transaction_field(transaction),
         )
         self.server.sessions_completed += 1
         self.close()
+
+    def _transaction_field(self, transaction: str) -> dict[str, str]:
+        """The transaction text as a log field, only with ``--log-transactions`` (never the code)."""
+        return {"transaction": transaction} if self.server.log_transactions else {}
 
     def _internal_error(self, failure: Failure) -> None:
         if isinstance(failure.value, AlertError):  # a refusal by the OTP rules (a locked transaction)

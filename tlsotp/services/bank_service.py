@@ -103,6 +103,8 @@ class BankServerSettings:
     metrics: str | None = None
     #: Seconds CRL refreshes and renewals may fail in a row before /health reports 503.
     ttp_unreachable_after: float = DEFAULT_TTP_UNREACHABLE_AFTER
+    #: Log each transaction's text with its OTP's issue and confirmation (personal data: off).
+    log_transactions: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -208,6 +210,7 @@ class BankServerService(service.MultiService):
             crl=crl,
             timeout_seconds=s.timeout,
             first_message_timeout=s.first_message_timeout,
+            log_transactions=s.log_transactions,
             max_connections=s.max_connections,
             max_per_address=s.max_per_address,
             events=events,

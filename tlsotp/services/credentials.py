@@ -24,7 +24,7 @@ class StartupError(Exception):
 def check_can_enroll(data_dir: Path, *, token: str | None, pin: RootPin | None, name: str | None) -> None:
     """Raise StartupError unless enrolling has what it needs; callable before the reactor runs."""
     if not token:
-        raise StartupError(f"{data_dir} holds no certificate yet: start with --token to enroll")
+        raise StartupError(f"{data_dir} holds no certificate yet: start with --token-file FILE to enroll")
     if pin is None:
         raise StartupError("enrolling needs the TTP root pinned: give --ca-fingerprint or --ca-cert")
     if not name:
@@ -58,7 +58,7 @@ async def obtain_credentials(
         if token is None:
             raise StartupError(
                 f"the certificate in {data_dir} expired at {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; "
-                "ask the TTP operator for a new token and start with --token"
+                "ask the TTP operator for a new token and start with --token-file FILE"
             )
     check_can_enroll(data_dir, token=token, pin=pin, name=name)
     assert token is not None and pin is not None and name is not None

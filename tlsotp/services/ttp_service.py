@@ -17,9 +17,12 @@ store (an ``Issuer`` over it: every decision runs there, one after another, each
 ``BEGIN IMMEDIATE`` transaction; the reactor never waits for SQLite or for signing), and a
 ``ListeningService`` (``StreamServerEndpointService``). It listens in
 ``privilegedStartService``, before twistd drops privileges (with ``metrics`` set, so does a
-``tlsotp.services.metrics.MetricsService`` serving ``/metrics`` and ``/health``). Stopping it
-stops accepting at once, lets requests in flight finish for up to ``drain_timeout`` seconds,
-then closes the store.
+``tlsotp.services.metrics.MetricsService`` serving ``/metrics`` and ``/health``). A ``PeriodicTask`` prunes old
+tokens (``token_retention``, see ``tlsotp.ttp.store``) at start and every ``prune_interval``
+seconds, as one more call on the same worker. Stopping it stops that timer first (a prune
+already queued finishes before the store closes, and one asked for later is refused by the
+stopped worker and dropped), then stops accepting, lets requests in flight finish for up to
+``drain_timeout`` seconds, then closes the store.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, cast
 
 from twisted.application import service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
@@ -39,8 +42,8 @@ from twisted.python.failure import Failure
 from tlsotp.services import shutdown
 from tlsotp.services.addresses import describe_address
 from tlsotp.services.connection_slots import DEFAULT_FIRST_MESSAGE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS
-from tlsotp.services.daemon_services import DEFAULT_DRAIN_TIMEOUT, DrainingFactory, ListeningService
-from tlsotp.services.sqlite_worker import DatabaseWorker
+from tlsotp.services.daemon_services import DEFAULT_DRAIN_TIMEOUT, DrainingFactory, ListeningService, PeriodicTask
+from tlsotp.services.sqlite_worker import DatabaseWorker, WorkerNotRunning
 from tlsotp.services.ttp_server import DEFAULT_TIMEOUT, EnrollmentServerFactory
 from tlsotp.ttp.ca import CertificateAuthority, TTPPaths
 from tlsotp.ttp.issuer import DEFAULT_CERT_DAYS, DEFAULT_MAX_LINEAGE, Issuer, Outcome
@@ -49,10 +52,12 @@ from tlsotp.ttp.store import Store, StoreError
 if TYPE_CHECKING:  # imported when --metrics is given: prometheus-client is an extra
     from tlsotp.services.metrics import MetricsService
 
-__all__ = ["DEFAULT_CRL_HOURS", "DEFAULT_LISTEN", "TTPService", "TTPSettings", "build_service"]
+__all__ = ["DEFAULT_CRL_HOURS", "DEFAULT_LISTEN", "DEFAULT_TOKEN_RETENTION", "TTPService", "TTPSettings", "build_service"]
 
 DEFAULT_LISTEN = "tcp:7000:interface=127.0.0.1:backlog=1024"  # a burst of connects must not overflow the default 50
 DEFAULT_CRL_HOURS = 24.0
+DEFAULT_TOKEN_RETENTION = datetime.timedelta(days=30)
+DEFAULT_PRUNE_INTERVAL = 3600.0
 PROGRAM = "tlsotp-ttp"
 
 log = Logger(namespace="tlsotp.ttp")
@@ -78,6 +83,10 @@ class TTPSettings:
     #: Where to serve /metrics and /health (an endpoint string; None: not at all). Needs
     #: prometheus-client (tlsotp[metrics]); see tlsotp.services.metrics.
     metrics: str | None = None
+    #: How long a token is kept after it expired, was withdrawn or was spent (``Store.prune_tokens``).
+    token_retention: datetime.timedelta = DEFAULT_TOKEN_RETENTION
+    #: Seconds between two prunes of old tokens (the first runs at start).
+    prune_interval: float = DEFAULT_PRUNE_INTERVAL
 
 
 def build_service(
@@ -90,6 +99,15 @@ def build_service(
     if reactor is None:
         from twisted.internet import reactor
     return TTPService.from_settings(reactor, settings, on_fatal=on_fatal)
+
+
+def span_text(span: datetime.timedelta) -> str:
+    """A duration as the options take it: 30d, 12h, 90m or 45s."""
+    seconds = int(span.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def _close_issuer(issuer: Issuer) -> None:
@@ -144,6 +162,9 @@ class TTPService(service.MultiService):
             except ValueError as exc:
                 shutdown.refuse_to_start(PROGRAM, f"bad --metrics endpoint {settings.metrics!r}: {exc}")
             self.metrics_service.setServiceParent(self)  # type: ignore[no-untyped-call]
+        # After the worker: MultiService starts children in order, so the first prune finds it running.
+        self.pruning = PeriodicTask(settings.prune_interval, self.prune_tokens, clock=reactor)
+        self.pruning.setServiceParent(self)  # type: ignore[no-untyped-call]
         self._listen_started = False
 
     # The settings, as attributes (the names the service had before settings existed).
@@ -220,12 +241,32 @@ class TTPService(service.MultiService):
     def _decide(self, payload: bytes) -> Deferred[Outcome]:
         return self.worker.run(Issuer.handle, payload)
 
+    async def prune_tokens(self) -> None:
+        """One prune on the worker; a failure is one log line, and the next period tries again."""
+        retention = self.settings.token_retention
+        try:
+            pruned = await self.worker.run(Issuer.prune_tokens, retention)
+        except WorkerNotRunning:
+            return  # stopping: nothing to prune any more
+        except CancelledError:
+            raise  # stopped meanwhile (the call queued still runs, before the store closes)
+        except Exception as exc:
+            log.warn("tlsotp-ttp: pruning old tokens failed: {error}", error=shutdown.describe_startup_error(exc))
+            return
+        if pruned.deleted or pruned.erased:
+            log.info(
+                "tlsotp-ttp: pruned tokens older than {retention}: {deleted} expired or withdrawn deleted, "
+                "{erased} spent ones' MAC keys erased",
+                retention=span_text(retention), deleted=pruned.deleted, erased=pruned.erased,
+            )
+
     def stopService(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
         service.Service.stopService(self)  # type: ignore[no-untyped-call]
         self._listen_started = False
+        await self.pruning.stopService()  # before the worker: no prune is queued after its close
         await self.listener.stopService()  # new connections are refused from here on
         if self.metrics_service is not None:
             await self.metrics_service.stopService()

@@ -38,6 +38,7 @@ from tlsotp.ttp.store import (
     NotRenewable,
     SerialInUse,
     Store,
+    TokenPrune,
     TokenUnavailable,
     lineage_end,
     public_key_der,
@@ -119,7 +120,7 @@ class Issuer:
     def enroll(self, request: wire.EnrollRequest) -> Outcome:
         now = self.clock()
         token = self.store.get_token(request.token_id)
-        if token is None:
+        if token is None or token.pruned:  # a pruned token is as good as unknown (store.prune_tokens)
             raise RequestRefused(Refusal.unknown_token, f"no token {request.token_id}")
         # The proof first: without the secret, nobody learns whether a token is spent or expired.
         if not tokens.proof_is_valid(
@@ -236,6 +237,10 @@ class Issuer:
         return _reuse_detected(record, result)
 
     # The CRL: rebuilt when a revocation was recorded (by any process) or half its life is gone.
+
+    def prune_tokens(self, retention: datetime.timedelta) -> TokenPrune:
+        """Forget the tokens past ``retention`` by the Issuer's clock (``Store.prune_tokens``)."""
+        return self.store.prune_tokens(now=self.clock(), retention=retention)
 
     def crl(self) -> Outcome:
         now = self.clock()

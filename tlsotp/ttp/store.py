@@ -15,6 +15,17 @@ renewals inherit it. Revocation, reuse detection and the lifetime cap act on the
 enrollment (``revoke``, ``resolve_superseded``, ``renewal_problem``). Schema version 2 added
 the ``enrollments`` table and ``certificates.enrollment``; ``open`` migrates a version 1 file
 in one transaction.
+
+Retention (``prune_tokens``): certificates, enrollments and revocations are the audit record
+and are kept for ever. A token that never enrolled (expired, or withdrawn) is referenced by
+nothing, and its row is deleted once it has been expired or withdrawn for the retention. A
+spent token's row is the lineage's name (``enrollments.token_id`` and
+``certificates.token_id`` reference it, and ``ttp list`` shows it), so it stays; only its MAC
+key, the one thing in it derived from the secret, is erased (set to an empty blob), once it was
+spent longer ago than the retention *and* the certificate it bought is no longer current
+(renewed, revoked or expired): until then ``enrollment_retry`` may still need the MAC key to
+recognise a lost reply's retry. A token pruned either way is unknown to the Issuer
+(``unknown_token``). No schema change: version 3 holds all of this.
 """
 
 from __future__ import annotations
@@ -181,6 +192,20 @@ class TokenRecord:
         """Still usable to enroll: not spent, not withdrawn, not expired."""
         return self.spent_at is None and self.withdrawn_at is None and now < self.expires_at
 
+    @property
+    def pruned(self) -> bool:
+        """Spent long ago, its MAC key erased by ``Store.prune_tokens``: it proves nothing now."""
+        return not self.mac_key
+
+
+@dataclass(frozen=True)
+class TokenPrune:
+    """What one ``prune_tokens`` did: rows deleted (expired or withdrawn, never enrolled) and
+    spent tokens whose MAC key was erased."""
+
+    deleted: int
+    erased: int
+
 
 @dataclass(frozen=True)
 class EnrollmentRecord:
@@ -300,6 +325,29 @@ class Store:
     def check_writable(self) -> None:
         """One committed write (a health probe); ``DatabaseUnusable`` if the file cannot take it."""
         database_checks.check_writable(self._db, self.path)
+    def backup_to(self, target: Path) -> None:
+        """Copy the whole database to ``target``, a new file (0600; an existing one is never
+        overwritten: ``FileExistsError``), with SQLite's online backup API: a consistent
+        snapshot as of one committed transaction, taken while the daemon keeps writing (in WAL
+        mode a reader blocks no writer). The copy is one self-contained file (rollback journal,
+        no ``-wal``), checked with ``quick_check``; on any failure it is removed."""
+        target = Path(target)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, DB_MODE)
+        os.close(fd)
+        try:
+            with database_checks.private_files():
+                copy = sqlite3.connect(target, isolation_level=None)
+                try:
+                    self._db.backup(copy)
+                    copy.execute("PRAGMA journal_mode=DELETE")
+                    check = copy.execute("PRAGMA quick_check").fetchone()
+                    if check is None or check[0] != "ok":
+                        raise StoreError(f"{target}: the copy does not check out ({check and check[0]})")
+                finally:
+                    copy.close()
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -355,6 +403,26 @@ class Store:
         record = self.get_token(token_id)
         assert record is not None
         return record
+
+    def prune_tokens(self, *, now: datetime.datetime, retention: datetime.timedelta) -> TokenPrune:
+        """Forget tokens past ``retention``, keeping what the lineage and the retry rule need
+        (see the module's docstring); one transaction."""
+        cutoff = _seconds(now - retention)
+        with self._transaction():
+            deleted = self._db.execute(
+                "DELETE FROM tokens WHERE spent_at IS NULL AND (expires_at < ? OR withdrawn_at < ?)"
+                " AND id NOT IN (SELECT token_id FROM enrollments)"
+                " AND id NOT IN (SELECT token_id FROM certificates WHERE token_id IS NOT NULL)",
+                (cutoff, cutoff),
+            ).rowcount
+            erased = self._db.execute(
+                "UPDATE tokens SET mac_key = X'' WHERE spent_at IS NOT NULL AND spent_at < ? AND length(mac_key) > 0"
+                " AND NOT EXISTS (SELECT 1 FROM certificates c JOIN enrollments e ON e.token_id = tokens.id"
+                "   WHERE c.serial = tokens.spent_serial AND c.superseded_by IS NULL AND c.not_after >= ?"
+                "   AND e.revoked_at IS NULL AND c.serial NOT IN (SELECT serial FROM revocations))",
+                (cutoff, _seconds(now)),
+            ).rowcount
+        return TokenPrune(deleted, erased)
 
     def get_enrollment(self, token_id: str) -> EnrollmentRecord | None:
         row = self._db.execute(
