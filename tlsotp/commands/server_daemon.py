@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any, cast
 
 from twisted.application import service
-from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from tlsotp.commands.option_types import positive_int, same_named, seconds, whole_seconds
@@ -20,11 +19,14 @@ from tlsotp.commands.party_options import PartyOptions
 from tlsotp.database_checks import DatabaseUnusable, check_database
 from tlsotp.pki.names import check_dns_name
 from tlsotp.pki.pem import PEMError
+from tlsotp.services import readiness
+from tlsotp.services.addresses import describe_address
 from tlsotp.services.bank_service import CRL_FILE, DEFAULT_LISTEN, BankServerService, BankServerSettings, build_service
 from tlsotp.services.connection_slots import DEFAULT_FIRST_MESSAGE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS
 from tlsotp.services.credentials import StartupError, check_can_enroll
 from tlsotp.services.daemon_services import DEFAULT_DRAIN_TIMEOUT
 from tlsotp.services.enrollment import load_credentials
+from tlsotp.services.listen import listen_endpoint
 from tlsotp.services.otp_authority import DATABASE_FILE, OTPPolicy
 from tlsotp.services.shutdown import refuse_to_start, stop_with_status
 
@@ -88,7 +90,7 @@ class Options(PartyOptions):
         from twisted.internet import reactor
 
         try:
-            serverFromString(reactor, self["listen"])  # type: ignore[no-untyped-call]
+            listen_endpoint(reactor, self["listen"])
         except ValueError as exc:
             refuse_to_start("tlsotp-server", f"bad --listen endpoint {self['listen']!r}: {exc}")
 
@@ -110,7 +112,9 @@ def settings_from(options: Options) -> BankServerSettings:
 def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
-    return cast(
-        service.IService,
-        build_service(settings_from(options), reactor, on_fatal=lambda: stop_with_status(reactor, 1)),
-    )
+    server = build_service(settings_from(options), reactor, on_fatal=lambda: stop_with_status(reactor, 1))
+    # systemd's Type=notify: ready once enrolled, the CRL in hand and listening; a start-up
+    # failure's reason is sent by shutdown.fail_late.
+    server.ready.addCallback(lambda _: readiness.notify_ready(f"listening on {describe_address(cast(Any, server.port).getHost())}"))
+    reactor.addSystemEventTrigger("before", "shutdown", readiness.notify_stopping)
+    return cast(service.IService, server)
