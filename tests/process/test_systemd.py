@@ -26,7 +26,8 @@ from pathlib import Path
 
 from twisted.trial import unittest
 
-from tests.processes import REPO, TLSOTP, TWISTD, Daemon, closed_port, kill_group, subprocess_env
+from tests.process.test_daemon_drain import accept_backlog
+from tests.processes import REPO, TLSOTP, TWISTD, Daemon, closed_port, kill_group, poll, subprocess_env
 from tests.test_ttp_fixtures import mint_token
 from tlsotp.pki.roles import Role
 from tlsotp.ttp.ca import init_ca
@@ -103,20 +104,22 @@ class Twistd:
     def __init__(
         self, testcase: unittest.TestCase, workdir: Path, plugin: str, *args: str,
         notify: NotifySocket | None = None, activated: socket.socket | None = None, fd_name: str = "",
+        name: str = "",
     ) -> None:
+        name = name or plugin
         env = subprocess_env()
         for name in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
             env.pop(name, None)
         if notify is not None:
             env["NOTIFY_SOCKET"] = notify.address
-        argv = [*TWISTD, "-n", "--pidfile=", "--logfile", str(workdir / f"{plugin}.log"), plugin, *args]
+        self.log_path = workdir / f"{name}.log"
+        self.stderr_path = workdir / f"{name}.stderr"
+        argv = [*TWISTD, "-n", "--pidfile=", "--logfile", str(self.log_path), plugin, *args]
         pass_fds: tuple[int, ...] = ()
         if activated is not None:
             env.update(LISTEN_FDS="1", LISTEN_FDNAMES=fd_name or f"{plugin}.socket")
             argv = [argv[0], "-c", ACTIVATE + argv[2], str(activated.fileno()), *argv[3:]]
             pass_fds = (activated.fileno(),)
-        self.log_path = workdir / f"{plugin}.log"
-        self.stderr_path = workdir / f"{plugin}.stderr"
         with self.stderr_path.open("wb") as stderr:
             self.process = subprocess.Popen(
                 argv, cwd=REPO, env=env, pass_fds=pass_fds,
@@ -279,6 +282,31 @@ class SocketActivationTests(unittest.TestCase, WorkdirMixin):
         )
         self.assertEqual(client.returncode, 0, client.stderr + server.output())
         self.assertRegex(client.stdout, r"The OTP for transferring Rs 10 to Bob is \d{6}\.")
+
+        # A restart refuses nobody: while no server runs, a client's connection waits in the
+        # socket systemd holds, and the next server process serves it.
+        server.process.send_signal(signal.SIGTERM)
+        self.assertEqual(server.wait(), -signal.SIGTERM, server.output())
+        waiting = subprocess.Popen(
+            [*TLSOTP, "client", "--data-dir", str(workdir / "alice"), "--ttp", ttp_endpoint,
+             "--server", f"tcp:host=127.0.0.1:port={server_port}", "--server-name", SERVER_NAME,
+             "--transaction", "Rs 20 to Carol"],
+            cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdin=subprocess.DEVNULL,
+        )
+        self.addCleanup(waiting.wait)
+        self.addCleanup(kill_group, waiting.pid)
+        self.assertTrue(poll(lambda: accept_backlog(server_port) >= 1, WAIT_SECONDS), "the client never connected")
+        server_notify = NotifySocket(self)
+        server = Twistd(
+            self, workdir, "tlsotp-server", "--data-dir", str(workdir / "bank"), "--name", SERVER_NAME,
+            "--listen", "systemd:domain=INET:index=0", "--ttp", ttp_endpoint,
+            notify=server_notify, activated=server_socket, name="tlsotp-server-restarted",
+        )
+        server_notify.receive_until("READY", server.process)
+        out, err = waiting.communicate(timeout=60)
+        self.assertEqual(waiting.returncode, 0, err + server.output())
+        self.assertRegex(out, r"The OTP for transferring Rs 20 to Carol is \d{6}\.")
         for daemon, notify in ((server, server_notify), (ttp, ttp_notify)):
             daemon.process.send_signal(signal.SIGTERM)
             notify.receive_until("STOPPING", daemon.process)

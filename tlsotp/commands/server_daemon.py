@@ -115,6 +115,10 @@ def makeService(options: Options) -> service.IService:
     server = build_service(settings_from(options), reactor, on_fatal=lambda: stop_with_status(reactor, 1))
     # systemd's Type=notify: ready once enrolled, the CRL in hand and listening; a start-up
     # failure's reason is sent by shutdown.fail_late.
-    server.ready.addCallback(lambda _: readiness.notify_ready(f"listening on {describe_address(cast(Any, server.port).getHost())}"))
+    def ready(result: None) -> None:
+        readiness.notify_ready(f"listening on {describe_address(cast(Any, server.port).getHost())}")
+        return result
+
+    server.ready.addCallback(ready)
     reactor.addSystemEventTrigger("before", "shutdown", readiness.notify_stopping)
     return cast(service.IService, server)

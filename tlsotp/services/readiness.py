@@ -6,6 +6,10 @@ started, so units ordered after it (and ``systemctl start``) wait until the daem
 serves. ``STOPPING=1`` says a stop has begun; ``STATUS=`` is the one line ``systemctl status``
 shows. Without ``$NOTIFY_SOCKET`` every call here does nothing.
 
+The twistd tap modules (``tlsotp.commands.server_daemon``, ``ttp_daemon``) send ``READY=1`` and
+``STOPPING=1``: the process is theirs, and an embedder of ``build_service`` speaks for its own.
+``shutdown.refuse_to_start`` and ``shutdown.fail_late`` send a failed start's reason.
+
 A notification is a courtesy to the supervisor, never a reason to fail: a socket that is gone
 or full is logged once and otherwise ignored. A status is one line of at most
 ``MAX_STATUS`` characters (a reason with a newline in it cannot add a field such as
