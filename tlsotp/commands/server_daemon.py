@@ -113,10 +113,11 @@ def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
     server = build_service(settings_from(options), reactor, on_fatal=lambda: stop_with_status(reactor, 1))
-    # systemd's Type=notify: ready once enrolled, the CRL in hand and listening; a start-up
-    # failure's reason is sent by shutdown.fail_late.
+    # systemd's Type=notify: ready once enrolled, the CRL in hand and listening, and the reactor
+    # runs (SIGTERM handled); a start-up failure's reason is sent by shutdown.fail_late.
     def ready(result: None) -> None:
-        readiness.notify_ready(f"listening on {describe_address(cast(Any, server.port).getHost())}")
+        where = describe_address(cast(Any, server.port).getHost())
+        reactor.callWhenRunning(readiness.notify_ready, f"listening on {where}")
         return result
 
     server.ready.addCallback(ready)
