@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any, cast
 
 from twisted.application import service
-from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from tlsotp.commands.metrics_option import METRICS_OPTION, check_metrics_option
@@ -21,6 +20,8 @@ from tlsotp.commands.party_options import PartyOptions, warn_token_on_argv
 from tlsotp.database_checks import DatabaseUnusable, check_database
 from tlsotp.pki.names import check_dns_name
 from tlsotp.pki.pem import PEMError
+from tlsotp.services import readiness
+from tlsotp.services.addresses import describe_address
 from tlsotp.services.bank_service import (
     CRL_FILE,
     DEFAULT_LISTEN,
@@ -33,6 +34,7 @@ from tlsotp.services.connection_slots import DEFAULT_FIRST_MESSAGE_TIMEOUT, DEFA
 from tlsotp.services.credentials import StartupError, check_can_enroll
 from tlsotp.services.daemon_services import DEFAULT_DRAIN_TIMEOUT
 from tlsotp.services.enrollment import load_credentials
+from tlsotp.services.listen import listen_endpoint
 from tlsotp.services.otp_authority import DATABASE_FILE, OTPPolicy
 from tlsotp.services.shutdown import refuse_to_start, stop_with_status
 
@@ -107,7 +109,7 @@ class Options(PartyOptions):
         from twisted.internet import reactor
 
         try:
-            serverFromString(reactor, self["listen"])  # type: ignore[no-untyped-call]
+            listen_endpoint(reactor, self["listen"])
         except ValueError as exc:
             refuse_to_start("tlsotp-server", f"bad --listen endpoint {self['listen']!r}: {exc}")
 
@@ -131,7 +133,14 @@ def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
     warn_token_on_argv("tlsotp-server", options)
-    return cast(
-        service.IService,
-        build_service(settings_from(options), reactor, on_fatal=lambda: stop_with_status(reactor, 1)),
-    )
+    server = build_service(settings_from(options), reactor, on_fatal=lambda: stop_with_status(reactor, 1))
+    # systemd's Type=notify: ready once enrolled, the CRL in hand and listening, and the reactor
+    # runs (SIGTERM handled); a start-up failure's reason is sent by shutdown.fail_late.
+    def ready(result: None) -> None:
+        where = describe_address(cast(Any, server.port).getHost())
+        reactor.callWhenRunning(readiness.notify_ready, f"listening on {where}")
+        return result
+
+    server.ready.addCallback(ready)
+    reactor.addSystemEventTrigger("before", "shutdown", readiness.notify_stopping)
+    return cast(service.IService, server)

@@ -19,14 +19,16 @@ from pathlib import Path
 from typing import Any, NoReturn, cast
 
 from twisted.application import service
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
 from twisted.python import usage
 
 from tlsotp.commands.metrics_option import METRICS_OPTION, check_metrics_option
 from tlsotp.commands.option_types import duration, hours, positive_int, same_named, seconds, whole_days
-from tlsotp.services import shutdown
+from tlsotp.services import readiness, shutdown
+from tlsotp.services.addresses import describe_address
 from tlsotp.services.connection_slots import DEFAULT_FIRST_MESSAGE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS
 from tlsotp.services.daemon_services import DEFAULT_DRAIN_TIMEOUT
+from tlsotp.services.listen import listen_endpoint
 from tlsotp.services.ttp_server import DEFAULT_TIMEOUT
 from tlsotp.services.ttp_service import DEFAULT_CRL_HOURS, DEFAULT_LISTEN, DEFAULT_TOKEN_RETENTION, TTPService, TTPSettings, build_service
 from tlsotp.ttp.ca import CAError, CertificateAuthority, TTPPaths, load_ca, read_passphrase
@@ -97,7 +99,7 @@ class Options(usage.Options):
         from twisted.internet import reactor
 
         try:
-            serverFromString(reactor, self["listen"])  # type: ignore[no-untyped-call]
+            listen_endpoint(reactor, self["listen"])
         except ValueError as exc:
             refuse_to_start(f"bad --listen endpoint {self['listen']!r}: {exc}")
 
@@ -121,10 +123,18 @@ def settings_from(options: Options) -> TTPSettings:
 def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
-    return cast(
-        service.IService,
-        build_service(settings_from(options), reactor, on_fatal=lambda: shutdown.stop_with_status(reactor, 1)),
-    )
+    ttp = build_service(settings_from(options), reactor, on_fatal=lambda: shutdown.stop_with_status(reactor, 1))
+    # systemd's Type=notify: ready once listening and the reactor runs. The TTP listens before
+    # twistd drops privileges, before the store is opened and SIGTERM handled: READY=1 then would
+    # come too early. A start-up failure's reason is sent by shutdown.refuse_to_start / fail_late.
+    def listening(port: IListeningPort) -> IListeningPort:
+        where = describe_address(cast(Any, port).getHost())
+        reactor.callWhenRunning(readiness.notify_ready, f"listening on {where}")
+        return port  # on to the service's own callbacks
+
+    ttp.listener.listening.addCallback(listening)
+    reactor.addSystemEventTrigger("before", "shutdown", readiness.notify_stopping)
+    return cast(service.IService, ttp)
 
 
 if __name__ == "__main__":  # pragma: no cover - twistd is the way in

@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, Any, Callable, Collection, Sequence, cast
 from cryptography import x509
 from twisted.application import service
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -54,6 +53,7 @@ from tlsotp.services.credentials import StartupError, obtain_credentials
 from tlsotp.services.daemon_services import DEFAULT_DRAIN_TIMEOUT, DrainingFactory, ListeningService, PeriodicTask
 from tlsotp.services.enrollment import Credentials, RootPin, fetch_crl, renew
 from tlsotp.services.events import BankEvents
+from tlsotp.services.listen import listen_endpoint
 from tlsotp.services.otp_authority import OTPAuthority, OTPPolicy
 
 if TYPE_CHECKING:  # imported when --metrics is given: prometheus-client is an extra
@@ -217,7 +217,7 @@ class BankServerService(service.MultiService):
         )
         self.connections = DrainingFactory(self.factory, self.reactor)
         try:
-            endpoint = serverFromString(self.reactor, s.listen)  # type: ignore[no-untyped-call]
+            endpoint = listen_endpoint(self.reactor, s.listen)
         except ValueError as exc:
             raise StartupError(f"bad --listen endpoint {s.listen!r}: {exc}") from None
         self.listener = ListeningService(endpoint, self.connections)

@@ -20,11 +20,14 @@ from typing import Any, Callable, NoReturn
 
 from twisted.logger import Logger
 
+from tlsotp.services import readiness
+
 log = Logger()
 
 
 def refuse_to_start(program: str, message: str) -> NoReturn:
     """One line on stderr and exit 1 (twistd prints its whole usage for a UsageError)."""
+    readiness.notify_failed(f"{program} cannot start: {message}")
     raise SystemExit(f"{program}: {message}")
 
 
@@ -53,5 +56,6 @@ def fail_late(program: str, error: BaseException, on_fatal: Callable[[], None] |
     failed late): one critical line in the log, then ``on_fatal`` (the tap module's stops the
     process with status 1). Failures found before the reactor runs use ``refuse_to_start``."""
     log.critical("{program} cannot start: {error}", program=program, error=describe_startup_error(error))
+    readiness.notify_failed(f"{program} cannot start: {describe_startup_error(error)}")
     if on_fatal is not None:
         on_fatal()

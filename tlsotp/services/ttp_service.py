@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, Any, Callable, cast
 
 from twisted.application import service
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -43,6 +42,7 @@ from tlsotp.services import shutdown
 from tlsotp.services.addresses import describe_address
 from tlsotp.services.connection_slots import DEFAULT_FIRST_MESSAGE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS
 from tlsotp.services.daemon_services import DEFAULT_DRAIN_TIMEOUT, DrainingFactory, ListeningService, PeriodicTask
+from tlsotp.services.listen import listen_endpoint
 from tlsotp.services.sqlite_worker import DatabaseWorker, WorkerNotRunning
 from tlsotp.services.ttp_server import DEFAULT_TIMEOUT, EnrollmentServerFactory
 from tlsotp.ttp.ca import CertificateAuthority, TTPPaths
@@ -146,7 +146,7 @@ class TTPService(service.MultiService):
         self.worker: DatabaseWorker[Issuer] = DatabaseWorker(reactor, self._open_issuer, _close_issuer, "tlsotp-ttp-issuer")
         self.worker.setServiceParent(self)  # type: ignore[no-untyped-call]
         try:
-            endpoint = serverFromString(reactor, settings.listen)  # type: ignore[no-untyped-call]
+            endpoint = listen_endpoint(reactor, settings.listen)
         except ValueError as exc:
             shutdown.refuse_to_start(PROGRAM, f"bad --listen endpoint {settings.listen!r}: {exc}")
         self.listener = ListeningService(endpoint, self.connections)
