@@ -2,8 +2,9 @@
 
 The options become a ``BankServerSettings`` and ``makeService`` is
 ``tlsotp.services.bank_service.build_service``: on start the service loads its credentials (or
-enrolls with ``--token``), fetches the TTP's CRL, and listens; while running it refreshes the
-CRL and renews its certificate before expiry. SIGTERM stops accepting at once and lets sessions
+enrolls with ``--token``), fetches the TTP's CRL, and listens, all inside ``startService``
+(``blocking_start``), so that a daemonized twistd's launcher returns only once it listens, or
+exits 1; while running it refreshes the CRL and renews its certificate before expiry. SIGTERM stops accepting at once and lets sessions
 in flight finish (``--drain-timeout``).
 """
 
@@ -26,7 +27,7 @@ from tlsotp.services.credentials import StartupError, check_can_enroll
 from tlsotp.services.daemon_services import DEFAULT_DRAIN_TIMEOUT
 from tlsotp.services.enrollment import load_credentials
 from tlsotp.services.otp_authority import DATABASE_FILE, OTPPolicy
-from tlsotp.services.shutdown import refuse_to_start, stop_with_status
+from tlsotp.services.shutdown import keep_launcher_stderr, refuse_to_start, stop_with_status
 
 __all__ = ["CRL_FILE", "BankServerService", "Options", "makeService", "settings_from"]
 
@@ -110,7 +111,11 @@ def settings_from(options: Options) -> BankServerSettings:
 def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
+    keep_launcher_stderr()  # before twistd daemonizes: see tlsotp.services.shutdown
+    # Blocking start-up: twistd's launcher returns only once the server listens, or with exit 1.
     return cast(
         service.IService,
-        build_service(settings_from(options), reactor, on_fatal=lambda: stop_with_status(reactor, 1)),
+        build_service(
+            settings_from(options), reactor, on_fatal=lambda: stop_with_status(reactor, 1), blocking_start=True
+        ),
     )

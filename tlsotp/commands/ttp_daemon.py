@@ -111,6 +111,8 @@ def settings_from(options: Options) -> TTPSettings:
 def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
+    shutdown.keep_launcher_stderr()  # before twistd daemonizes: see tlsotp.services.shutdown
+
     return cast(
         service.IService,
         build_service(settings_from(options), reactor, on_fatal=lambda: shutdown.stop_with_status(reactor, 1)),

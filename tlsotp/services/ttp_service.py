@@ -16,7 +16,9 @@ The service is a ``MultiService`` of Twisted's own parts: a ``DatabaseWorker`` o
 store (an ``Issuer`` over it: every decision runs there, one after another, each in its own
 ``BEGIN IMMEDIATE`` transaction; the reactor never waits for SQLite or for signing), and a
 ``ListeningService`` (``StreamServerEndpointService``). It listens in
-``privilegedStartService``, before twistd drops privileges. Stopping it stops accepting at
+``privilegedStartService``, before twistd drops privileges, and opens the store in
+``startService``; either failing raises ``shutdown.StartupFailed`` there, so that twistd's
+launcher (daemonized) returns only once start-up is over, with exit status 1 if it failed. Stopping it stops accepting at
 once, lets requests in flight finish for up to ``drain_timeout`` seconds, then closes the store.
 """
 
@@ -171,8 +173,10 @@ class TTPService(service.MultiService):
 
         self.listener.listening.addCallbacks(listening, failed)
         starting = False
-        if failed_now:  # TCP and UNIX endpoints fail at once
-            shutdown.refuse_to_start(PROGRAM, f"cannot listen on {self.settings.listen}: {failed_now[0].getErrorMessage()}")
+        if failed_now:  # TCP and UNIX endpoints fail at once: before twistd's launcher returns
+            raise shutdown.startup_failed(
+                PROGRAM, f"cannot listen on {self.settings.listen}: {failed_now[0].getErrorMessage()}"
+            )
 
     def startService(self) -> None:
         if not self._listen_started:
@@ -180,7 +184,8 @@ class TTPService(service.MultiService):
         try:
             super().startService()  # type: ignore[no-untyped-call]
         except StoreError as exc:
-            shutdown.refuse_to_start(PROGRAM, str(exc))
+            raise shutdown.startup_failed(PROGRAM, str(exc)) from None
+        shutdown.startup_done()  # start-up complete: listening, the store open
 
     def _decide(self, payload: bytes) -> Deferred[Outcome]:
         return self.worker.run(Issuer.handle, payload)
