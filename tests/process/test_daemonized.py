@@ -2,8 +2,8 @@
 
 ``twistd --pidfile P --logfile L tlsotp-ttp ...`` returns once start-up is over: exit 0 when the
 daemon listens, 1 with the one-line reason on its stderr otherwise, and no pidfile left behind
-on failure; ``kill $(cat P)`` stops it and removes the pidfile; SIGUSR1 rotates the log
-(twistd's own rotation).
+on failure; ``kill $(cat P)`` stops it and removes the pidfile; a pidfile naming a live process
+that is not one of our daemons is replaced; SIGUSR1 rotates the log (twistd's own rotation).
 
 A daemonized process leaves its launcher's process group (that is what daemonizing is), so
 the prelude of ``tests/processes.py`` cannot tie it to this test run: every test kills the pid
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from twisted.trial import unittest
 
-from tests.processes import REPO, TLSOTP, TWISTD, alive, closed_port, kill_group, listening_port, poll, subprocess_env
+from tests.processes import REPO, TLSOTP, TWISTD, alive, closed_port, guarded, kill_group, listening_port, poll, subprocess_env
 from tests.test_ttp_fixtures import mint_token
 from tlsotp.framing import Frame, NetstringDecoder, encode
 from tlsotp.pki.roles import Role
@@ -111,7 +111,8 @@ class DaemonizedTestCase(unittest.SynchronousTestCase):
         """Exit 1, the one-line reason first on the launcher's stderr, no pidfile, no process."""
         self.assertEqual(daemon.launcher.returncode, 1, f"{daemon.launcher.stderr}\n{daemon.log()}")
         self.assertTrue(daemon.launcher.stderr.startswith(line), daemon.launcher.stderr)
-        self.assertFalse(daemon.pidfile.exists(), daemon.log())
+        # twistd tells the launcher first, then removes the pidfile and exits: a moment later.
+        self.assertTrue(poll(lambda: not daemon.pidfile.exists(), WAIT_SECONDS), daemon.log())
         self.assertNotIn("Traceback", daemon.log())
         self.assertEqual(daemon.log().count(" cannot start: "), 1, daemon.log())
         pid = daemon.pid
@@ -190,6 +191,31 @@ class StartupFailureTests(DaemonizedTestCase):
         self.assertEqual(text.count("tlsotp-server cannot start: cannot connect to the TTP"), 1, text)
         self.assertNotIn("Traceback", text + result.stderr)
         self.assertFalse(pidfile.exists())
+
+
+class PidfileTests(DaemonizedTestCase):
+    def test_a_pidfile_naming_a_live_process_that_is_not_ours_is_replaced(self) -> None:
+        """After a reboot the pid in a stale pidfile may belong to another program: the daemon
+        starts anyway, over that pidfile, and the other program is left alone."""
+        other = subprocess.Popen(guarded(["sleep", "60"]), stdin=subprocess.DEVNULL)
+        self.addCleanup(other.wait)
+        self.addCleanup(kill_group, other.pid)
+        pidfile = self.workdir / "ttp.pid"
+        pidfile.write_text(str(other.pid))
+        ttp = self.launch_ttp()
+        self.assertStarted(ttp)
+        self.assertNotEqual(ttp.pid, other.pid)
+        self.assertIn(f"replacing the stale pidfile {pidfile}: process {other.pid} is not a tlsotp daemon", ttp.log())
+        self.assertIsNone(other.poll())
+
+    def test_a_pidfile_naming_a_running_daemon_of_ours_still_refuses_a_second_one(self) -> None:
+        first = self.launch_ttp()
+        self.assertStarted(first)
+        second = self.launch_ttp(name="ttp")  # the same pidfile
+        self.assertEqual(second.launcher.returncode, 1, second.launcher.stderr)
+        self.assertIn(f"Another twistd server is running, PID {first.pid}", second.launcher.stderr)
+        assert first.pid is not None
+        self.assertTrue(alive(first.pid))
 
 
 class LogRotationTests(DaemonizedTestCase):

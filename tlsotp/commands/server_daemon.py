@@ -18,6 +18,7 @@ from twisted.python import usage
 
 from tlsotp.commands.option_types import positive_int, same_named, seconds, whole_seconds
 from tlsotp.commands.party_options import PartyOptions
+from tlsotp.commands.pidfile import replace_stale_pidfile
 from tlsotp.database_checks import DatabaseUnusable, check_database
 from tlsotp.pki.names import check_dns_name
 from tlsotp.pki.pem import PEMError
@@ -68,6 +69,7 @@ class Options(PartyOptions):
         self["allow-client"].append(name)
 
     def postOptions(self) -> None:
+        replace_stale_pidfile(self)  # before twistd checks it
         super().postOptions()
         if not self["name"]:
             raise usage.UsageError("--name is required: the DNS name the server's certificate is for")

@@ -23,6 +23,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from tlsotp.commands.option_types import duration, hours, positive_int, same_named, seconds, whole_days
+from tlsotp.commands.pidfile import replace_stale_pidfile
 from tlsotp.services import shutdown
 from tlsotp.services.connection_slots import DEFAULT_FIRST_MESSAGE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS
 from tlsotp.services.daemon_services import DEFAULT_DRAIN_TIMEOUT
@@ -70,6 +71,7 @@ class Options(usage.Options):
     ca: CertificateAuthority
 
     def postOptions(self) -> None:
+        replace_stale_pidfile(self)  # before twistd checks it
         if not self["data-dir"]:
             raise usage.UsageError("--data-dir is required")
         self["data-dir"] = Path(self["data-dir"])
