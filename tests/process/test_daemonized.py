@@ -20,6 +20,7 @@ from pathlib import Path
 
 from twisted.trial import unittest
 
+from tests.process.test_daemon_drain import accept_backlog
 from tests.processes import REPO, TLSOTP, TWISTD, alive, closed_port, guarded, kill_group, listening_port, poll, subprocess_env
 from tests.test_ttp_fixtures import mint_token
 from tlsotp.framing import Frame, NetstringDecoder, encode
@@ -33,6 +34,12 @@ WAIT_SECONDS = 15.0
 SERVER_NAME = "bank.example"
 CLIENT_NAME = "alice.example"
 ANY_TOKEN = "AAAAAAAAAAAAAAAAAAAAAA.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+
+
+def kill_if_alive(pid: int) -> None:
+    """SIGKILL for a daemonized process (not a group leader: twistd forks twice)."""
+    if alive(pid):
+        os.kill(pid, signal.SIGKILL)
 
 
 class Launched:
@@ -74,9 +81,8 @@ class Launched:
 
     def kill(self) -> None:
         pid = self.read_pid()
-        if pid is not None and alive(pid):
-            kill_group(pid)
-            os.kill(pid, signal.SIGKILL)
+        if pid is not None:
+            kill_if_alive(pid)
 
 
 class DaemonizedTestCase(unittest.SynchronousTestCase):
@@ -175,6 +181,33 @@ class StartupFailureTests(DaemonizedTestCase):
             f"tcp:host=127.0.0.1:port={silent}", "--listen", "tcp:0:interface=127.0.0.1", "--timeout", "1", token=ANY_TOKEN,
         )
         self.assertRefused(server, f"tlsotp-server: no reply from the TTP at tcp:host=127.0.0.1:port={silent} within 1 s")
+
+    def test_kill_during_start_up_stops_it_and_the_launcher_exits_1(self) -> None:
+        """``kill $(cat pidfile)`` while the server waits on a silent TTP (``--timeout 120``):
+        start-up stops at once, the launcher says so and exits 1, the pidfile goes."""
+        silent = self.taken_port()
+        pidfile, log = self.workdir / "server.pid", self.workdir / "server.log"
+        launcher = subprocess.Popen(
+            [*TWISTD, "--pidfile", str(pidfile), "--logfile", str(log), "tlsotp-server",
+             "--data-dir", str(self.workdir / "bank"), "--name", SERVER_NAME, "--ttp", f"tcp:host=127.0.0.1:port={silent}",
+             "--ca-fingerprint", self.ca.fingerprint, "--token", ANY_TOKEN, "--listen", "tcp:0:interface=127.0.0.1",
+             "--timeout", "120"],
+            cwd=REPO, env=subprocess_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.addCleanup(kill_group, launcher.pid)
+        self.assertTrue(poll(lambda: pidfile.exists() and pidfile.read_text(), WAIT_SECONDS), "no pidfile")
+        pid = int(pidfile.read_text())
+        self.addCleanup(kill_if_alive, pid)
+        # Its connection waits in the silent port's accept queue: the server is in start-up.
+        self.assertTrue(poll(lambda: accept_backlog(silent) > 0, WAIT_SECONDS), log.read_text())
+        os.kill(pid, signal.SIGTERM)
+        _, stderr = launcher.communicate(timeout=WAIT_SECONDS)
+        self.assertEqual(launcher.returncode, 1, stderr)
+        self.assertTrue(stderr.startswith("tlsotp-server: stopped while starting\n"), stderr)
+        self.assertTrue(poll(lambda: not alive(pid) and not pidfile.exists(), WAIT_SECONDS), log.read_text())
+        self.assertEqual(log.read_text().count("tlsotp-server stopped while starting"), 1, log.read_text())
+        self.assertNotIn("Traceback", log.read_text())
 
     def test_in_the_foreground_too_failure_removes_the_pidfile(self) -> None:
         """``twistd -n --pidfile P``: the same one log line and exit 1, and P removed."""
