@@ -587,6 +587,7 @@ class TTPServiceTests(unittest.TestCase):
         self.addCleanup(service.stopService)
         with self.assertRaises(SystemExit) as caught:
             service.startService()
-        message = str(caught.exception.code)
+        self.assertEqual(caught.exception.code, 1)
+        message = str(caught.exception)  # StartupFailed: twistd reports it, see tlsotp.services.shutdown
         self.assertTrue(message.startswith(f"tlsotp-ttp: database {TTPPaths(data_dir).db} is damaged"), message)
         self.assertNotIn("\n", message)

@@ -24,6 +24,7 @@ from tlsotp.commands.client import ClientOptions, describe_session_error, render
 from tlsotp.commands.common import describe_error
 from tlsotp.commands.option_types import seconds
 from tlsotp.commands.party_options import warn_token_on_argv
+from tlsotp.commands.pidfile import replace_stale_pidfile
 from tlsotp.pki.pem import KEY_MODE, atomic_write
 from tlsotp.services.client_run import ClientRunSettings, run_client
 from tlsotp.services.shutdown import stop_with_status
@@ -38,6 +39,7 @@ class Options(ClientOptions):
     ]
 
     def postOptions(self) -> None:
+        replace_stale_pidfile(self)  # before twistd checks it
         super().postOptions()
         if self["trace"]:
             raise usage.UsageError("--trace is for the tlsotp client command; the daemon logs each session")

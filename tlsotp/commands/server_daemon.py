@@ -2,8 +2,9 @@
 
 The options become a ``BankServerSettings`` and ``makeService`` is
 ``tlsotp.services.bank_service.build_service``: on start the service loads its credentials (or
-enrolls with the token of ``--token-file``), fetches the TTP's CRL, and listens; while running it refreshes the
-CRL and renews its certificate before expiry. SIGTERM stops accepting at once and lets sessions
+enrolls with the token of ``--token-file``), fetches the TTP's CRL, and listens, all inside ``startService``
+(``blocking_start``), so that a daemonized twistd's launcher returns only once it listens, or
+exits 1; while running it refreshes the CRL and renews its certificate before expiry. SIGTERM stops accepting at once and lets sessions
 in flight finish (``--drain-timeout``).
 """
 
@@ -17,6 +18,7 @@ from twisted.python import usage
 from tlsotp.commands.metrics_option import METRICS_OPTION, check_metrics_option
 from tlsotp.commands.option_types import positive_int, same_named, seconds, whole_seconds
 from tlsotp.commands.party_options import PartyOptions, warn_token_on_argv
+from tlsotp.commands.pidfile import replace_stale_pidfile
 from tlsotp.database_checks import DatabaseUnusable, check_database
 from tlsotp.pki.names import check_dns_name
 from tlsotp.pki.pem import PEMError
@@ -36,7 +38,7 @@ from tlsotp.services.daemon_services import DEFAULT_DRAIN_TIMEOUT
 from tlsotp.services.enrollment import load_credentials
 from tlsotp.services.listen import listen_endpoint
 from tlsotp.services.otp_authority import DATABASE_FILE, OTPPolicy
-from tlsotp.services.shutdown import refuse_to_start, stop_with_status
+from tlsotp.services.shutdown import keep_launcher_stderr, refuse_to_start, stop_with_status
 
 __all__ = ["CRL_FILE", "BankServerService", "Options", "makeService", "settings_from"]
 
@@ -87,6 +89,7 @@ class Options(PartyOptions):
         self["allow-client"].append(name)
 
     def postOptions(self) -> None:
+        replace_stale_pidfile(self)  # before twistd checks it
         super().postOptions()
         if not self["name"]:
             raise usage.UsageError("--name is required: the DNS name the server's certificate is for")
@@ -133,9 +136,13 @@ def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
     warn_token_on_argv("tlsotp-server", options)
-    server = build_service(settings_from(options), reactor, on_fatal=lambda: stop_with_status(reactor, 1))
+    keep_launcher_stderr()  # before twistd daemonizes: see tlsotp.services.shutdown
+    # Blocking start-up: twistd's launcher returns only once the server listens, or with exit 1.
+    server = build_service(
+        settings_from(options), reactor, on_fatal=lambda: stop_with_status(reactor, 1), blocking_start=True
+    )
     # systemd's Type=notify: ready once enrolled, the CRL in hand and listening, and the reactor
-    # runs (SIGTERM handled); a start-up failure's reason is sent by shutdown.fail_late.
+    # runs (SIGTERM handled); a start-up failure's reason is sent by tlsotp.services.shutdown.
     def ready(result: None) -> None:
         where = describe_address(cast(Any, server.port).getHost())
         reactor.callWhenRunning(readiness.notify_ready, f"listening on {where}")

@@ -24,6 +24,7 @@ from twisted.python import usage
 
 from tlsotp.commands.metrics_option import METRICS_OPTION, check_metrics_option
 from tlsotp.commands.option_types import duration, hours, positive_int, same_named, seconds, whole_days
+from tlsotp.commands.pidfile import replace_stale_pidfile
 from tlsotp.services import readiness, shutdown
 from tlsotp.services.addresses import describe_address
 from tlsotp.services.connection_slots import DEFAULT_FIRST_MESSAGE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS
@@ -80,6 +81,7 @@ class Options(usage.Options):
     ca: CertificateAuthority
 
     def postOptions(self) -> None:
+        replace_stale_pidfile(self)  # before twistd checks it
         if not self["data-dir"]:
             raise usage.UsageError("--data-dir is required")
         check_metrics_option("tlsotp-ttp", self["metrics"])
@@ -123,10 +125,11 @@ def settings_from(options: Options) -> TTPSettings:
 def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
+    shutdown.keep_launcher_stderr()  # before twistd daemonizes: see tlsotp.services.shutdown
     ttp = build_service(settings_from(options), reactor, on_fatal=lambda: shutdown.stop_with_status(reactor, 1))
     # systemd's Type=notify: ready once listening and the reactor runs. The TTP listens before
     # twistd drops privileges, before the store is opened and SIGTERM handled: READY=1 then would
-    # come too early. A start-up failure's reason is sent by shutdown.refuse_to_start / fail_late.
+    # come too early. A start-up failure's reason is sent by tlsotp.services.shutdown.
     def listening(port: IListeningPort) -> IListeningPort:
         where = describe_address(cast(Any, port).getHost())
         reactor.callWhenRunning(readiness.notify_ready, f"listening on {where}")

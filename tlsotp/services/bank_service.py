@@ -10,7 +10,16 @@
     service.setServiceParent(application)    # or service.startService(); await service.ready
 
 On start it loads its credentials (or enrolls with the token), opens the OTP database, fetches
-the TTP's CRL, and listens; ``ready`` fires then (or fails with why not). The service is a
+the TTP's CRL, and listens; ``ready`` fires then (or fails with why not): that is the one place
+where start-up is complete.
+
+Under twistd (``blocking_start=True``, the tap's choice) all of that happens inside
+``startService``, before the reactor runs, and a failure raises ``shutdown.StartupFailed``
+there: twistd's launcher, daemonized, waits for ``startService`` to return, so it exits 0 only
+once the server listens, and 1 with the reason otherwise. The TTP calls of start-up then use a
+blocking socket with the same deadline (``tlsotp.services.ttp_client.BlockingTTP``), and SIGTERM
+or SIGINT meanwhile stops the start-up. Started with its reactor running (an embedder, tests),
+start-up runs on the reactor and a failure goes to ``on_fatal``. The service is a
 ``MultiService`` of Twisted's own parts, added as start-up reaches them: the OTP store's
 ``DatabaseWorker``, a ``ListeningService`` (``StreamServerEndpointService``), and two
 ``PeriodicTask`` (``TimerService``) children that refresh the CRL and renew the certificate
@@ -27,6 +36,8 @@ after what those sessions asked of it. ``stopService`` fires when all that is do
 from __future__ import annotations
 
 import datetime
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Collection, Sequence, cast
@@ -51,10 +62,11 @@ from tlsotp.services.bank_server import OTPServerFactory, ServerIdentity
 from tlsotp.services.connection_slots import DEFAULT_FIRST_MESSAGE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS
 from tlsotp.services.credentials import StartupError, obtain_credentials
 from tlsotp.services.daemon_services import DEFAULT_DRAIN_TIMEOUT, DrainingFactory, ListeningService, PeriodicTask
-from tlsotp.services.enrollment import Credentials, RootPin, fetch_crl, renew
+from tlsotp.services.enrollment import Credentials, RootPin, TTPEndpoint, fetch_crl, renew
 from tlsotp.services.events import BankEvents
 from tlsotp.services.listen import listen_endpoint
 from tlsotp.services.otp_authority import OTPAuthority, OTPPolicy
+from tlsotp.services.ttp_client import BlockingTTP, TTPUnavailable
 
 if TYPE_CHECKING:  # imported when --metrics is given: prometheus-client is an extra
     from tlsotp.services.metrics import BankMetrics, MetricsService
@@ -115,23 +127,34 @@ class BankServerSettings:
 
 
 def build_service(
-    settings: BankServerSettings, reactor: Any = None, on_fatal: Callable[[], None] | None = None
+    settings: BankServerSettings, reactor: Any = None, on_fatal: Callable[[], None] | None = None,
+    *, blocking_start: bool = False,
 ) -> BankServerService:
     """The bank server's service; ``on_fatal`` runs when start-up fails once the reactor runs
-    (the twistd plugin's stops the process with status 1). Failures also fail ``ready``."""
+    (the twistd plugin's stops the process with status 1). Failures also fail ``ready``.
+    ``blocking_start``: start-up completes (or raises) inside ``startService``, for a
+    ``startService`` called before the reactor runs (twistd)."""
     # Any: a daemon's reactor must be IReactorTime, IReactorFromThreads and IReactorTCP at once,
     # and zope interfaces have no intersection type (every real reactor is all three).
     if reactor is None:
         from twisted.internet import reactor
-    return BankServerService(settings, reactor, on_fatal=on_fatal)
+    return BankServerService(settings, reactor, on_fatal=on_fatal, blocking_start=blocking_start)
+
+
+class StartupInterrupted(Exception):
+    """SIGTERM or SIGINT arrived during a blocking start-up."""
 
 
 class BankServerService(service.MultiService):
-    def __init__(self, settings: BankServerSettings, reactor: Any, on_fatal: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, settings: BankServerSettings, reactor: Any, on_fatal: Callable[[], None] | None = None,
+        *, blocking_start: bool = False,
+    ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.settings = settings
         self.reactor = reactor
         self.on_fatal = on_fatal
+        self.blocking_start = blocking_start
         self.data_dir = settings.data_dir
         self.factory: OTPServerFactory | None = None
         self.connections: DrainingFactory | None = None
@@ -163,12 +186,52 @@ class BankServerService(service.MultiService):
         self.metrics_service = None
         self.ttp_failing_since = None
         self._stopping = False
-        self._starting = Deferred.fromCoroutine(self._start())
+        if self.blocking_start:
+            self._start_now()
+            return
+        self._starting = Deferred.fromCoroutine(self._start(self.settings.ttp))
         self._starting.addCallbacks(self._started, self._start_failed)
+
+    def _start_now(self) -> None:
+        """The whole start-up, before the reactor runs: it returns listening, or raises."""
+        outcome: list[object] = []
+
+        def interrupted(signum: int, frame: object) -> None:
+            raise StartupInterrupted(signal.Signals(signum).name)
+
+        # twistd installs its own handlers only when the reactor runs; until then SIGTERM would
+        # kill the process outright, pidfile left behind (handlers exist on the main thread only).
+        stoppers = (signal.SIGTERM, signal.SIGINT) if threading.current_thread() is threading.main_thread() else ()
+        previous = {signum: signal.signal(signum, interrupted) for signum in stoppers}
+        try:
+            try:
+                ttp = BlockingTTP(self.settings.ttp)
+            except TTPUnavailable as exc:
+                raise shutdown.startup_failed(PROGRAM, exc) from None
+            Deferred.fromCoroutine(self._start(ttp)).addBoth(outcome.append)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        if not outcome:  # something waited on the reactor: a bug, refuse rather than hang
+            outcome.append(Failure(RuntimeError("start-up did not complete before the reactor runs")))  # type: ignore[no-untyped-call]
+        result = outcome[0]
+        if isinstance(result, Failure):
+            # What had started: no reactor will run to stop it (the process exits next).
+            if self.listener is not None:
+                self.listener.stopService()  # the port itself closes when the process exits
+            if self.authority is not None:
+                self.authority.worker.stop_now()  # else its thread would keep the process alive
+            self.ready.errback(result)
+            self.ready.addErrback(lambda _: None)  # told by raising, just below
+            if result.check(StartupInterrupted):  # type: ignore[no-untyped-call]
+                raise shutdown.stopped_while_starting(PROGRAM) from None
+            raise shutdown.startup_failed(PROGRAM, result.value or RuntimeError(result.getErrorMessage())) from None
+        self._started(None)
+        shutdown.startup_done()
 
     def _started(self, _: None) -> None:
         self._starting = None
-        self.ready.callback(None)
+        self.ready.callback(None)  # start-up complete: listening, the OTP store open
 
     def _start_failed(self, failure: Failure) -> None:
         self._starting = None
@@ -179,10 +242,10 @@ class BankServerService(service.MultiService):
         shutdown.fail_late(PROGRAM, failure.value or RuntimeError(failure.getErrorMessage()), self.on_fatal)
         self.ready.errback(failure)
 
-    async def _start(self) -> None:
+    async def _start(self, ttp: TTPEndpoint) -> None:
         s = self.settings
         credentials = await obtain_credentials(
-            self.reactor, data_dir=s.data_dir, ttp=s.ttp, pin=s.pin, token=s.token,
+            self.reactor, data_dir=s.data_dir, ttp=ttp, pin=s.pin, token=s.token,
             name=s.name, role=Role.SERVER, key_type=s.key_type, timeout=s.timeout,
         )
         usable = suites_for_key(credentials.chain[0].public_key(), s.suites)
@@ -193,7 +256,7 @@ class BankServerService(service.MultiService):
         # The OTP database is opened and checked now, not on the first client's request.
         self.authority = OTPAuthority(self.reactor, s.data_dir, s.otp_policy)
         self.authority.worker.setServiceParent(self)  # type: ignore[no-untyped-call]
-        crl = await self._initial_crl(credentials)
+        crl = await self._initial_crl(credentials, ttp)
         events = BankEvents()
         metrics: BankMetrics | None = None
         if s.metrics is not None:
@@ -258,13 +321,13 @@ class BankServerService(service.MultiService):
         assert self.factory is not None
         self.factory.events.ttp_failed(task)
 
-    async def _initial_crl(self, credentials: Credentials) -> x509.CertificateRevocationList:
+    async def _initial_crl(self, credentials: Credentials, ttp: TTPEndpoint) -> x509.CertificateRevocationList:
         try:
             return await fetch_crl(
-                self.reactor, self.settings.ttp, pin=credentials.root, data_dir=self.data_dir,
+                self.reactor, ttp, pin=credentials.root, data_dir=self.data_dir,
                 timeout=self.settings.timeout,
             )
-        except CancelledError:
+        except (CancelledError, StartupInterrupted):
             raise
         except Exception as exc:
             # Fall back to a stored CRL only while it is still fresh: fail closed otherwise.

@@ -12,7 +12,7 @@ from tlsotp.pki.credentials import certified_name
 from tlsotp.pki.keys import KeyType
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import utcnow
-from tlsotp.services.enrollment import CERT_FILE, Credentials, RootPin, enroll, load_credentials
+from tlsotp.services.enrollment import CERT_FILE, Credentials, RootPin, TTPEndpoint, enroll, load_credentials
 
 EXPIRED_CERT_FILE = "cert.pem.expired"
 
@@ -35,7 +35,7 @@ async def obtain_credentials(
     reactor: IReactorTime,
     *,
     data_dir: Path,
-    ttp: str,
+    ttp: TTPEndpoint,
     pin: RootPin | None,
     token: str | None,
     name: str | None,

@@ -53,7 +53,7 @@ from tlsotp.pki.keys import KeyType, PrivateKey, describe_key, generate_private_
 from tlsotp.pki.names import check_dns_name
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import PeerVerifier, utcnow, verify_crl
-from tlsotp.services.ttp_client import TTPUnavailable, exchange
+from tlsotp.services.ttp_client import BlockingTTP, TTPUnavailable, exchange
 from tlsotp.ttp import tokens, wire
 from tlsotp.ttp.renewal_proof import sign_renewal
 from tlsotp.ttp.wire import Refusal
@@ -80,7 +80,8 @@ DEFAULT_TIMEOUT = 30.0
 
 #: Where the TTP is: an endpoint string (``tcp:host=...:port=7000``) or an endpoint object. The
 #: reactor must provide what that endpoint needs (``IReactorTCP`` for ``tcp:``) besides its clock.
-TTPEndpoint = str | IStreamClientEndpoint
+#: A ``BlockingTTP`` is reached with a blocking socket (a daemon's start-up, before its reactor runs).
+TTPEndpoint = str | IStreamClientEndpoint | BlockingTTP
 
 
 class EnrollmentError(TLSOTPError):
@@ -346,8 +347,9 @@ def _load_certificate(data: bytes, what: str) -> x509.Certificate:
 
 
 async def _generate_key(reactor: IReactorTime, key_type: KeyType) -> PrivateKey:
-    """RSA generation takes up to seconds: off the reactor thread when the reactor has threads."""
-    if key_type.value.startswith("rsa") and IReactorThreads.providedBy(reactor):
+    """RSA generation takes up to seconds: off the reactor thread when the reactor has threads
+    and runs (before it runs, as in a daemon's start-up, there is no reactor thread to spare)."""
+    if key_type.value.startswith("rsa") and IReactorThreads.providedBy(reactor) and getattr(reactor, "running", False):
         key: PrivateKey = await deferToThreadPool(reactor, reactor.getThreadPool(), generate_private_key, key_type)
         return key
     return generate_private_key(key_type)

@@ -82,6 +82,18 @@ class DatabaseWorker(service.Service, Generic[T]):
 
         return closing.addBoth(join)
 
+    def stop_now(self) -> None:
+        """Stop on the calling thread, for a start-up abandoned before the reactor runs:
+        ``stopService`` hands the close back through the reactor, which would never run, and
+        the worker thread would keep the process from exiting. Nothing may be queued."""
+        service.Service.stopService(self)  # type: ignore[no-untyped-call]
+        pool, resource = self._pool, self._resource
+        self._pool = self._resource = None
+        if pool is not None:
+            pool.stop()  # joins the idle thread
+        if resource is not None:
+            self._close_resource(resource)
+
 
 def open_sqlite(path: Path, configure: Callable[[sqlite3.Connection], None]) -> sqlite3.Connection:
     """Create the file private, open it, check it (``tlsotp.database_checks``), configure it;

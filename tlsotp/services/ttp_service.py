@@ -22,7 +22,10 @@ tokens (``token_retention``, see ``tlsotp.ttp.store``) at start and every ``prun
 seconds, as one more call on the same worker. Stopping it stops that timer first (a prune
 already queued finishes before the store closes, and one asked for later is refused by the
 stopped worker and dropped), then stops accepting, lets requests in flight finish for up to
-``drain_timeout`` seconds, then closes the store.
+``drain_timeout`` seconds, then closes the store. The store is opened in
+``startService``; a failure to listen or to open it raises ``shutdown.StartupFailed`` there,
+so that twistd's launcher (daemonized) returns only once start-up is over, with exit status 1
+if it failed.
 """
 
 from __future__ import annotations
@@ -223,10 +226,12 @@ class TTPService(service.MultiService):
 
             self.metrics_service.listening.addErrback(metrics_listen_failed)
         starting = False
-        if failed_now:  # TCP and UNIX endpoints fail at once
-            shutdown.refuse_to_start(PROGRAM, f"cannot listen on {self.settings.listen}: {failed_now[0].getErrorMessage()}")
+        if failed_now:  # TCP and UNIX endpoints fail at once: before twistd's launcher returns
+            raise shutdown.startup_failed(
+                PROGRAM, f"cannot listen on {self.settings.listen}: {failed_now[0].getErrorMessage()}"
+            )
         if metrics_failed:
-            shutdown.refuse_to_start(
+            raise shutdown.startup_failed(
                 PROGRAM, f"cannot listen on --metrics {self.settings.metrics}: {metrics_failed[0].getErrorMessage()}"
             )
 
@@ -236,7 +241,8 @@ class TTPService(service.MultiService):
         try:
             super().startService()  # type: ignore[no-untyped-call]
         except StoreError as exc:
-            shutdown.refuse_to_start(PROGRAM, str(exc))
+            raise shutdown.startup_failed(PROGRAM, str(exc)) from None
+        shutdown.startup_done()  # start-up complete: listening, the store open
 
     def _decide(self, payload: bytes) -> Deferred[Outcome]:
         return self.worker.run(Issuer.handle, payload)
