@@ -15,7 +15,11 @@
 The service is a ``MultiService`` of Twisted's own parts: a ``DatabaseWorker`` owning the
 store (an ``Issuer`` over it: every decision runs there, one after another, each in its own
 ``BEGIN IMMEDIATE`` transaction; the reactor never waits for SQLite or for signing), and a
-``ListeningService`` (``StreamServerEndpointService``). It listens in
+``ListeningService`` (``StreamServerEndpointService``). With ``database`` (a PostgreSQL
+``PostgresTarget``) the store is that database instead of the data dir's SQLite file: the
+worker thread owns its one session, which reconnects by itself; an outage is logged once when it
+begins and once when it ends, and requests meanwhile are refused with ``internal_error``
+(docs/postgresql_ttp.rst). It listens in
 ``privilegedStartService``, before twistd drops privileges. Stopping it stops accepting at
 once, lets requests in flight finish for up to ``drain_timeout`` seconds, then closes the store.
 """
@@ -34,6 +38,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from tlsotp.database_url import PostgresTarget
 from tlsotp.services import shutdown
 from tlsotp.services.addresses import describe_address
 from tlsotp.services.connection_slots import DEFAULT_FIRST_MESSAGE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS
@@ -42,6 +47,7 @@ from tlsotp.services.sqlite_worker import DatabaseWorker
 from tlsotp.services.ttp_server import DEFAULT_TIMEOUT, EnrollmentServerFactory
 from tlsotp.ttp.ca import CertificateAuthority, TTPPaths
 from tlsotp.ttp.issuer import DEFAULT_CERT_DAYS, DEFAULT_MAX_LINEAGE, Issuer, Outcome
+from tlsotp.ttp.postgres_store import PostgresStore
 from tlsotp.ttp.store import Store, StoreError
 
 __all__ = ["DEFAULT_CRL_HOURS", "DEFAULT_LISTEN", "TTPService", "TTPSettings", "build_service"]
@@ -70,6 +76,8 @@ class TTPSettings:
     max_per_address: int = DEFAULT_MAX_PER_ADDRESS
     #: Seconds requests in flight get to finish when the service stops (SIGTERM).
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    #: A PostgreSQL database shared with other TTP processes, instead of the data dir's SQLite file.
+    database: PostgresTarget | None = None
 
 
 def build_service(
@@ -146,8 +154,16 @@ class TTPService(service.MultiService):
 
     def _open_issuer(self) -> Issuer:
         s = self.settings
-        store = Store.open(TTPPaths(s.data_dir).db)  # checked again: intact and writable
+        store: Store
+        if s.database is None:
+            store = Store.open(TTPPaths(s.data_dir).db)  # checked again: intact and writable
+        else:  # checked again too: reachable, the schema migrated, this CA's
+            store = PostgresStore.open_database(s.database, s.ca.fingerprint, on_event=self._database_event)
         return Issuer(s.ca, store, cert_days=s.cert_days, crl_validity=s.crl_validity, max_lineage=s.max_lineage)
+
+    def _database_event(self, line: str, trouble: bool) -> None:
+        """An outage of the database began (``trouble``) or ended: one line each, from any thread."""
+        self.reactor.callFromThread(log.warn if trouble else log.info, "{line}", line=line)
 
     def privilegedStartService(self) -> None:
         # Listen before twistd drops privileges, and refuse to start at once if we can't.
@@ -158,7 +174,11 @@ class TTPService(service.MultiService):
 
         def listening(port: IListeningPort) -> None:
             where = describe_address(cast(Any, port).getHost())
-            log.info("tlsotp-ttp serving on {where}, root {fingerprint}", where=where, fingerprint=self.ca.fingerprint)
+            log.info(
+                "tlsotp-ttp serving on {where}, root {fingerprint}, store {store}", where=where,
+                fingerprint=self.ca.fingerprint,
+                store=TTPPaths(self.data_dir).db if self.settings.database is None else self.settings.database.describe(),
+            )
 
         def failed(failure: Failure) -> None:
             if starting:
