@@ -225,3 +225,68 @@ class PostgresOutageTests(SynchronousTestCase):
         cluster.start()
         outcome = ttp.issuer.handle(wire.encode(enroll_request(token, "bank.example", Role.SERVER, cached_key(KeyType.EC_P256, "pg"))))
         self.assertIsInstance(outcome.reply, wire.Issued)
+
+
+class CutOffDecisionTests(SynchronousTestCase):
+    def test_a_decision_cut_off_mid_transaction_leaves_the_token_unspent(self) -> None:
+        """The TTP's session is killed after it recorded the enrollment and the certificate but
+        before it spent the token: the server rolls all of it back, and a retry then succeeds."""
+        import psycopg
+
+        target = fresh_database(self)
+        ttp = TTPFixture(Path(self.mktemp()), database=target)
+        self.addCleanup(ttp.close)
+        token = ttp.token("bank.example", Role.SERVER)
+        key = cached_key(KeyType.EC_P256, "pg-cut")
+        request = wire.encode(enroll_request(token, "bank.example", Role.SERVER, key))
+        holder = psycopg.connect(target.conninfo())
+        self.addCleanup(holder.close)
+        # A share lock on the token's row: reads and foreign-key checks pass, an UPDATE waits. So
+        # the TTP inserts the enrollment and the certificate, then waits to mark the token spent.
+        holder.execute("SELECT 1 FROM tlsotp_ttp.tokens WHERE id = %s FOR SHARE", (token.token_id,))
+        outcomes: list[object] = []
+        worker = threading.Thread(target=lambda: outcomes.append(ttp.issuer.handle(request)))
+        worker.start()
+        waiting = "SELECT pid FROM pg_stat_activity WHERE application_name = 'tlsotp-ttp' AND wait_event_type = 'Lock'"
+        pids: list[tuple[int]] = []
+        for _ in range(200):  # bounded: 10 s
+            pids = holder.execute(waiting).fetchall()
+            if pids:
+                break
+            threading.Event().wait(0.05)
+        self.assertEqual(len(pids), 1)
+        with psycopg.connect(target.conninfo(), autocommit=True) as spy:  # the other rows are in, uncommitted
+            self.assertEqual(spy.execute("SELECT query FROM pg_stat_activity WHERE pid = %s", pids[0]).fetchone(),
+                             ("UPDATE tokens SET spent_at = $1, spent_serial = $2 WHERE id = $3",))
+        with psycopg.connect(target.conninfo(), autocommit=True) as killer:
+            killer.execute("SELECT pg_terminate_backend(%s)", (pids[0][0],))
+        worker.join(timeout=30)
+        holder.rollback()
+        outcome = outcomes[0]
+        assert hasattr(outcome, "reply") and isinstance(outcome.reply, wire.Refused), outcome
+        self.assertEqual(outcome.reply.code, Refusal.internal_error)
+        store = ttp.open_store()
+        self.addCleanup(store.close)
+        record = store.get_token(token.token_id)
+        assert record is not None
+        self.assertIsNone(record.spent_at)
+        self.assertEqual(store.list_certificates(), [])
+        self.assertIsNone(store.get_enrollment(token.token_id))
+        # The TTP reconnects (within its retry interval) and the same request now buys the certificate.
+        for _ in range(100):
+            again = ttp.issuer.handle(request)
+            if isinstance(again.reply, wire.Issued):
+                break
+            threading.Event().wait(0.1)
+        self.assertIsInstance(again.reply, wire.Issued)
+        self.assertEqual(len(store.list_certificates()), 1)
+
+    def test_init_with_an_unreachable_database_leaves_no_ca_behind(self) -> None:
+        nowhere = Path(self.mktemp()).resolve()
+        target = parse_database_url(f"postgresql://tlsotp@/ttp?host={nowhere}&port=1")
+        data_dir = Path(self.mktemp())
+        with self.assertRaises(CAError) as caught:
+            init_ca(data_dir, database=target)
+        self.assertIn("cannot connect to the TTP's database", str(caught.exception))
+        self.assertNotIn("\n", str(caught.exception))
+        self.assertEqual(list(data_dir.iterdir()), [])
