@@ -15,6 +15,10 @@ renewals inherit it. Revocation, reuse detection and the lifetime cap act on the
 enrollment (``revoke``, ``resolve_superseded``, ``renewal_problem``). Schema version 2 added
 the ``enrollments`` table and ``certificates.enrollment``; ``open`` migrates a version 1 file
 in one transaction.
+
+The same rules run on PostgreSQL (``tlsotp.ttp.postgres_store.PostgresStore``, ``--database``):
+every query goes through the ``Connection`` seam, and ``_transaction`` is the one place where
+the two backends take their write lock.
 """
 
 from __future__ import annotations
