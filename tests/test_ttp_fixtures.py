@@ -16,11 +16,12 @@ from twisted.internet import reactor as _reactor
 
 from tests.credentials import cached_key as cached_key  # re-exported: the TTP tests import it from here
 from tlsotp.commands.ttp_daemon import TTPService
+from tlsotp.database_url import PostgresTarget
 from tlsotp.pki.csr import build_csr
 from tlsotp.pki.keys import KeyType, PrivateKey
 from tlsotp.pki.roles import Role
 from tlsotp.ttp import tokens, wire
-from tlsotp.ttp.ca import CertificateAuthority, TTPPaths, init_ca
+from tlsotp.ttp.ca import CertificateAuthority, TTPPaths, init_ca, open_store
 from tlsotp.ttp.issuer import Issuer
 from tlsotp.ttp.store import Store
 
@@ -40,16 +41,18 @@ class FakeClock:
         self.now += datetime.timedelta(**delta)
 
 
-def make_ttp(data_dir: Path, key_type: KeyType = KeyType.EC_P256) -> CertificateAuthority:
-    return init_ca(data_dir, key_type=key_type)
+def make_ttp(
+    data_dir: Path, key_type: KeyType = KeyType.EC_P256, database: PostgresTarget | None = None
+) -> CertificateAuthority:
+    return init_ca(data_dir, key_type=key_type, database=database)
 
 
 def mint_token(
     data_dir: Path, name: str, role: Role, *, ttl: datetime.timedelta = datetime.timedelta(hours=1),
-    now: datetime.datetime | None = None,
+    now: datetime.datetime | None = None, database: PostgresTarget | None = None,
 ) -> tokens.Token:
     """What 'tlsotp ttp token' does, through its own Store connection."""
-    store = Store.open(TTPPaths(data_dir).db)
+    store = Store.open(TTPPaths(data_dir).db) if database is None else open_store(data_dir, database)
     try:
         return store.mint_token(name, role, ttl=ttl, now=now or datetime.datetime.now(datetime.timezone.utc))
     finally:
@@ -70,17 +73,26 @@ def enroll_request(
 
 
 class TTPFixture:
-    """A TTP data dir with its CA, an Issuer on a FakeClock, and a token minting helper."""
+    """A TTP data dir with its CA, an Issuer on a FakeClock, and a token minting helper; its
+    store is the data dir's SQLite file, or ``database`` (PostgreSQL) when one is given."""
 
-    def __init__(self, base: Path, key_type: KeyType = KeyType.EC_P256) -> None:
+    def __init__(self, base: Path, key_type: KeyType = KeyType.EC_P256, database: PostgresTarget | None = None) -> None:
         self.data_dir = base / "ttp"
-        self.ca = make_ttp(self.data_dir, key_type)
+        self.database = database
+        self.ca = make_ttp(self.data_dir, key_type, self.database)
         self.clock = FakeClock()
-        self.store = Store.open(TTPPaths(self.data_dir).db)
+        self.store = self.open_store()
         self.issuer = Issuer(self.ca, self.store, clock=self.clock)
+
+    def open_store(self) -> Store:
+        """Another connection to this TTP's store, as another process would open it."""
+        if self.database is None:
+            return Store.open(TTPPaths(self.data_dir).db)
+        return open_store(self.data_dir, self.database)
 
     def token(self, name: str = "bank.example", role: Role = Role.SERVER, **kw: Any) -> tokens.Token:
         kw.setdefault("now", self.clock.now)
+        kw.setdefault("database", self.database)
         return mint_token(self.data_dir, name, role, **kw)
 
     def close(self) -> None:

@@ -24,17 +24,18 @@ class AbbreviationTests(SynchronousTestCase):
     """An abbreviated option keeps its value, whatever the subcommand and wherever the positionals."""
 
     def test_ttp_commands(self) -> None:
-        revoke = cli.parse(["ttp", "revoke", "--dat", "ttpdir", "01", "--reas", "key-compromise"])
+        # --data-d, not --dat: the store commands also take --database, so --dat is ambiguous there.
+        revoke = cli.parse(["ttp", "revoke", "--data-d", "ttpdir", "01", "--reas", "key-compromise"])
         self.assertEqual(revoke["data-dir"], Path("ttpdir"))
         self.assertEqual(revoke["reason"].name, "key_compromise")
-        revoke_first = cli.parse(["ttp", "revoke", "01", "--data", "ttpdir"])
+        revoke_first = cli.parse(["ttp", "revoke", "01", "--data-", "ttpdir"])
         self.assertEqual(revoke_first["data-dir"], Path("ttpdir"))
-        token = cli.parse(["ttp", "token", "--dat", "ttpdir", "--na", "bank.example", "--rol", "server", "--tt", "2h"])
+        token = cli.parse(["ttp", "token", "--data-d", "ttpdir", "--na", "bank.example", "--rol", "server", "--tt", "2h"])
         self.assertEqual((token["data-dir"], token["name"]), (Path("ttpdir"), "bank.example"))
         self.assertEqual(token["ttl"].total_seconds(), 7200)
-        init = cli.parse(["ttp", "init", "--dat", "ttpdir", "--subj", "Test root", "--day", "30"])
+        init = cli.parse(["ttp", "init", "--data-d", "ttpdir", "--subj", "Test root", "--day", "30"])
         self.assertEqual((init["subject"], init["days"]), ("Test root", 30))
-        listing = cli.parse(["ttp", "list", "--d", "ttpdir"])
+        listing = cli.parse(["ttp", "list", "--data-d", "ttpdir"])
         self.assertEqual(listing["data-dir"], Path("ttpdir"))
 
     def test_requester_commands(self) -> None:
@@ -71,7 +72,9 @@ class AbbreviationTests(SynchronousTestCase):
         self.assertEqual(caught.exception.command, "tlsotp enroll")
 
     def test_value_form_with_equals(self) -> None:
-        revoke = cli.parse(["ttp", "revoke", "--dat=ttpdir", "01"])
+        revoke = cli.parse(["ttp", "revoke", "--data-d=ttpdir", "01"])
+        with self.assertRaises(common.UsageFailure):  # --data-dir or --database
+            cli.parse(["ttp", "revoke", "--dat=ttpdir", "01"])
         self.assertEqual(revoke["data-dir"], Path("ttpdir"))
 
 
@@ -111,18 +114,18 @@ class PythonDashMTests(SynchronousTestCase):
         self.assertEqual((result.returncode, result.stdout, result.stderr), (0, f"tlsotp {tlsotp.__version__}\n", ""))
 
     def test_abbreviated_options(self) -> None:
-        """``tlsotp ttp revoke --dat DIR 01`` reaches the database (an unknown serial: 1), not a usage error (2)."""
+        """``tlsotp ttp revoke --data-d DIR 01`` reaches the database (an unknown serial: 1), not a usage error (2)."""
         cwd = Path(self.mktemp()).resolve()
         cwd.mkdir()
-        init = self.tlsotp("ttp", "init", "--dat", "ttp", cwd=cwd)
+        init = self.tlsotp("ttp", "init", "--data-d", "ttp", cwd=cwd)
         self.assertEqual(init.returncode, 0, init)
         self.assertRegex(init.stdout, r"^sha256:[0-9a-f]{64}\n$")
-        revoke = self.tlsotp("ttp", "revoke", "--dat", "ttp", "01", "--reas", "key-compromise", cwd=cwd)
+        revoke = self.tlsotp("ttp", "revoke", "--data-d", "ttp", "01", "--reas", "key-compromise", cwd=cwd)
         self.assertEqual(revoke.returncode, 1, revoke)
         self.assertEqual(revoke.stderr, "tlsotp ttp revoke: no certificate with serial 1 was issued by this TTP\n")
-        token = self.tlsotp("ttp", "token", "--dat", "ttp", "--na", "bank.example", "--ro", "server", cwd=cwd)
+        token = self.tlsotp("ttp", "token", "--data-d", "ttp", "--na", "bank.example", "--ro", "server", cwd=cwd)
         self.assertEqual(token.returncode, 0, token)
-        listing = self.tlsotp("ttp", "list", "--da", "ttp", cwd=cwd)
+        listing = self.tlsotp("ttp", "list", "--data-", "ttp", cwd=cwd)
         self.assertEqual(listing.returncode, 0, listing)
         self.assertTrue(listing.stdout.startswith("SERIAL"), listing.stdout)
 

@@ -309,7 +309,7 @@ class IssuerTests(unittest.SynchronousTestCase):
         ttp = TTPFixture(Path(self.mktemp()))
         self.addCleanup(ttp.close)
         token = ttp.token()
-        holder = sqlite3.connect(ttp.store.path, isolation_level=None)
+        holder = sqlite3.connect(TTPPaths(ttp.data_dir).db, isolation_level=None)
         self.addCleanup(holder.close)
         holder.execute("BEGIN IMMEDIATE")  # another process writing, for longer than we wait
         ttp.store._db.execute("PRAGMA busy_timeout = 0")

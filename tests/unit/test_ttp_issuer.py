@@ -13,6 +13,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from twisted.trial import unittest
 
 from tests.test_ttp_fixtures import TTPFixture, cached_key, csr_der, enroll_request
+from tlsotp.database_url import PostgresTarget
 from tlsotp.pki.builders import issue_certificate
 from tlsotp.pki.keys import KeyType, PrivateKey
 from tlsotp.pki.roles import Role
@@ -20,15 +21,18 @@ from tlsotp.pki.verify import PeerVerifier, verify_crl
 from tlsotp.ttp import wire
 from tlsotp.ttp.issuer import Issuer
 from tlsotp.ttp.renewal_proof import sign_renewal
-from tlsotp.ttp.store import Store
 from tlsotp.ttp.wire import Refusal
 
 DER = serialization.Encoding.DER
 
 
 class IssuerTestCase(unittest.SynchronousTestCase):
+    def database(self) -> PostgresTarget | None:
+        """The store these tests run on: the data dir's SQLite file (a PostgreSQL twin overrides it)."""
+        return None
+
     def setUp(self) -> None:
-        self.ttp = TTPFixture(Path(self.mktemp()))
+        self.ttp = TTPFixture(Path(self.mktemp()), database=self.database())
         self.addCleanup(self.ttp.close)
         self.key = cached_key(KeyType.EC_P256, "issuer-requester")
 
@@ -152,10 +156,10 @@ class EnrollmentTests(IssuerTestCase):
         self.ttp.store.close()
         reply = self.assertRefused(Refusal.internal_error, enroll_request(self.ttp.token(), "bank.example", Role.SERVER, self.key))
         self.assertNotIn("Cannot operate", reply.detail)  # the cause goes to the log, not the peer
-        self.ttp.store = Store.open(self.ttp.store.path)
+        self.ttp.store = self.ttp.open_store()
 
     def test_rsa_ca_and_rsa_requester(self) -> None:
-        ttp = TTPFixture(Path(self.mktemp()), KeyType.RSA_2048)
+        ttp = TTPFixture(Path(self.mktemp()), KeyType.RSA_2048, database=self.database())
         self.addCleanup(ttp.close)
         key = cached_key(KeyType.RSA_2048, "requester")
         reply = ttp.issuer.handle(wire.encode(enroll_request(ttp.token(), "bank.example", Role.SERVER, key)))
@@ -203,7 +207,7 @@ class RenewalTests(IssuerTestCase):
         self.issued(self.renew_request(first, self.key, timestamp=now - 299))
 
     def test_unknown_expired_revoked_certificates(self) -> None:
-        foreign_ttp = TTPFixture(Path(self.mktemp()))
+        foreign_ttp = TTPFixture(Path(self.mktemp()), database=self.database())
         self.addCleanup(foreign_ttp.close)
         foreign = issue_certificate(
             foreign_ttp.ca.key, foreign_ttp.ca.root, self.key.public_key(), name="bank.example", role=Role.SERVER,
@@ -250,7 +254,7 @@ class CRLTests(IssuerTestCase):
         self.assertEqual(self.number(self.crl()), self.number(first))  # served from the store
         cert = self.enroll()
         # The operator revokes through another connection, as 'tlsotp ttp revoke' does.
-        other = Store.open(self.ttp.store.path)
+        other = self.ttp.open_store()
         other.revoke(cert.serial_number, x509.ReasonFlags.key_compromise, now=self.ttp.clock.now)
         other.close()
         second = self.crl()
@@ -270,7 +274,7 @@ class CRLTests(IssuerTestCase):
     def test_numbers_survive_reopening(self) -> None:
         first = self.number(self.crl())
         self.ttp.store.close()
-        self.ttp.store = Store.open(self.ttp.store.path)
+        self.ttp.store = self.ttp.open_store()
         self.ttp.issuer = Issuer(self.ttp.ca, self.ttp.store, clock=self.ttp.clock)
         self.ttp.clock.advance(hours=13)
         self.assertEqual(self.number(self.crl()), first + 1)

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.test_ttp_fixtures import TTPFixture, cached_key, csr_der, enroll_request
+from tlsotp.database_url import PostgresTarget
 from tlsotp.pki.builders import build_root, issue_certificate
 from tlsotp.pki.keys import KeyType, PrivateKey
 from tlsotp.pki.roles import Role
@@ -75,8 +76,12 @@ INSERT INTO meta (key, value) VALUES ('schema_version', 1), ('crl_number', 0), (
 
 
 class LineageTestCase(SynchronousTestCase):
+    def database(self) -> PostgresTarget | None:
+        """The store these tests run on: the data dir's SQLite file (a PostgreSQL twin overrides it)."""
+        return None
+
     def setUp(self) -> None:
-        self.ttp = TTPFixture(Path(self.mktemp()))
+        self.ttp = TTPFixture(Path(self.mktemp()), database=self.database())
         self.addCleanup(self.ttp.close)
         self.key = cached_key(KeyType.EC_P256, "lineage-owner")
         self.summaries: list[str] = []

@@ -34,6 +34,7 @@ class StorePruneTests(IssuerTestCase):
         return self.ttp.issuer.prune_tokens(RETENTION)
 
     def assertIntact(self) -> None:
+        assert self.ttp.store.path is not None
         db = sqlite3.connect(self.ttp.store.path)
         self.addCleanup(db.close)
         self.assertEqual(db.execute("PRAGMA foreign_key_check").fetchall(), [])

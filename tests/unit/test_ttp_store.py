@@ -13,6 +13,7 @@ from cryptography import x509
 from twisted.trial import unittest
 
 from tests.test_ttp_fixtures import cached_key
+from tlsotp.database_url import PostgresTarget
 from tlsotp.pki.builders import issue_certificate
 from tlsotp.pki.keys import KeyType
 from tlsotp.pki.roles import Role
@@ -33,12 +34,21 @@ NOW = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
 
 
 class StoreTestCase(unittest.SynchronousTestCase):
+    def database(self) -> PostgresTarget | None:
+        """The store these tests run on: the data dir's SQLite file (a PostgreSQL twin overrides it)."""
+        return None
+
     def setUp(self) -> None:
         self.data_dir = Path(self.mktemp())
-        self.ca = init_ca(self.data_dir)
+        self.target = self.database()
+        self.ca = init_ca(self.data_dir, database=self.target)
         self.path = TTPPaths(self.data_dir).db
-        self.store = Store.open(self.path)
+        self.store = self.open_store()
         self.addCleanup(self.store.close)
+
+    def open_store(self) -> Store:
+        """Another connection to the same store, as another process would open it."""
+        return open_store(self.data_dir, self.target)
 
     def cert(self, name: str = "bank.example", serial: int | None = None, days: int = 7) -> x509.Certificate:
         return issue_certificate(
@@ -121,7 +131,7 @@ class TokenSpendTests(StoreTestCase):
         barrier = threading.Barrier(len(certs))
 
         def spend(cert: x509.Certificate) -> None:
-            store = Store.open(self.path)
+            store = self.open_store()
             try:
                 barrier.wait(timeout=10)
                 store.record_enrollment(token.token_id, cert, Role.SERVER, "bank.example", now=NOW)
@@ -147,10 +157,14 @@ class TokenSpendTests(StoreTestCase):
         stored = self.store.get_token(token.token_id)
         assert stored is not None
         self.assertIsNone(stored.spent_at)  # nothing of the failed attempt was kept
+        self.assert_serial_is_a_key("abc")
+
+    def assert_serial_is_a_key(self, serial: str) -> None:
+        """The database itself refuses a second row with one serial (not only the store's check)."""
         with self.assertRaises(sqlite3.IntegrityError):
             self.store._db.execute(
                 "INSERT INTO certificates (serial, name, role, not_before, not_after, issued_at, der)"
-                " VALUES ('abc', 'x', 'server', 0, 0, 0, x'00')"
+                " VALUES (?, 'x', 'server', 0, 0, 0, x'00')", (serial,)
             )
 
 

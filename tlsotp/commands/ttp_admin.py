@@ -2,7 +2,10 @@
 
 ``init`` makes the CA; ``token`` (also ``token --withdraw``), ``tokens``, ``withdraw``, ``revoke``
 and ``list`` work on the database and need no CA key, so they run while the daemon runs (SQLite
-serialises the writers). Machine-usable output
+serialises the writers). With ``--database postgresql://...`` every command works on that
+PostgreSQL database instead of the data dir's SQLite file (the data dir still holds the CA's
+root, which the database must belong to), under the same write lock as the TTPs on it
+(docs/postgresql_ttp.rst). Machine-usable output
 (the fingerprint, the token) goes alone to stdout; notes for the human go to stderr.
 """
 
@@ -11,13 +14,14 @@ from __future__ import annotations
 import datetime
 import sqlite3
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO, TypeVar
 
 from cryptography import x509
 from twisted.python import usage
 
 from tlsotp.commands.common import Command, CommandFailed, CommandGroup, Subcommand, usage_errors, write_json
 from tlsotp.commands.option_types import duration, whole_days
+from tlsotp.database_url import DatabaseURLError, PostgresTarget, parse_database_url
 from tlsotp.pki.keys import KEY_TYPE_NAMES, KeyType, parse_key_type
 from tlsotp.pki.names import check_dns_name
 from tlsotp.pki.roles import Role
@@ -28,12 +32,15 @@ from tlsotp.ttp.store import (
     CertificateRecord,
     Store,
     StoreError,
+    StoreUnavailable,
     TokenRecord,
     TokenUnavailable,
     UnknownSerial,
     parse_serial,
     serial_text,
 )
+
+T = TypeVar("T")
 
 DEFAULT_TTL = "1h"
 MAX_TTL = datetime.timedelta(days=30)
@@ -68,17 +75,47 @@ def parse_reason(text: str) -> x509.ReasonFlags:
     return REASONS[key]
 
 
+#: Every command that opens the store takes these (the daemon has the same two).
+DATABASE_OPTIONS: list[list[Any]] = [
+    ["database", None, None,
+     "Work on this PostgreSQL database (postgresql://user@host:port/dbname, no password in it) instead of "
+     "the data dir's SQLite file."],
+    ["database-password-file", None, None, "File holding the --database password (else PGPASSFILE or ~/.pgpass)."],
+]
+
+
 class _DataDirOptions(Command):
+    database: PostgresTarget | None = None
+
     def postOptions(self) -> None:
         if not self["data-dir"]:
             raise usage.UsageError("--data-dir is required")
         self["data-dir"] = Path(self["data-dir"])
+        url, password_file = self.get("database"), self.get("database-password-file")
+        if url is None and password_file is not None:
+            raise usage.UsageError("--database-password-file needs --database")
+        if url is not None:
+            try:
+                self.database = parse_database_url(url, Path(password_file) if password_file else None)
+            except DatabaseURLError as exc:
+                raise usage.UsageError(str(exc)) from None
 
     def _store(self) -> Store:
         try:
-            return open_store(self["data-dir"])
+            return open_store(self["data-dir"], self.database)
         except (CAError, StoreError) as exc:
             raise CommandFailed(str(exc)) from None
+
+    def _run(self, work: Callable[[Store], T]) -> T:
+        """``work(store)`` on a store opened for it and closed after; a database that went away
+        meanwhile is one line and a failed command."""
+        store = self._store()
+        try:
+            return work(store)
+        except StoreUnavailable as exc:
+            raise CommandFailed(f"the TTP's database {store.where} is unavailable: {exc.detail}") from None
+        finally:
+            store.close()
 
 
 class InitOptions(_DataDirOptions):
@@ -90,6 +127,10 @@ class InitOptions(_DataDirOptions):
         ["subject", None, DEFAULT_SUBJECT, "Common name of the root certificate."],
         ["days", None, DEFAULT_ROOT_DAYS, "Lifetime of the root certificate: 3650d (a bare number is days; whole days).", whole_days],
         ["passphrase-file", None, None, "Encrypt the CA key with the first line of this file."],
+        ["database", None, None,
+         "Keep the store in this PostgreSQL database (postgresql://..., no password in it; it must not belong "
+         "to another CA) instead of a SQLite file in the data dir; the key and root stay in the data dir."],
+        ["database-password-file", None, None, "File holding the --database password (else PGPASSFILE or ~/.pgpass)."],
     ]
 
     def postOptions(self) -> None:
@@ -105,7 +146,8 @@ class InitOptions(_DataDirOptions):
         try:
             passphrase = read_passphrase(Path(self["passphrase-file"]) if self["passphrase-file"] else None)
             ca = init_ca(
-                self["data-dir"], key_type=self["key-type"], subject=self["subject"], days=self["days"], passphrase=passphrase
+                self["data-dir"], key_type=self["key-type"], subject=self["subject"], days=self["days"], passphrase=passphrase,
+                database=self.database,
             )
         except (CAError, FileExistsError) as exc:
             raise CommandFailed(str(exc)) from None
@@ -124,6 +166,7 @@ class TokenOptions(_DataDirOptions):
         ["role", None, None, "server or client (required to mint)."],
         ["ttl", None, DEFAULT_TTL, "How long the token stays usable: 90s, 30m, 1h, 7d (at most 30d)."],
         ["withdraw", None, None, "Withdraw this unspent token (its id, or the whole token) instead of minting one."],
+        *DATABASE_OPTIONS,
     ]
 
     def postOptions(self) -> None:
@@ -142,12 +185,8 @@ class TokenOptions(_DataDirOptions):
 
     def execute(self, reactor: Any, out: TextIO) -> int:
         if self["withdraw"] is not None:
-            return withdraw(self._store(), self["token-id"], out)
-        store = self._store()
-        try:
-            token = store.mint_token(self["name"], self["role"], ttl=self["ttl"], now=utcnow())
-        finally:
-            store.close()
+            return withdraw(self, self["token-id"], out)
+        token = self._run(lambda store: store.mint_token(self["name"], self["role"], ttl=self["ttl"], now=utcnow()))
         out.write(f"{token}\n")
         return 0
 
@@ -158,6 +197,7 @@ class RevokeOptions(_DataDirOptions):
     optParameters: list[list[Any]] = [
         ["data-dir", "d", None, "The TTP's data dir."],
         ["reason", None, "unspecified", f"Reason: {', '.join(sorted(REASONS))}."],
+        *DATABASE_OPTIONS,
     ]
 
     synopsis = "--data-dir DIR SERIAL [--reason R]"
@@ -174,13 +214,10 @@ class RevokeOptions(_DataDirOptions):
             self["reason"] = parse_reason(self["reason"])
 
     def execute(self, reactor: Any, out: TextIO) -> int:
-        store = self._store()
         try:
-            revocation = store.revoke(self["serial"], self["reason"], now=utcnow())
+            revocation = self._run(lambda store: store.revoke(self["serial"], self["reason"], now=utcnow()))
         except (UnknownSerial, AlreadyRevoked) as exc:
             raise CommandFailed(str(exc)) from None
-        finally:
-            store.close()
         record = revocation.record
         serials = ", ".join(serial_text(serial) for serial in revocation.serials) or "none (all expired or revoked)"
         lineage = (
@@ -198,15 +235,11 @@ class RevokeOptions(_DataDirOptions):
 class ListOptions(_DataDirOptions):
     """List every certificate the TTP issued, with its enrollment (token id) and status."""
 
-    optParameters: list[list[Any]] = [["data-dir", "d", None, "The TTP's data dir."]]
+    optParameters: list[list[Any]] = [["data-dir", "d", None, "The TTP's data dir."], *DATABASE_OPTIONS]
     optFlags: list[list[Any]] = [["json", None, "Print one JSON document instead of a table (for scripts)."]]
 
     def execute(self, reactor: Any, out: TextIO) -> int:
-        store = self._store()
-        try:
-            records = store.list_certificates()
-        finally:
-            store.close()
+        records = self._run(lambda store: store.list_certificates())
         now = utcnow()
         if self["json"]:
             write_json(out, {"certificates": [certificate_json(record, now) for record in records]})
@@ -233,15 +266,11 @@ class ListOptions(_DataDirOptions):
 class TokensOptions(_DataDirOptions):
     """List the outstanding tokens (not spent, withdrawn or expired); never their secrets."""
 
-    optParameters: list[list[Any]] = [["data-dir", "d", None, "The TTP's data dir."]]
+    optParameters: list[list[Any]] = [["data-dir", "d", None, "The TTP's data dir."], *DATABASE_OPTIONS]
     optFlags: list[list[Any]] = [["json", None, "Print one JSON document instead of a table (for scripts)."]]
 
     def execute(self, reactor: Any, out: TextIO) -> int:
-        store = self._store()
-        try:
-            records = store.outstanding_tokens(utcnow())
-        finally:
-            store.close()
+        records = self._run(lambda store: store.outstanding_tokens(utcnow()))
         if self["json"]:
             write_json(out, {"tokens": [token_json(record) for record in records]})
             return 0
@@ -271,7 +300,7 @@ def token_json(record: TokenRecord) -> dict[str, Any]:
 class WithdrawOptions(_DataDirOptions):
     """Withdraw an unspent token (a leaked one): the TTP refuses it from now on (token_withdrawn)."""
 
-    optParameters: list[list[Any]] = [["data-dir", "d", None, "The TTP's data dir."]]
+    optParameters: list[list[Any]] = [["data-dir", "d", None, "The TTP's data dir."], *DATABASE_OPTIONS]
 
     synopsis = "--data-dir DIR TOKEN-ID"
 
@@ -281,7 +310,7 @@ class WithdrawOptions(_DataDirOptions):
         self["token-id"] = parse_token_id(token)
 
     def execute(self, reactor: Any, out: TextIO) -> int:
-        return withdraw(self._store(), self["token-id"], out)
+        return withdraw(self, self["token-id"], out)
 
 
 def parse_token_id(text: str) -> str:
@@ -292,10 +321,10 @@ def parse_token_id(text: str) -> str:
     return token_id
 
 
-def withdraw(store: Store, token_id: str, out: TextIO) -> int:
-    """``ttp withdraw ID`` and ``ttp token --withdraw ID``: withdraw, say so, close the store."""
+def withdraw(command: _DataDirOptions, token_id: str, out: TextIO) -> int:
+    """``ttp withdraw ID`` and ``ttp token --withdraw ID``: withdraw and say so."""
     try:
-        record = store.withdraw_token(token_id, now=utcnow())
+        record = command._run(lambda store: store.withdraw_token(token_id, now=utcnow()))
     except TokenUnavailable as exc:
         why = {
             "unknown": "no such token",
@@ -304,8 +333,6 @@ def withdraw(store: Store, token_id: str, out: TextIO) -> int:
             "expired": "it has already expired, and enrolls nothing",
         }.get(exc.reason, exc.reason)
         raise CommandFailed(f"cannot withdraw token {token_id}: {why}") from None
-    finally:
-        store.close()
     out.write(
         f"withdrew token {record.token_id} ({record.name}, {record.role.value}); "
         "the TTP refuses it from now on (token_withdrawn)\n"
@@ -334,6 +361,12 @@ class BackupOptions(_DataDirOptions):
         if target.exists() or target.is_symlink():
             raise CommandFailed(f"{target} exists: a backup never overwrites a file; name a new one")
         store = self._store()
+        if store.path is None:
+            store.close()
+            raise CommandFailed(
+                f"the store is the PostgreSQL database {store.where}: back it up with pg_dump "
+                "(docs/postgresql_ttp.rst); 'ttp backup' copies the data dir's SQLite file"
+            )
         try:
             store.backup_to(target)
             certificates = len(store.list_certificates())

@@ -9,6 +9,9 @@ line and a non-zero exit rather than a daemon that starts and fails later.
 All decisions and database work run on one worker thread: the reactor never waits for SQLite or
 for signing, and requests are decided strictly one after another (a single writer). SIGTERM
 stops accepting at once and lets requests in flight finish (``--drain-timeout``).
+
+``--database postgresql://...`` puts the store in a PostgreSQL database that several TTP
+processes may share (docs/postgresql_ttp.rst); the CA key and root stay in the data dir.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from twisted.python import usage
 from tlsotp.commands.metrics_option import METRICS_OPTION, check_metrics_option
 from tlsotp.commands.option_types import duration, hours, positive_int, same_named, seconds, whole_days
 from tlsotp.commands.pidfile import replace_stale_pidfile
+from tlsotp.database_url import DatabaseURLError, parse_database_url
 from tlsotp.services import readiness, shutdown
 from tlsotp.services.addresses import describe_address
 from tlsotp.services.connection_slots import DEFAULT_FIRST_MESSAGE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS
@@ -34,6 +38,7 @@ from tlsotp.services.ttp_server import DEFAULT_TIMEOUT
 from tlsotp.services.ttp_service import DEFAULT_CRL_HOURS, DEFAULT_LISTEN, DEFAULT_TOKEN_RETENTION, TTPService, TTPSettings, build_service
 from tlsotp.ttp.ca import CAError, CertificateAuthority, TTPPaths, load_ca, read_passphrase
 from tlsotp.ttp.issuer import DEFAULT_CERT_DAYS, DEFAULT_MAX_LINEAGE
+from tlsotp.ttp.postgres_store import PostgresStore
 from tlsotp.ttp.store import Store, StoreError
 
 __all__ = ["Options", "TTPService", "makeService", "settings_from"]
@@ -72,6 +77,11 @@ class Options(usage.Options):
             "deletes the unspent ones and erases the spent ones' MAC keys. Certificates are kept for ever.",
             duration,
         ],
+        ["database", None, None,
+         "Keep the store in this PostgreSQL database (postgresql://user@host:port/dbname, no password in it), "
+         "shared by every TTP on it, instead of the data dir's SQLite file; the CA key stays in the data dir."],
+        ["database-password-file", None, None,
+         "File holding the --database password (else libpq's PGPASSFILE or ~/.pgpass)."],
         ["drain-timeout", None, DEFAULT_DRAIN_TIMEOUT,
          "On SIGTERM: stop accepting at once, then give requests in flight this long to finish "
          "before closing them: 30s, 2m (a bare number is seconds).", seconds],
@@ -94,8 +104,15 @@ class Options(usage.Options):
             passphrase = read_passphrase(Path(passphrase_file) if passphrase_file else None)
             self.ca = load_ca(self["data-dir"], passphrase)
             # Opened only to check it now; the service opens its own after twistd has forked.
-            Store.open(TTPPaths(self["data-dir"]).db).close()
-        except (CAError, StoreError) as exc:
+            if self["database"] is None:
+                if self["database-password-file"] is not None:
+                    raise DatabaseURLError("--database-password-file needs --database")
+                Store.open(TTPPaths(self["data-dir"]).db).close()
+            else:
+                password_file = self["database-password-file"]
+                self["database"] = parse_database_url(self["database"], Path(password_file) if password_file else None)
+                PostgresStore.open_database(self["database"], self.ca.fingerprint).close()
+        except (CAError, StoreError, DatabaseURLError) as exc:
             refuse_to_start(str(exc))
         # Parse (not yet listen on) the endpoint now, before twistd writes its pidfile.
         from twisted.internet import reactor
@@ -117,7 +134,7 @@ def settings_from(options: Options) -> TTPSettings:
         crl_validity=datetime.timedelta(hours=options["crl-hours"]),
         **same_named(
             options, "data_dir", "listen", "cert_days", "timeout", "max_lineage", "first_message_timeout",
-            "max_connections", "max_per_address", "drain_timeout", "metrics", "token_retention",
+            "max_connections", "max_per_address", "drain_timeout", "metrics", "token_retention", "database",
         ),
     )
 

@@ -116,8 +116,8 @@ class EnrollmentServerProtocol(Protocol, TimeoutMixin):
         self._phase = _State.done
         self._set_timeout(None)
         self._events.replied(self._request_type, outcome, time.monotonic() - self._request_at)
-        if quiet:
-            pass  # the slot keeper has counted it
+        if quiet or outcome.quiet:
+            pass  # the slot keeper has counted it, or the store logged the outage it belongs to
         elif outcome.refusal is None:
             log.info("{peer}: {summary}", peer=self._peer, summary=outcome.summary)
         else:

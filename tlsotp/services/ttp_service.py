@@ -15,7 +15,11 @@
 The service is a ``MultiService`` of Twisted's own parts: a ``DatabaseWorker`` owning the
 store (an ``Issuer`` over it: every decision runs there, one after another, each in its own
 ``BEGIN IMMEDIATE`` transaction; the reactor never waits for SQLite or for signing), and a
-``ListeningService`` (``StreamServerEndpointService``). It listens in
+``ListeningService`` (``StreamServerEndpointService``). With ``database`` (a PostgreSQL
+``PostgresTarget``) the store is that database instead of the data dir's SQLite file: the
+worker thread owns its one session, which reconnects by itself; an outage is logged once when it
+begins and once when it ends, and requests meanwhile are refused with ``internal_error``
+(docs/postgresql_ttp.rst). It listens in
 ``privilegedStartService``, before twistd drops privileges (with ``metrics`` set, so does a
 ``tlsotp.services.metrics.MetricsService`` serving ``/metrics`` and ``/health``). A ``PeriodicTask`` prunes old
 tokens (``token_retention``, see ``tlsotp.ttp.store``) at start and every ``prune_interval``
@@ -41,6 +45,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from tlsotp.database_url import PostgresTarget
 from tlsotp.services import shutdown
 from tlsotp.services.addresses import describe_address
 from tlsotp.services.connection_slots import DEFAULT_FIRST_MESSAGE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS
@@ -50,6 +55,7 @@ from tlsotp.services.sqlite_worker import DatabaseWorker, WorkerNotRunning
 from tlsotp.services.ttp_server import DEFAULT_TIMEOUT, EnrollmentServerFactory
 from tlsotp.ttp.ca import CertificateAuthority, TTPPaths
 from tlsotp.ttp.issuer import DEFAULT_CERT_DAYS, DEFAULT_MAX_LINEAGE, Issuer, Outcome
+from tlsotp.ttp.postgres_store import PostgresStore
 from tlsotp.ttp.store import Store, StoreError
 
 if TYPE_CHECKING:  # imported when --metrics is given: prometheus-client is an extra
@@ -90,6 +96,8 @@ class TTPSettings:
     token_retention: datetime.timedelta = DEFAULT_TOKEN_RETENTION
     #: Seconds between two prunes of old tokens (the first runs at start).
     prune_interval: float = DEFAULT_PRUNE_INTERVAL
+    #: A PostgreSQL database shared with other TTP processes, instead of the data dir's SQLite file.
+    database: PostgresTarget | None = None
 
 
 def build_service(
@@ -189,8 +197,16 @@ class TTPService(service.MultiService):
 
     def _open_issuer(self) -> Issuer:
         s = self.settings
-        store = Store.open(TTPPaths(s.data_dir).db)  # checked again: intact and writable
+        store: Store
+        if s.database is None:
+            store = Store.open(TTPPaths(s.data_dir).db)  # checked again: intact and writable
+        else:  # checked again too: reachable, the schema migrated, this CA's
+            store = PostgresStore.open_database(s.database, s.ca.fingerprint, on_event=self._database_event)
         return Issuer(s.ca, store, cert_days=s.cert_days, crl_validity=s.crl_validity, max_lineage=s.max_lineage)
+
+    def _database_event(self, line: str, trouble: bool) -> None:
+        """An outage of the database began (``trouble``) or ended: one line each, from any thread."""
+        self.reactor.callFromThread(log.warn if trouble else log.info, "{line}", line=line)
 
     def privilegedStartService(self) -> None:
         # Listen before twistd drops privileges, and refuse to start at once if we can't.
@@ -201,7 +217,11 @@ class TTPService(service.MultiService):
 
         def listening(port: IListeningPort) -> None:
             where = describe_address(cast(Any, port).getHost())
-            log.info("tlsotp-ttp serving on {where}, root {fingerprint}", where=where, fingerprint=self.ca.fingerprint)
+            log.info(
+                "tlsotp-ttp serving on {where}, root {fingerprint}, store {store}", where=where,
+                fingerprint=self.ca.fingerprint,
+                store=TTPPaths(self.data_dir).db if self.settings.database is None else self.settings.database.describe(),
+            )
 
         def failed(failure: Failure) -> None:
             if starting:

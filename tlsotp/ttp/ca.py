@@ -5,6 +5,10 @@ Files (all in ``--data-dir``)::
     ca-key.pem     the CA's private key, mode 0600, encrypted when a passphrase is given
     ca.pem         the self-signed root certificate (public: hand it out, or its fingerprint)
     ttp.sqlite3    tokens (as derived MAC keys), issued certificates, revocations, the CRL
+
+With ``--database URL`` the database is PostgreSQL instead (``tlsotp.ttp.postgres_store``): no
+``ttp.sqlite3`` is made, and the database records the fingerprint of the CA it belongs to. The
+key and the root stay files in the data dir.
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from tlsotp.database_url import PostgresTarget
 from tlsotp.pki import pem
 from tlsotp.pki.builders import build_root
 from tlsotp.pki.fingerprint import fingerprint
 from tlsotp.pki.keys import KeyType, PrivateKey, generate_private_key
-from tlsotp.ttp.store import DB_NAME, Store
+from tlsotp.ttp.postgres_store import PostgresStore
+from tlsotp.ttp.store import DB_NAME, Store, StoreError
 
 CA_KEY_NAME = "ca-key.pem"
 CA_CERT_NAME = "ca.pem"
@@ -87,10 +93,14 @@ def init_ca(
     days: int = DEFAULT_ROOT_DAYS,
     passphrase: bytes | None = None,
     now: datetime.datetime | None = None,
+    database: PostgresTarget | None = None,
 ) -> CertificateAuthority:
-    """Create key, root and database in ``data_dir``; refuses if any of them exists."""
+    """Create key, root and database in ``data_dir``; refuses if any of them exists.
+
+    With ``database``, the store is that PostgreSQL database, which must not belong to another
+    CA yet: it records this root's fingerprint (the key and root are removed again if it refuses)."""
     paths = TTPPaths(Path(data_dir))
-    for existing in (paths.key, paths.root, paths.db):
+    for existing in (paths.key, paths.root, *(() if database is not None else (paths.db,))):
         if existing.exists():
             raise CAError(f"{existing} already exists; refusing to overwrite an existing CA")
     paths.data_dir.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
@@ -99,8 +109,17 @@ def init_ca(
     # Key first and exclusively: a crash leaves at worst a lone key, and a re-run refuses clearly.
     pem.write_private_key(paths.key, key, passphrase, exclusive=True)
     pem.atomic_write(paths.root, pem.certificate_bytes([root]), pem.PUBLIC_MODE, exclusive=True)
-    Store.create(paths.db).close()
-    return CertificateAuthority(key, root)
+    ca = CertificateAuthority(key, root)
+    if database is None:
+        Store.create(paths.db).close()
+        return ca
+    try:
+        PostgresStore.open_database(database, ca.fingerprint, bind=True).close()
+    except StoreError as exc:
+        paths.key.unlink()
+        paths.root.unlink()
+        raise CAError(str(exc)) from None
+    return ca
 
 
 def load_ca(data_dir: Path, passphrase: bytes | None = None) -> CertificateAuthority:
@@ -135,7 +154,10 @@ def load_root(data_dir: Path) -> x509.Certificate:
         raise CAError(str(exc)) from None
 
 
-def open_store(data_dir: Path) -> Store:
-    load_root(data_dir)
-    return Store.open(TTPPaths(Path(data_dir)).db)
+def open_store(data_dir: Path, database: PostgresTarget | None = None) -> Store:
+    """The data dir's store: its SQLite file, or ``database``, which must belong to its CA."""
+    root = load_root(data_dir)
+    if database is None:
+        return Store.open(TTPPaths(Path(data_dir)).db)
+    return PostgresStore.open_database(database, fingerprint(root))
 

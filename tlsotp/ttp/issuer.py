@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tlsotp import database_checks
 from tlsotp.pki import csr as csr_checks
 from tlsotp.pki import der
 from tlsotp.pki.builders import Revocation, build_crl, issue_certificate
@@ -38,6 +37,7 @@ from tlsotp.ttp.store import (
     NotRenewable,
     SerialInUse,
     Store,
+    StoreUnavailable,
     TokenPrune,
     TokenUnavailable,
     lineage_end,
@@ -67,6 +67,8 @@ class Outcome:
 
     reply: wire.Reply
     summary: str
+    #: Already said: a refusal during a database outage that was logged once when it began.
+    quiet: bool = False
 
     @property
     def refusal(self) -> Refusal | None:
@@ -109,8 +111,11 @@ class Issuer:
         except RequestRefused as exc:
             return refused(exc.code, exc.detail)
         except sqlite3.Error as exc:  # busy, full disk, damaged...: say which
-            outcome = refused(Refusal.internal_error, f"the TTP's database {database_checks.describe(exc, self.store.path)}")
+            outcome = refused(Refusal.internal_error, f"the TTP's database {self.store.database_problem(exc)}")
             return Outcome(outcome.reply, f"{outcome.summary} ({exc})")
+        except StoreUnavailable as exc:  # a database server down or unreachable: nothing was decided
+            outcome = refused(Refusal.internal_error, "the TTP's database is unavailable; try again later")
+            return Outcome(outcome.reply, f"{outcome.summary} ({exc.detail})", quiet=exc.quiet)
         except Exception as exc:  # a bug must cost one connection, not the daemon
             outcome = refused(Refusal.internal_error, "the TTP failed to handle the request")
             return Outcome(outcome.reply, f"{outcome.summary} ({type(exc).__name__}: {exc})")

@@ -26,6 +26,9 @@ spent longer ago than the retention *and* the certificate it bought is no longer
 (renewed, revoked or expired): until then ``enrollment_retry`` may still need the MAC key to
 recognise a lost reply's retry. A token pruned either way is unknown to the Issuer
 (``unknown_token``). No schema change: version 3 holds all of this.
+The same rules run on PostgreSQL (``tlsotp.ttp.postgres_store.PostgresStore``, ``--database``):
+every query goes through the ``Connection`` seam, and ``_transaction`` is the one place where
+the two backends take their write lock.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, cast
+from typing import Any, Callable, Iterator, Protocol, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -119,6 +122,40 @@ ALTER TABLE tokens ADD COLUMN withdrawn_at INTEGER;
 
 class StoreError(Exception):
     """The database is missing, of another schema, or unusable."""
+
+
+class StoreUnavailable(Exception):
+    """The database server could not be reached, or failed in the middle of a decision: that
+    decision's transaction did not commit (or committed whole), and the request may be sent again.
+
+    ``quiet``: an outage already announced (logged once when it began), so this refusal need not
+    be logged again.
+    """
+
+    def __init__(self, detail: str, *, quiet: bool = False) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.quiet = quiet
+
+
+class Cursor(Protocol):
+    """What the store reads from a cursor; ``sqlite3.Cursor`` and psycopg's cursor both have it."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> Any: ...
+
+
+class Connection(Protocol):
+    """The seam between the store's SQL and a database: ``execute`` takes SQL written with ``?``
+    placeholders (SQLite's own; the PostgreSQL connection rewrites them) and a parameter tuple."""
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> Cursor: ...
+
+    def close(self) -> None: ...
 
 
 class TokenUnavailable(Exception):
@@ -269,11 +306,22 @@ class StoredCRL:
 
 
 class Store:
-    """Synchronous access to the TTP database; use one instance from one thread at a time."""
+    """Synchronous access to the TTP database; use one instance from one thread at a time.
 
-    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+    This class is the SQLite backend and holds every rule; ``tlsotp.ttp.postgres_store.PostgresStore``
+    is the same class over a PostgreSQL connection, with its own schema creation and its own
+    write lock (``_transaction``). The SQL shared by both is written in the subset both
+    dialects run alike: ``?`` placeholders, ``INSERT ... ON CONFLICT``, integers that fit in 64
+    bits (seconds, counters) and serials as lowercase hex text (up to 160 bits, more than any
+    integer type holds).
+    """
+
+    def __init__(self, connection: Connection, path: Path | None, *, where: str | None = None) -> None:
         self._db = connection
+        #: The SQLite file, or None for a database server.
         self.path = path
+        #: What messages name: the file, or the database's URL (which holds no password).
+        self.where = where if where is not None else str(path)
 
     @classmethod
     def create(cls, path: Path) -> Store:
@@ -281,11 +329,12 @@ class Store:
         path = Path(path)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, DB_MODE)
         os.close(fd)
-        store = cls(_connect(path), path)
-        store._db.execute("PRAGMA journal_mode=WAL")
+        connection = _connect(path)
+        store = cls(connection, path)
+        connection.execute("PRAGMA journal_mode=WAL")
         with store._transaction():
-            _run_script(store._db, SCHEMA_V1)
-            _migrate(store._db, 1, now=int(time.time()))
+            _run_script(connection, SCHEMA_V1)
+            _migrate(connection, 1, now=int(time.time()))
         return store
 
     @classmethod
@@ -301,30 +350,32 @@ class Store:
             raise StoreError(str(database_checks.unusable(path, exc) or f"{path}: not a TTP database ({exc})")) from None
         if row is not None and isinstance(row[0], int) and 1 <= row[0] < SCHEMA_VERSION:
             store = cls(connection, path)
-            store._upgrade()
+            store._upgrade(connection)
             return store
         if row is None or row[0] != SCHEMA_VERSION:
             raise StoreError(f"{path}: schema version {row and row[0]}, expected {SCHEMA_VERSION}")
         return cls(connection, path)
 
-    def _upgrade(self) -> None:
+    def _upgrade(self, connection: sqlite3.Connection) -> None:
         """Migrate an older file to SCHEMA_VERSION in one transaction (all or nothing)."""
         try:
             with self._transaction():
                 # Read again under the write lock: another process may have migrated meanwhile.
                 version = int(self._meta("schema_version"))
                 if version < SCHEMA_VERSION:
-                    _migrate(self._db, version, now=int(time.time()))
+                    _migrate(connection, version, now=int(time.time()))
         except (sqlite3.DatabaseError, StoreError) as exc:
             self._db.close()
-            raise StoreError(f"{self.path}: cannot upgrade the database to schema version {SCHEMA_VERSION} ({exc})") from None
+            raise StoreError(f"{self.where}: cannot upgrade the database to schema version {SCHEMA_VERSION} ({exc})") from None
 
     def close(self) -> None:
         self._db.close()
 
     def check_writable(self) -> None:
         """One committed write (a health probe); ``DatabaseUnusable`` if the file cannot take it."""
-        database_checks.check_writable(self._db, self.path)
+        assert self.path is not None  # the SQLite backend; PostgresStore has its own
+        database_checks.check_writable(cast(sqlite3.Connection, self._db), self.path)
+
     def backup_to(self, target: Path) -> None:
         """Copy the whole database to ``target``, a new file (0600; an existing one is never
         overwritten: ``FileExistsError``), with SQLite's online backup API: a consistent
@@ -338,7 +389,7 @@ class Store:
             with database_checks.private_files():
                 copy = sqlite3.connect(target, isolation_level=None)
                 try:
-                    self._db.backup(copy)
+                    cast(sqlite3.Connection, self._db).backup(copy)
                     copy.execute("PRAGMA journal_mode=DELETE")
                     check = copy.execute("PRAGMA quick_check").fetchone()
                     if check is None or check[0] != "ok":
@@ -348,9 +399,14 @@ class Store:
         except BaseException:
             target.unlink(missing_ok=True)
             raise
+    def database_problem(self, error: sqlite3.Error) -> str:
+        """The end of "the TTP's database ..." for a refusal: the cause only, never SQLite's text."""
+        return database_checks.describe(error, self.path)
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
+        """One decision: every read, check and write inside runs under the write lock, which is
+        taken before the first read, and commits whole or not at all."""
         # IMMEDIATE takes the write lock up front: read-check-write sequences cannot interleave.
         self._db.execute("BEGIN IMMEDIATE")
         try:
@@ -416,11 +472,11 @@ class Store:
                 (cutoff, cutoff),
             ).rowcount
             erased = self._db.execute(
-                "UPDATE tokens SET mac_key = X'' WHERE spent_at IS NOT NULL AND spent_at < ? AND length(mac_key) > 0"
+                "UPDATE tokens SET mac_key = ? WHERE spent_at IS NOT NULL AND spent_at < ? AND length(mac_key) > 0"
                 " AND NOT EXISTS (SELECT 1 FROM certificates c JOIN enrollments e ON e.token_id = tokens.id"
                 "   WHERE c.serial = tokens.spent_serial AND c.superseded_by IS NULL AND c.not_after >= ?"
                 "   AND e.revoked_at IS NULL AND c.serial NOT IN (SELECT serial FROM revocations))",
-                (cutoff, _seconds(now)),
+                (b"", cutoff, _seconds(now)),
             ).rowcount
         return TokenPrune(deleted, erased)
 
@@ -654,7 +710,9 @@ class Store:
             der = build(self.revocations(), number)
             self._db.execute("UPDATE meta SET value = ? WHERE key = 'crl_number'", (number,))
             self._db.execute(
-                "INSERT OR REPLACE INTO crl (id, number, der, built_at, generation) VALUES (1, ?, ?, ?, ?)",
+                "INSERT INTO crl (id, number, der, built_at, generation) VALUES (1, ?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET number = excluded.number, der = excluded.der,"
+                " built_at = excluded.built_at, generation = excluded.generation",
                 (number, der, _seconds(now), generation),
             )
         return StoredCRL(number, der, _moment(_seconds(now)), generation)
@@ -662,7 +720,7 @@ class Store:
     def _meta(self, key: str) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         if row is None:
-            raise StoreError(f"{self.path}: meta value {key} is missing")
+            raise StoreError(f"{self.where}: meta value {key} is missing")
         return int(row[0])
 
 
