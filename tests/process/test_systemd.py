@@ -204,9 +204,9 @@ class NotifyTests(unittest.TestCase, WorkdirMixin):
         self.assertEqual(ttp.wait(), 1, ttp.output())
         messages = notify.drain()
         self.assertFalse(any("READY" in m for m in messages), messages)
-        # The status is the daemon's one refusal line ("tlsotp-ttp: cannot listen on tcp:PORT:...: why",
-        # on stderr, which twistd sends to its log by then).
-        line = re.search(r"tlsotp-ttp: (cannot listen on tcp:\d+:.*)$", ttp.output(), re.MULTILINE)
+        # The status is the daemon's one refusal line ("tlsotp-ttp cannot start: cannot listen on
+        # tcp:PORT:...: why", in its log).
+        line = re.search(r"tlsotp-ttp cannot start: (cannot listen on tcp:\d+:.*)$", ttp.output(), re.MULTILINE)
         assert line is not None, ttp.output()
         self.assertEqual([m["STATUS"] for m in messages if "STATUS" in m], [f"tlsotp-ttp cannot start: {line.group(1)}"])
 
