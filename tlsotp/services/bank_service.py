@@ -9,7 +9,9 @@
     service = build_service(settings)        # a MultiService
     service.setServiceParent(application)    # or service.startService(); await service.ready
 
-On start it loads its credentials (or enrolls with the token), opens the OTP database, fetches
+On start it loads its credentials (or enrolls with the token), opens the OTP database (SQLite in
+the data dir, or with ``database`` a PostgreSQL one shared by several servers, see
+docs/postgresql.rst), fetches
 the TTP's CRL, and listens; ``ready`` fires then (or fails with why not). The service is a
 ``MultiService`` of Twisted's own parts, added as start-up reaches them: the OTP store's
 ``DatabaseWorker``, a ``ListeningService`` (``StreamServerEndpointService``), and two
@@ -38,6 +40,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from tlsotp.alerts import AlertError
+from tlsotp.database_url import PostgresTarget
 from tlsotp.handshake import DEFAULT_SUITES, Suite, suites_for_key
 from tlsotp.pki.keys import KeyType
 from tlsotp.pki.names import check_dns_name
@@ -51,7 +54,8 @@ from tlsotp.services.connection_slots import DEFAULT_FIRST_MESSAGE_TIMEOUT, DEFA
 from tlsotp.services.credentials import StartupError, obtain_credentials
 from tlsotp.services.daemon_services import DEFAULT_DRAIN_TIMEOUT, DrainingFactory, ListeningService, PeriodicTask
 from tlsotp.services.enrollment import Credentials, RootPin, fetch_crl, renew
-from tlsotp.services.otp_authority import OTPAuthority, OTPPolicy
+from tlsotp.services.otp_authority import OTPPolicy
+from tlsotp.services.otp_backends import OTPStore, open_otp_store
 
 __all__ = ["CRL_FILE", "DEFAULT_LISTEN", "BankServerService", "BankServerSettings", "build_service"]
 
@@ -91,6 +95,10 @@ class BankServerSettings:
     first_message_timeout: float | None = DEFAULT_FIRST_MESSAGE_TIMEOUT
     #: Seconds sessions in flight get to finish when the service stops (SIGTERM).
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    #: The OTPs in a PostgreSQL database that several servers share (None: SQLite in data_dir).
+    database: PostgresTarget | None = None
+    #: The OTP pepper (None: the data dir's); with ``database``, every server needs a copy of one file.
+    otp_pepper_file: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -121,7 +129,7 @@ class BankServerService(service.MultiService):
         self.data_dir = settings.data_dir
         self.factory: OTPServerFactory | None = None
         self.connections: DrainingFactory | None = None
-        self.authority: OTPAuthority | None = None
+        self.authority: OTPStore | None = None
         self.listener: ListeningService | None = None
         self.timers: list[PeriodicTask] = []
         #: Fires once listening (or fails with why the server cannot start).
@@ -172,7 +180,7 @@ class BankServerService(service.MultiService):
                 f"none of the configured suites can be authenticated by this {credentials.chain[0].public_key().__class__.__name__}"
             )
         # The OTP database is opened and checked now, not on the first client's request.
-        self.authority = OTPAuthority(self.reactor, s.data_dir, s.otp_policy)
+        self.authority = open_otp_store(self.reactor, s.data_dir, s.otp_policy, s.database, s.otp_pepper_file)
         self.authority.worker.setServiceParent(self)  # type: ignore[no-untyped-call]
         crl = await self._initial_crl(credentials)
         self.factory = OTPServerFactory(
