@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import re
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,7 +28,7 @@ from twisted.trial import unittest
 
 from tests.postgres_cluster import PostgresCluster, require_binaries
 from tests.process.test_end_to_end import tlsotp
-from tests.processes import Daemon
+from tests.processes import REPO, TWISTD, Daemon
 from tlsotp.client import (
     Alert,
     ClientSettings,
@@ -56,6 +57,7 @@ class Deployment:
     daemons: ClassVar[dict[str, Daemon]]
     endpoints: ClassVar[dict[str, str]]
     ttp_endpoint: ClassVar[str]
+    database_url: ClassVar[str]
     fingerprint: ClassVar[str]
 
     @classmethod
@@ -71,7 +73,7 @@ class Deployment:
         try:
             cls.postgres = PostgresCluster(binaries)
             cls.postgres.start()
-            url = cls.postgres.create_database("bank")
+            url = cls.database_url = cls.postgres.create_database("bank")
             init = tlsotp("ttp", "init", "--data-dir", str(cls.workdir / "ttp"))
             match = re.search(r"sha256:[0-9a-f]{64}", init.stdout)
             assert match, init.stdout
@@ -212,6 +214,45 @@ class SharedDatabaseTests(unittest.TestCase):
             self.assertNotIn("Traceback", log)
             self.assertNotIn("OTP store failed", log)  # per-session lines: none
 
+    async def test_a_server_with_another_pepper_or_a_newer_schema_refuses_to_start_in_one_line(self) -> None:
+        await self.prepare()
+        # C: a copy of A's data dir (its credentials), with a pepper of its own.
+        data_dir = Deployment.workdir / "server-c"
+        shutil.copytree(Deployment.workdir / "server-a", data_dir)
+        (data_dir / "otp-pepper.bin").write_bytes(b"c" * 32)
+        result, log = await deferToThread(self.server, data_dir, "c1", Deployment.database_url)
+        self.assertEqual(result, 1, log)
+        self.assertEqual(len(re.findall("tlsotp-server cannot start:.*not the one the database's codes were made with", log)),
+                         1, log)
+        # A database whose OTP schema is newer than this tlsotp's.
+        newer = Deployment.postgres.create_database("newer")
+        import psycopg
+
+        connection = psycopg.connect(newer, autocommit=True)
+        try:
+            connection.execute("CREATE TABLE schema_version (store TEXT PRIMARY KEY, version INTEGER NOT NULL)")
+            connection.execute("INSERT INTO schema_version VALUES ('otp', 99)")
+        finally:
+            connection.close()
+        result, log = await deferToThread(self.server, data_dir, "c2", newer)
+        self.assertEqual(result, 1, log)
+        self.assertEqual(len(re.findall("tlsotp-server cannot start:.*OTP schema version 99 is newer", log)), 1, log)
+        self.assertNotIn("Traceback", log)
+
+    def server(self, data_dir: Path, name: str, database: str) -> tuple[int, str]:
+        daemon = Daemon(
+            Deployment.workdir, f"server-{name}", "tlsotp-server", "--data-dir", str(data_dir), "--name", SERVER_NAME,
+            "--listen", "tcp:0:interface=127.0.0.1", "--ttp", Deployment.ttp_endpoint,
+            "--ca-fingerprint", Deployment.fingerprint, "--database", database,
+        )
+        try:
+            status = daemon.process.wait(60)
+        except subprocess.TimeoutExpired:
+            status = -1
+        finally:
+            daemon.stop()
+        return status, daemon.log()
+
     async def until(self, condition: Any, what: str, seconds: float = 30.0) -> None:
         for _ in range(int(seconds / 0.05)):
             if condition():
@@ -219,3 +260,28 @@ class SharedDatabaseTests(unittest.TestCase):
             await deferLater(reactor, 0.05, lambda: None)
         self.fail(f"timed out waiting for {what}")
 
+
+
+class DatabaseOptionTests(unittest.TestCase):
+    """``--database`` mistakes are refused before the daemon starts: one line, exit 1."""
+
+    def twistd(self, *args: str) -> subprocess.CompletedProcess[str]:
+        workdir = Path(self.mktemp()).resolve()
+        workdir.mkdir()
+        return subprocess.run(
+            [*TWISTD, "-n", "--pidfile", "", "--logfile", str(workdir / "log"), "tlsotp-server",
+             "--data-dir", str(workdir / "bank"), "--name", SERVER_NAME, *args],
+            cwd=REPO, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        )
+
+    def test_a_password_in_the_url_is_refused(self) -> None:
+        result = self.twistd("--database", "postgresql://bank:secret@db.example/otp")
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
+        self.assertIn("--database must not hold a password", result.stderr)
+        self.assertNotIn("secret", result.stderr)
+
+    def test_database_options_need_database(self) -> None:
+        result = self.twistd("--otp-pepper-file", "/nonexistent")
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("--otp-pepper-file goes with --database", result.stderr + result.stdout)
