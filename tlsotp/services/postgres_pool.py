@@ -86,7 +86,7 @@ class PostgresPool(service.Service):
         # Outage bookkeeping, on the reactor thread: calls are numbered as they start.
         self._started_calls = 0
         self._outage_since: int | None = None  # the last call begun when the outage was noticed
-        self._last_success = 0  # the newest call that succeeded
+        self._last_success = 0  # the last call begun when a success was last seen
 
     # -- connections (worker threads, and the start on the reactor thread) --
 
@@ -185,13 +185,15 @@ class PostgresPool(service.Service):
         return d.addBoth(done)
 
     def _unavailable(self, ticket: int, error: str) -> None:
-        # A call begun before a later success is old news, not a new outage.
+        # A call begun before the last success was seen is old news, not a new outage (a
+        # connection refused while PostgreSQL was still starting, answered after another had
+        # already got through): so one outage is one line, however the answers interleave.
         if self._outage_since is None and ticket > self._last_success:
             self._outage_since = self._started_calls
             log.error("database unreachable: {error}; sessions fail with internal_error until it returns", error=error)
 
     def _succeeded(self, ticket: int) -> None:
-        self._last_success = max(self._last_success, ticket)
+        self._last_success = self._started_calls
         if self._outage_since is not None and ticket > self._outage_since:
             self._outage_since = None
             log.info("database reachable again: {database}", database=self.description)
