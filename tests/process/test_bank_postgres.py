@@ -214,7 +214,7 @@ class SharedDatabaseTests(unittest.TestCase):
             self.assertNotIn("Traceback", log)
             self.assertNotIn("OTP store failed", log)  # per-session lines: none
 
-    async def test_a_server_with_another_pepper_or_a_newer_schema_refuses_to_start_in_one_line(self) -> None:
+    async def test_another_pepper_a_newer_schema_or_no_database_stops_the_start_in_one_line(self) -> None:
         await self.prepare()
         # C: a copy of A's data dir (its credentials), with a pepper of its own.
         data_dir = Deployment.workdir / "server-c"
@@ -237,6 +237,12 @@ class SharedDatabaseTests(unittest.TestCase):
         result, log = await deferToThread(self.server, data_dir, "c2", newer)
         self.assertEqual(result, 1, log)
         self.assertEqual(len(re.findall("tlsotp-server cannot start:.*OTP schema version 99 is newer", log)), 1, log)
+        self.assertNotIn("Traceback", log)
+        # A database that cannot be reached at start.
+        nowhere = f"postgresql://tlsotp@/otp?host={Deployment.workdir / 'no-such-socket-dir'}"
+        result, log = await deferToThread(self.server, data_dir, "c3", nowhere)
+        self.assertEqual(result, 1, log)
+        self.assertEqual(len(re.findall("tlsotp-server cannot start: cannot connect to postgresql://", log)), 1, log)
         self.assertNotIn("Traceback", log)
 
     def server(self, data_dir: Path, name: str, database: str) -> tuple[int, str]:

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, TypeVar, cast
 
 from hypothesis.stateful import run_state_machine_as_test
 from twisted.internet import reactor
+from twisted.internet.defer import DeferredList
+from twisted.internet.threads import deferToThread
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 import tests.unit.test_otp as sqlite_tests
-from tests.postgres_cluster import shared_cluster
+from tests.postgres_cluster import new_cluster, shared_cluster
 from tlsotp.alerts import Alert, AlertError
 from tlsotp.database_url import PostgresTarget
 from tlsotp.otp import postgres_store, store
@@ -24,6 +27,7 @@ from tlsotp.otp.messages import ConfirmStatus
 from tlsotp.otp.postgres_store import QmarkCursor
 from tlsotp.services.otp_authority import OTPPolicy
 from tlsotp.services.postgres_otp import OTPStoreRefused, PostgresOTPAuthority
+from tlsotp.services.postgres_pool import PostgresPool, StoreUnavailable
 
 R = TypeVar("R")
 PEPPER = sqlite_tests.PEPPER
@@ -250,3 +254,40 @@ class AuthorityTests(unittest.TestCase):
         with self.assertRaises(OTPStoreRefused) as caught:
             await self.authority(url, other).open()
         self.assertIn("not the one the database's codes were made with", str(caught.exception))
+
+
+class PoolOutageTests(unittest.TestCase):
+    """``PostgresPool`` on a PostgreSQL server of the test's own, stopped and started again."""
+
+    async def test_an_outage_fails_calls_logs_once_and_recovers_without_a_restart(self) -> None:
+        cluster = new_cluster(self)
+        url = cluster.create_database()
+        events: list[str] = []
+
+        def observe(event: LogEvent) -> None:
+            if event.get("log_namespace") == "tlsotp.services.postgres":
+                events.append(formatEvent(event))
+
+        observer = cast(ILogObserver, observe)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        pool = PostgresPool(reactor, url, url, size=3)  # type: ignore[arg-type]  # the global reactor provides IReactorFromThreads
+        pool.startService()
+        self.addCleanup(pool.stopService)
+
+        def one(cursor: QmarkCursor) -> int:
+            return int(cursor.execute("SELECT 1").fetchone()[0])
+
+        self.assertEqual(await DeferredList([pool.run(one) for _ in range(6)], fireOnOneErrback=True, consumeErrors=True),
+                         [(True, 1)] * 6)  # every thread holds a connection now
+        await deferToThread(cluster.stop, "fast")
+        for _ in range(5):
+            with self.assertRaises(StoreUnavailable):
+                await pool.run(one)
+        self.assertFalse(pool.reachable)
+        await deferToThread(cluster.start)
+        # The dropped connections are remade: the first call after the restart succeeds.
+        self.assertEqual(await pool.run(one), 1)
+        self.assertTrue(pool.reachable)
+        self.assertEqual(len([e for e in events if "database unreachable" in e]), 1, events)
+        self.assertEqual(len([e for e in events if "database reachable again" in e]), 1, events)

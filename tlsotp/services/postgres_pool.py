@@ -4,9 +4,10 @@
 returns, rolled back when it raises) on one of ``size`` worker threads, each owning at most one
 psycopg connection: at most ``size`` connections per server, however many sessions wait (those
 queue, bounded by the bank server's connection limit). Every wait is bounded: connecting by
-``connect_timeout``, each statement (lock waits included) by ``statement_timeout``, and a
+``connect_timeout``, each statement (lock waits included) by ``statement_timeout``, a
 transaction left open by a hung server by ``idle_in_transaction_session_timeout``, after which
-PostgreSQL rolls it back and frees its locks.
+PostgreSQL rolls it back and frees its locks, and over TCP a database that went silent by
+keepalives and ``tcp_user_timeout`` (about 10 s), so no thread waits on a dead peer for good.
 
 The database going away is ``StoreUnavailable``: the connection that failed is dropped, and the
 next call on that thread connects afresh, so the pool recovers by itself when PostgreSQL returns.
@@ -43,6 +44,10 @@ DEFAULT_POOL_SIZE = 4
 DEFAULT_CONNECT_TIMEOUT = 5
 DEFAULT_STATEMENT_TIMEOUT = 5.0
 IDLE_IN_TRANSACTION_TIMEOUT = 10.0
+KEEPALIVE_IDLE = 5
+KEEPALIVE_INTERVAL = 2
+KEEPALIVE_COUNT = 3
+TCP_USER_TIMEOUT = 10.0
 
 
 class StoreUnavailable(Exception):
@@ -93,9 +98,19 @@ class PostgresPool(service.Service):
     def _connect(self) -> Any:
         psycopg = self._psycopg
         params = psycopg.conninfo.conninfo_to_dict(self._conninfo)
-        extra: dict[str, Any] = {"application_name": "tlsotp-server"}
-        if "connect_timeout" not in params:
-            extra["connect_timeout"] = self._connect_timeout
+        # Bounds the URL does not set itself: the connect, and over TCP a peer that went silent
+        # (keepalives, and tcp_user_timeout for unacknowledged writes), since statement_timeout
+        # is the server's and cannot end a wait on a server that no longer answers.
+        defaults: dict[str, Any] = {
+            "application_name": "tlsotp-server",
+            "connect_timeout": self._connect_timeout,
+            "keepalives": 1,
+            "keepalives_idle": KEEPALIVE_IDLE,
+            "keepalives_interval": KEEPALIVE_INTERVAL,
+            "keepalives_count": KEEPALIVE_COUNT,
+            "tcp_user_timeout": int(TCP_USER_TIMEOUT * 1000),
+        }
+        extra = {key: value for key, value in defaults.items() if key not in params}
         try:
             connection = psycopg.connect(self._conninfo, autocommit=True, **extra)
         except psycopg.Error as exc:
