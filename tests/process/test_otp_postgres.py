@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 from typing import Any, Callable, TypeVar, cast
+from urllib.parse import urlsplit
 
 from hypothesis.stateful import run_state_machine_as_test
 from twisted.internet import reactor
@@ -291,3 +292,26 @@ class PoolOutageTests(unittest.TestCase):
         self.assertTrue(pool.reachable)
         self.assertEqual(len([e for e in events if "database unreachable" in e]), 1, events)
         self.assertEqual(len([e for e in events if "database reachable again" in e]), 1, events)
+
+    async def test_a_read_only_database_is_unavailable_until_a_new_connection_can_write(self) -> None:
+        """As after a failover that left the URL on a demoted primary: the connection is dropped,
+        and the next one, to a writable database, succeeds."""
+        url = shared_cluster(self).create_database()
+        name = urlsplit(url).path.lstrip("/")
+        admin = connect(url)
+        self.addCleanup(admin.close)
+        admin.execute("CREATE TABLE t (x INTEGER)")
+        admin.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+        pool = PostgresPool(reactor, url, url, size=1)  # type: ignore[arg-type]  # the global reactor provides IReactorFromThreads
+        pool.startService()
+        self.addCleanup(pool.stopService)
+
+        def write(cursor: QmarkCursor) -> None:
+            cursor.execute("INSERT INTO t VALUES (1)")
+
+        with self.assertRaises(StoreUnavailable) as caught:
+            await pool.run(write)
+        self.assertIn("is read-only", str(caught.exception))
+        admin.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = off')
+        await pool.run(write)
+        self.assertEqual(admin.execute("SELECT count(*) FROM t").fetchone()[0], 1)

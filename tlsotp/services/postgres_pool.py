@@ -155,6 +155,11 @@ class PostgresPool(service.Service):
                 if lost and reused and not begun and attempt == 1:
                     continue  # a connection the database dropped since its last use: nothing was sent
                 raise StoreUnavailable(f"{self.description}: {_one_line(exc)}") from None
+            except psycopg.errors.ReadOnlySqlTransaction as exc:
+                # A primary demoted to a standby after a failover: connect afresh (a multi-host
+                # URL with target_session_attrs=read-write then finds the new primary).
+                self._drop(connection)
+                raise StoreUnavailable(f"{self.description} is read-only (a standby?): {_one_line(exc)}") from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- the service --
