@@ -6,6 +6,7 @@ import os
 import sqlite3
 import stat
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
@@ -19,6 +20,7 @@ from tlsotp.otp.messages import ConfirmStatus
 from tlsotp.services.otp_authority import DATABASE_FILE, PEPPER_FILE, OTPAuthority, OTPPolicy
 
 PEPPER = b"p" * 32
+R = TypeVar("R")
 
 
 def raw_request(transaction: str) -> bytes:
@@ -63,22 +65,42 @@ class MessageCodecTests(unittest.SynchronousTestCase):
         )
 
 
-class StoreTests(unittest.SynchronousTestCase):
-    def setUp(self) -> None:
+class SQLiteBackend:
+    """The rules' SQLite backend for the tests: one in-memory database, each call a transaction
+    (tests/process/test_otp_postgres.py runs the same tests on PostgreSQL)."""
+
+    def __init__(self) -> None:
         self.db = sqlite3.connect(":memory:")
         store.create_schema(self.db.cursor())
 
-    def issue(self, now: int = 1000, client: str = "alice.example", tx: str = "Rs 5 to Bob") -> store.IssuedOTP:
+    def run(self, fn: Callable[..., R], **kwargs: object) -> R:
         with self.db:
-            return store.issue(
-                self.db.cursor(), pepper=PEPPER, client=client, transaction=tx, digits=6, ttl_seconds=60, now=now
-            )
+            return fn(self.db.cursor(), **kwargs)
+
+    def dump(self) -> str:
+        return "\n".join(self.db.iterdump())
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class StoreTests(unittest.SynchronousTestCase):
+    def make_backend(self) -> SQLiteBackend:
+        return SQLiteBackend()
+
+    def setUp(self) -> None:
+        self.backend = self.make_backend()
+        self.addCleanup(self.backend.close)
+
+    def issue(self, now: int = 1000, client: str = "alice.example", tx: str = "Rs 5 to Bob") -> store.IssuedOTP:
+        return self.backend.run(
+            store.issue, pepper=PEPPER, client=client, transaction=tx, digits=6, ttl_seconds=60, now=now
+        )
 
     def confirm(self, code: str, now: int = 1010, client: str = "alice.example", tx: str = "Rs 5 to Bob") -> store.Confirmation:
-        with self.db:
-            return store.confirm(
-                self.db.cursor(), pepper=PEPPER, client=client, transaction=tx, code=code, max_attempts=3, now=now
-            )
+        return self.backend.run(
+            store.confirm, pepper=PEPPER, client=client, transaction=tx, code=code, max_attempts=3, now=now
+        )
 
     def wrong(self, code: str) -> str:
         return str((int(code) + 1) % 10**6).zfill(6)
@@ -86,7 +108,7 @@ class StoreTests(unittest.SynchronousTestCase):
     def test_codes_are_stored_only_as_macs(self) -> None:
         issued = self.issue()
         self.assertEqual(len(issued.code), 6)
-        dump = "\n".join(self.db.iterdump())
+        dump = self.backend.dump()
         self.assertNotIn(issued.code, dump.replace(issued.transaction_id.hex(), ""))
 
     def test_right_code_accepted_once(self) -> None:
@@ -163,6 +185,12 @@ class StoreTests(unittest.SynchronousTestCase):
             self.assertEqual(self.confirm(old.code).status, ConfirmStatus.wrong_code)
         self.assertEqual(self.confirm(new.code).status, ConfirmStatus.accepted)
 
+    def test_a_re_request_on_a_server_whose_clock_is_behind_is_still_the_newest(self) -> None:
+        """Servers sharing a database may disagree on the time: the newest code is the one to check."""
+        self.issue(now=1005)
+        newer = self.issue(now=1000)  # issued later, by a clock 5 s behind
+        self.assertEqual(self.confirm(newer.code, now=1001).status, ConfirmStatus.accepted)
+
     def test_code_generation_bounds(self) -> None:
         self.assertEqual(len(store.generate_code(8)), 8)
         self.assertRaises(ValueError, store.generate_code, 3)
@@ -216,10 +244,11 @@ class AuthorityTests(unittest.TestCase):
 class LockoutModel(RuleBasedStateMachine):
     """The store against the lockout rules of docs/protocol.rst, written as a tiny model."""
 
+    make_backend: Callable[[], SQLiteBackend] = SQLiteBackend
+
     def __init__(self) -> None:
         super().__init__()
-        self.db = sqlite3.connect(":memory:")
-        store.create_schema(self.db.cursor())
+        self.backend = type(self).make_backend()
         self.now = 1000
         self.max_attempts = 3
         self.pairs: dict[str, dict[str, object]] = {}
@@ -235,11 +264,10 @@ class LockoutModel(RuleBasedStateMachine):
     def request(self, tx: str) -> None:
         m = self.model(tx)
         try:
-            with self.db:
-                issued = store.issue(
-                    self.db.cursor(), pepper=PEPPER, client="alice.example", transaction=tx, digits=6,
-                    ttl_seconds=60, now=self.now,
-                )
+            issued = self.backend.run(
+                store.issue, pepper=PEPPER, client="alice.example", transaction=tx, digits=6,
+                ttl_seconds=60, now=self.now,
+            )
         except store.TransactionLocked:
             assert m["locked"], "refused a new code for an unlocked transaction"
             return
@@ -253,11 +281,10 @@ class LockoutModel(RuleBasedStateMachine):
         code = "000000"
         if isinstance(newest, dict):
             code = str(newest["code"]) if right else str((int(str(newest["code"])) + 1) % 10**6).zfill(6)
-        with self.db:
-            got = store.confirm(
-                self.db.cursor(), pepper=PEPPER, client="alice.example", transaction=tx, code=code,
-                max_attempts=self.max_attempts, now=self.now,
-            )
+        got = self.backend.run(
+            store.confirm, pepper=PEPPER, client="alice.example", transaction=tx, code=code,
+            max_attempts=self.max_attempts, now=self.now,
+        )
         if not isinstance(newest, dict):
             want = store.Confirmation(ConfirmStatus.unknown_transaction, 0)
         elif m["locked"]:
@@ -286,7 +313,7 @@ class LockoutModel(RuleBasedStateMachine):
         self.now += seconds
 
     def teardown(self) -> None:
-        self.db.close()
+        self.backend.close()
 
 
 class LockoutModelTests(unittest.SynchronousTestCase):

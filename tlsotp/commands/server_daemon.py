@@ -2,14 +2,18 @@
 
 The options become a ``BankServerSettings`` and ``makeService`` is
 ``tlsotp.services.bank_service.build_service``: on start the service loads its credentials (or
-enrolls with the token of ``--token-file``), fetches the TTP's CRL, and listens, all inside ``startService``
-(``blocking_start``), so that a daemonized twistd's launcher returns only once it listens, or
-exits 1; while running it refreshes the CRL and renews its certificate before expiry. SIGTERM stops accepting at once and lets sessions
-in flight finish (``--drain-timeout``).
+enrolls with the token of ``--token-file``), fetches the TTP's CRL, and listens, all inside
+``startService`` (``blocking_start``), so that a daemonized twistd's launcher returns only once
+it listens, or exits 1; while running it refreshes the CRL and renews its certificate before
+expiry. ``--database`` keeps the OTPs in PostgreSQL, shared by several servers
+(docs/postgresql.rst). SIGTERM stops accepting at once and lets sessions in flight finish
+(``--drain-timeout``).
 """
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
 from typing import Any, cast
 
 from twisted.application import service
@@ -20,6 +24,7 @@ from tlsotp.commands.option_types import positive_int, same_named, seconds, whol
 from tlsotp.commands.party_options import PartyOptions, warn_token_on_argv
 from tlsotp.commands.pidfile import replace_stale_pidfile
 from tlsotp.database_checks import DatabaseUnusable, check_database
+from tlsotp.database_url import DatabaseURLError, parse_database_url
 from tlsotp.pki.names import check_dns_name
 from tlsotp.pki.pem import PEMError
 from tlsotp.services import readiness
@@ -72,6 +77,16 @@ class Options(PartyOptions):
         ["ttp-unreachable-after", None, DEFAULT_TTP_UNREACHABLE_AFTER,
          "With --metrics: /health reports 503 once CRL refreshes and renewals have been failing for this long: "
          "30m, 2h (a bare number is seconds).", seconds],
+        ["database", None, None,
+         "Keep the OTPs in this PostgreSQL database, shared by every server given it: "
+         "postgresql://USER@HOST:PORT/DBNAME (no password in it). Default: SQLite in the data dir. "
+         "See docs/postgresql.rst."],
+        ["database-password-file", None, None,
+         "With --database: read the database password from this file (else libpq's PGPASSFILE or ~/.pgpass).",
+         Path],
+        ["otp-pepper-file", None, None,
+         "With --database: the OTP pepper (32 bytes, mode 0600; default DATA_DIR/otp-pepper.bin). "
+         "Every server of one database needs a copy of the same file.", Path],
     ]
 
     optFlags: list[list[Any]] = [
@@ -100,13 +115,21 @@ class Options(PartyOptions):
             self["otp-policy"] = OTPPolicy(self["otp-digits"], self["otp-ttl"], self["max-attempts"])
         except ValueError as exc:
             raise usage.UsageError(str(exc)) from None
+        if self["database"] is None:
+            for option in ("database-password-file", "otp-pepper-file"):
+                if self[option] is not None:
+                    raise usage.UsageError(f"--{option} goes with --database")
         # What can be known before the reactor runs is refused now, in one line, exit 1.
         try:
+            if self["database"] is not None:
+                self["database"] = parse_database_url(self["database"], self["database-password-file"])
+                if importlib.util.find_spec("psycopg") is None:
+                    raise DatabaseURLError("--database needs psycopg: pip install 'tlsotp[postgresql]'")
             if load_credentials(self["data-dir"]) is None:
                 check_can_enroll(self["data-dir"], token=self["token"], pin=self["pin"], name=self["name"])
-            if self["data-dir"].is_dir():  # else made when enrolling; checked again before listening
+            if self["data-dir"].is_dir() and self["database"] is None:  # else made when enrolling; checked again
                 check_database(self["data-dir"] / DATABASE_FILE)
-        except (PEMError, StartupError, DatabaseUnusable) as exc:
+        except (PEMError, StartupError, DatabaseUnusable, DatabaseURLError) as exc:
             refuse_to_start("tlsotp-server", str(exc))
         # Parse (not yet listen on) the endpoint now, before twistd writes its pidfile.
         from twisted.internet import reactor
@@ -124,6 +147,8 @@ def settings_from(options: Options) -> BankServerSettings:
         otp_policy=options["otp-policy"],
         allowed_clients=options["allow-client"] or None,
         log_transactions=bool(options["log-transactions"]),
+        database=options["database"],
+        otp_pepper_file=options["otp-pepper-file"],
         **same_named(
             options, "data_dir", "name", "ttp", "pin", "token", "listen", "key_type", "timeout", "crl_refresh",
             "renew_check", "renew_before", "max_connections", "max_per_address", "first_message_timeout",

@@ -19,8 +19,13 @@ place. Version 2 added partial indexes that fit every query here, so a request, 
 and a prune cost the same however many earlier rows a (client, transaction) pair has.
 ``prune`` deletes rows long expired but keeps what the lockout rule reads (see there).
 
-The functions take a cursor and run inside the caller's transaction; the daemon runs them on a
-``SQLiteWorker`` (one connection, one thread), so every read-modify-write is serialised.
+The rule functions take a cursor (``Cursor``: ``?`` placeholders, ``rowid`` as the insertion
+order) and run inside the caller's transaction. They are the same for both backends: the daemon
+runs them on a ``DatabaseWorker`` (one SQLite connection, one thread), so every read-modify-write
+is serialised; or, with ``--database``, on PostgreSQL (``tlsotp.otp.postgres_store``: the same
+tables, a ``rowid`` identity column, and a lock per (client, transaction) pair taken first in
+each transaction, which serialises each pair's decisions across servers as SQLite's one writer
+does).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import secrets
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol, Sequence
 
 from tlsotp.otp.messages import TRANSACTION_ID_BYTES, ConfirmStatus
 from tlsotp.pki.pem import KEY_MODE, atomic_write
@@ -68,6 +74,18 @@ CREATE INDEX IF NOT EXISTS otps_by_expiry ON otps (expires_at);
 
 SCHEMA_VERSION = 2
 MIGRATIONS = {2: MIGRATION_V2}
+
+
+class Cursor(Protocol):
+    """What the rules need of a DB-API cursor (``sqlite3.Cursor`` is one; so is
+    ``tlsotp.otp.postgres_store.QmarkCursor`` over psycopg's)."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Any: ...
+
+    def fetchone(self) -> Any: ...
 
 
 class SchemaError(Exception):
@@ -145,7 +163,7 @@ def create_schema(cursor: sqlite3.Cursor) -> None:
     cursor.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
-def _is_locked(cursor: sqlite3.Cursor, client: str, transaction: str) -> bool:
+def _is_locked(cursor: Cursor, client: str, transaction: str) -> bool:
     cursor.execute(
         "SELECT 1 FROM otps WHERE client = ? AND transaction_text = ? AND status = 'locked' LIMIT 1",
         (client, transaction),
@@ -154,7 +172,7 @@ def _is_locked(cursor: sqlite3.Cursor, client: str, transaction: str) -> bool:
 
 
 def issue(
-    cursor: sqlite3.Cursor,
+    cursor: Cursor,
     *,
     pepper: bytes,
     client: str,
@@ -171,6 +189,15 @@ def issue(
         raise TransactionLocked(f"this transaction of {client} is locked after wrong confirmations")
     transaction_id = secrets.token_bytes(TRANSACTION_ID_BYTES)
     code = generate_code(digits)
+    # ``confirm`` reads the pair's newest row by issue time: never earlier than the pair's last
+    # row's, even if this server's clock is behind the one that issued that (several servers on
+    # one database) or was stepped back. Expiry still counts from this server's ``now``.
+    cursor.execute(
+        "SELECT issued_at FROM otps WHERE client = ? AND transaction_text = ? ORDER BY issued_at DESC LIMIT 1",
+        (client, transaction),
+    )
+    newest = cursor.fetchone()
+    issued_at = now if newest is None else max(now, int(newest[0]))
     cursor.execute(
         "UPDATE otps SET status = 'superseded' WHERE client = ? AND transaction_text = ? AND status = 'pending'",
         (client, transaction),
@@ -178,13 +205,13 @@ def issue(
     cursor.execute(
         "INSERT INTO otps (id, client, transaction_text, code_mac, issued_at, expires_at, status)"
         " VALUES (?, ?, ?, ?, ?, ?, 'pending')",
-        (transaction_id, client, transaction, _code_mac(pepper, transaction_id, code), now, now + ttl_seconds),
+        (transaction_id, client, transaction, _code_mac(pepper, transaction_id, code), issued_at, now + ttl_seconds),
     )
     return IssuedOTP(transaction_id, code, now + ttl_seconds)
 
 
 def confirm(
-    cursor: sqlite3.Cursor,
+    cursor: Cursor,
     *,
     pepper: bytes,
     client: str,
@@ -239,7 +266,7 @@ def confirm(
     return Confirmation(ConfirmStatus.wrong_code, max_attempts - failed)
 
 
-def prune(cursor: sqlite3.Cursor, *, expired_before: int) -> int:
+def prune(cursor: Cursor, *, expired_before: int) -> int:
     """Delete OTP rows that expired before ``expired_before``, except those the lockout rule
     still reads; returns how many rows went. Runs in the caller's transaction.
 

@@ -33,7 +33,8 @@ from tlsotp.pki.verify import PeerVerifier
 from tlsotp.services.channel import SansIOConnection, SecureChannelProtocol
 from tlsotp.services.connection_slots import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS, SlotKeeper, SlottedFactory
 from tlsotp.services.events import BankEvents
-from tlsotp.services.otp_authority import OTPAuthority
+from tlsotp.services.otp_backends import OTPStore
+from tlsotp.services.postgres_pool import StoreUnavailable
 
 log = Logger()
 
@@ -51,7 +52,7 @@ class OTPServerFactory(SlottedFactory["OTPServerProtocol"]):
     def __init__(
         self,
         identity: ServerIdentity,
-        authority: OTPAuthority,
+        authority: OTPStore,
         *,
         suites: Sequence[Suite] = DEFAULT_SUITES,
         allowed_clients: Collection[str] | None = None,
@@ -276,6 +277,10 @@ class OTPServerProtocol(SecureChannelProtocol):
         if isinstance(failure.value, AlertError):  # a refusal by the OTP rules (a locked transaction)
             self.server.events.otp_refused("locked")
             self.abort(failure.value.alert, failure.value.detail)
+            return
+        if isinstance(failure.value, StoreUnavailable):  # the store logs an outage once, not per session
+            self.quiet = True
+            self.abort(Alert.internal_error, "the OTP store is unreachable")
             return
         log.error("{peer}: OTP store failed: {error}", peer=self.peer, error=failure.getErrorMessage())
         self.server.events.otp_refused("store_failed")

@@ -9,8 +9,9 @@
     service = build_service(settings)        # a MultiService
     service.setServiceParent(application)    # or service.startService(); await service.ready
 
-On start it loads its credentials (or enrolls with the token), opens the OTP database, fetches
-the TTP's CRL, and listens; ``ready`` fires then (or fails with why not): that is the one place
+On start it loads its credentials (or enrolls with the token), opens the OTP database (SQLite in
+the data dir, or with ``database`` a PostgreSQL one shared by several servers, see
+docs/postgresql.rst), fetches the TTP's CRL, and listens; ``ready`` fires then (or fails with why not): that is the one place
 where start-up is complete.
 
 Under twistd (``blocking_start=True``, the tap's choice) all of that happens inside
@@ -50,6 +51,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from tlsotp.alerts import AlertError
+from tlsotp.database_url import PostgresTarget
 from tlsotp.handshake import DEFAULT_SUITES, Suite, suites_for_key
 from tlsotp.pki.keys import KeyType
 from tlsotp.pki.names import check_dns_name
@@ -65,7 +67,8 @@ from tlsotp.services.daemon_services import DEFAULT_DRAIN_TIMEOUT, DrainingFacto
 from tlsotp.services.enrollment import Credentials, RootPin, TTPEndpoint, fetch_crl, renew
 from tlsotp.services.events import BankEvents
 from tlsotp.services.listen import listen_endpoint
-from tlsotp.services.otp_authority import OTPAuthority, OTPPolicy
+from tlsotp.services.otp_authority import OTPPolicy
+from tlsotp.services.otp_backends import OTPStore, open_otp_store
 from tlsotp.services.ttp_client import BlockingTTP, TTPUnavailable
 
 if TYPE_CHECKING:  # imported when --metrics is given: prometheus-client is an extra
@@ -117,6 +120,10 @@ class BankServerSettings:
     ttp_unreachable_after: float = DEFAULT_TTP_UNREACHABLE_AFTER
     #: Log each transaction's text with its OTP's issue and confirmation (personal data: off).
     log_transactions: bool = False
+    #: The OTPs in a PostgreSQL database that several servers share (None: SQLite in data_dir).
+    database: PostgresTarget | None = None
+    #: The OTP pepper (None: the data dir's); with ``database``, every server needs a copy of one file.
+    otp_pepper_file: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -158,7 +165,7 @@ class BankServerService(service.MultiService):
         self.data_dir = settings.data_dir
         self.factory: OTPServerFactory | None = None
         self.connections: DrainingFactory | None = None
-        self.authority: OTPAuthority | None = None
+        self.authority: OTPStore | None = None
         self.listener: ListeningService | None = None
         self.timers: list[PeriodicTask] = []
         self.metrics_service: MetricsService | None = None
@@ -220,7 +227,7 @@ class BankServerService(service.MultiService):
             if self.listener is not None:
                 self.listener.stopService()  # the port itself closes when the process exits
             if self.authority is not None:
-                self.authority.worker.stop_now()  # else its thread would keep the process alive
+                self.authority.stop_now()  # else its thread would keep the process alive
             self.ready.errback(result)
             self.ready.addErrback(lambda _: None)  # told by raising, just below
             if result.check(StartupInterrupted):  # type: ignore[no-untyped-call]
@@ -254,7 +261,7 @@ class BankServerService(service.MultiService):
                 f"none of the configured suites can be authenticated by this {credentials.chain[0].public_key().__class__.__name__}"
             )
         # The OTP database is opened and checked now, not on the first client's request.
-        self.authority = OTPAuthority(self.reactor, s.data_dir, s.otp_policy)
+        self.authority = open_otp_store(self.reactor, s.data_dir, s.otp_policy, s.database, s.otp_pepper_file)
         self.authority.worker.setServiceParent(self)  # type: ignore[no-untyped-call]
         crl = await self._initial_crl(credentials, ttp)
         events = BankEvents()

@@ -40,7 +40,7 @@ from tlsotp.services.bank_server import OTPServerFactory
 from tlsotp.services.daemon_services import ListeningService, PeriodicTask
 from tlsotp.services.events import BankEvents, TTPEvents
 from tlsotp.services.health import HealthResource, certificate_problems, crl_problems, ttp_problems
-from tlsotp.services.otp_authority import OTPAuthority
+from tlsotp.services.otp_backends import OTPStore
 from tlsotp.services.sqlite_worker import DatabaseWorker
 from tlsotp.ttp import wire
 from tlsotp.ttp.issuer import Issuer, Outcome
@@ -128,6 +128,11 @@ def database_problems(worker: DatabaseWorker[Any], probe: Callable[..., None], *
     """Run ``probe(resource, *args)`` on the database's own worker: [] or why it cannot be written."""
     if not worker.running:
         return succeed(["the database is not open"])
+    return probe_problems(worker.run(probe, *args))
+
+
+def probe_problems(probing: Deferred[None]) -> Deferred[list[str]]:
+    """[] when the probe's write committed, or why the database cannot be written."""
 
     def ok(_: None) -> list[str]:
         return []
@@ -137,7 +142,7 @@ def database_problems(worker: DatabaseWorker[Any], probe: Callable[..., None], *
             return [str(failure.value)]
         return [f"the database cannot be written: {failure.getErrorMessage()}"]
 
-    return worker.run(probe, *args).addCallbacks(ok, failed)
+    return probing.addCallbacks(ok, failed)
 
 
 # -- the bank server ---------------------------------------------------------------------------
@@ -147,7 +152,7 @@ class BankView(Protocol):
     """What the bank server's metrics read from its service (``BankServerService``)."""
 
     factory: OTPServerFactory | None
-    authority: OTPAuthority | None
+    authority: OTPStore | None
     ttp_failing_since: float | None
 
 
@@ -266,7 +271,9 @@ class BankMetrics(BankEvents):
         authority = self.view.authority
         if authority is None:
             return succeed(problems or ["the database is not open"])
-        probing = database_problems(authority.worker, database_checks.check_writable, authority.path)
+        if not authority.worker.running:
+            return succeed(problems + ["the database is not open"])
+        probing = probe_problems(authority.check_writable())
         return probing.addCallback(lambda database: problems + database)
 
     def service(self, endpoint: str, program: str) -> MetricsService:

@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.python.failure import Failure
 
+from tlsotp import database_checks
 from tlsotp.alerts import Alert, AlertError
 from tlsotp.database_checks import Cause, DatabaseUnusable
 from tlsotp.otp import store
@@ -109,6 +110,13 @@ class OTPAuthority:
             max_attempts=self.policy.max_attempts,
             now=int(self._clock()),
         )
+
+    def check_writable(self) -> "Deferred[None]":
+        """One committed write on the worker (``/health``); ``DatabaseUnusable`` if it fails."""
+        return self.worker.run(database_checks.check_writable, self.path)
+
+    def stop_now(self) -> None:
+        self.worker.stop_now()
 
     def close(self) -> "Deferred[None]":
         """Stop the worker: queued calls finish, then the connection closes."""

@@ -124,6 +124,8 @@ def stop_with_status(reactor: Any, status: int) -> None:
         reactor.addSystemEventTrigger("after", "shutdown", _exit_now, status)
     if reactor.running:
         reactor.stop()
+    else:  # a failure found while twistd starts the services, before the reactor runs
+        reactor.callWhenRunning(reactor.stop)
 
 
 def describe_startup_error(error: BaseException) -> str:
