@@ -15,6 +15,7 @@ from twisted.application import service
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from tlsotp.commands import bank_worker
 from tlsotp.commands.option_types import positive_int, same_named, seconds, whole_seconds
 from tlsotp.commands.party_options import PartyOptions
 from tlsotp.database_checks import DatabaseUnusable, check_database
@@ -27,6 +28,7 @@ from tlsotp.services.daemon_services import DEFAULT_DRAIN_TIMEOUT
 from tlsotp.services.enrollment import load_credentials
 from tlsotp.services.otp_authority import DATABASE_FILE, OTPPolicy
 from tlsotp.services.shutdown import refuse_to_start, stop_with_status
+from tlsotp.services.workers import WorkerSupervisor
 
 __all__ = ["CRL_FILE", "BankServerService", "Options", "makeService", "settings_from"]
 
@@ -56,6 +58,10 @@ class Options(PartyOptions):
         ["drain-timeout", None, DEFAULT_DRAIN_TIMEOUT,
          "On SIGTERM: stop accepting at once, then give sessions in flight this long to finish "
          "before closing them: 30s, 2m (a bare number is seconds).", seconds],
+        ["workers", None, 1,
+         "Worker processes serving sessions on the one listening socket (1: this process serves them). "
+         "With more, this process only enrolls, refreshes the CRL, renews and restarts workers; "
+         "--max-connections and --max-per-address are then per worker.", positive_int],
     ]
 
     def __init__(self) -> None:
@@ -102,7 +108,7 @@ def settings_from(options: Options) -> BankServerSettings:
         **same_named(
             options, "data_dir", "name", "ttp", "pin", "token", "listen", "key_type", "timeout", "crl_refresh",
             "renew_check", "renew_before", "max_connections", "max_per_address", "first_message_timeout",
-            "drain_timeout",
+            "drain_timeout", "workers",
         ),
     )
 
@@ -110,7 +116,11 @@ def settings_from(options: Options) -> BankServerSettings:
 def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
-    return cast(
-        service.IService,
-        build_service(settings_from(options), reactor, on_fatal=lambda: stop_with_status(reactor, 1)),
-    )
+    settings = settings_from(options)
+
+    def on_fatal() -> None:
+        stop_with_status(reactor, 1)
+
+    if settings.workers > 1:
+        return WorkerSupervisor(settings, reactor, on_fatal=on_fatal, worker_command=bank_worker.COMMAND)
+    return cast(service.IService, build_service(settings, reactor, on_fatal=on_fatal))

@@ -91,8 +91,12 @@ class BankServerSettings:
     first_message_timeout: float | None = DEFAULT_FIRST_MESSAGE_TIMEOUT
     #: Seconds sessions in flight get to finish when the service stops (SIGTERM).
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    #: Worker processes serving sessions (1: this process serves them; see tlsotp.services.workers).
+    workers: int = 1
 
     def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError("workers is at least 1")
         object.__setattr__(self, "data_dir", Path(self.data_dir))
         object.__setattr__(self, "name", check_dns_name(self.name))
         if self.allowed_clients is not None:
@@ -104,11 +108,16 @@ def build_service(
     settings: BankServerSettings, reactor: Any = None, on_fatal: Callable[[], None] | None = None
 ) -> BankServerService:
     """The bank server's service; ``on_fatal`` runs when start-up fails once the reactor runs
-    (the twistd plugin's stops the process with status 1). Failures also fail ``ready``."""
+    (the twistd plugin's stops the process with status 1). Failures also fail ``ready``.
+
+    For ``settings.workers > 1`` build a ``tlsotp.services.workers.WorkerSupervisor`` instead
+    (it needs the command that runs one worker, as ``twistd tlsotp-server`` gives it)."""
     # Any: a daemon's reactor must be IReactorTime, IReactorFromThreads and IReactorTCP at once,
     # and zope interfaces have no intersection type (every real reactor is all three).
     if reactor is None:
         from twisted.internet import reactor
+    if settings.workers > 1:
+        raise ValueError("several workers: build a tlsotp.services.workers.WorkerSupervisor")
     return BankServerService(settings, reactor, on_fatal=on_fatal)
 
 
@@ -123,6 +132,8 @@ class BankServerService(service.MultiService):
         self.connections: DrainingFactory | None = None
         self.authority: OTPAuthority | None = None
         self.listener: ListeningService | None = None
+        #: The credentials in use (after start-up, and after each renewal).
+        self.credentials: Credentials | None = None
         self.timers: list[PeriodicTask] = []
         #: Fires once listening (or fails with why the server cannot start).
         self.ready: Deferred[None] = Deferred()
@@ -143,6 +154,7 @@ class BankServerService(service.MultiService):
             self.ready = Deferred()
         self.timers = []
         self.listener = self.connections = self.factory = self.authority = None
+        self.credentials = None
         self._stopping = False
         self._starting = Deferred.fromCoroutine(self._start())
         self._starting.addCallbacks(self._started, self._start_failed)
@@ -175,6 +187,7 @@ class BankServerService(service.MultiService):
         self.authority = OTPAuthority(self.reactor, s.data_dir, s.otp_policy)
         self.authority.worker.setServiceParent(self)  # type: ignore[no-untyped-call]
         crl = await self._initial_crl(credentials)
+        self.credentials = credentials
         self.factory = OTPServerFactory(
             ServerIdentity(credentials.key, credentials.chain, credentials.root),
             self.authority,
@@ -197,10 +210,11 @@ class BankServerService(service.MultiService):
             port = await self.listener.listening
         except Exception as exc:
             raise StartupError(f"cannot listen on {s.listen}: {exc}") from None
+        await self.serve(port)
         log.info(
-            "tlsotp-server {name} listening on {where}, suites: {suites}",
+            "tlsotp-server {name} listening on {where}, suites: {suites}{how}",
             name=s.name, where=describe_address(cast(Any, port).getHost()),
-            suites=", ".join(suite.name for suite in usable),
+            suites=", ".join(suite.name for suite in usable), how=self.serving_how(),
         )
         # The CRL was fetched just now: the first refresh is one interval away.
         self.timers = [
@@ -209,6 +223,30 @@ class BankServerService(service.MultiService):
         ]
         for timer in self.timers:
             timer.setServiceParent(self)  # type: ignore[no-untyped-call]
+
+    async def serve(self, port: IListeningPort) -> None:
+        """Called once listening; sessions are served by this process (``tlsotp.services.workers``
+        overrides it to hand the socket to worker processes instead)."""
+
+    def serving_how(self) -> str:
+        """The end of the "listening" log line: how sessions are served."""
+        return ""
+
+    def use_crl(self, crl: x509.CertificateRevocationList) -> None:
+        """A refreshed CRL (already verified and written to the data dir): new sessions use it."""
+        assert self.factory is not None
+        self.factory.crl = crl
+
+    def use_credentials(self, credentials: Credentials) -> None:
+        """Renewed credentials (already written to the data dir): new sessions use them."""
+        self.credentials = credentials
+        assert self.factory is not None
+        self.factory.identity = ServerIdentity(credentials.key, credentials.chain, credentials.root)
+
+    async def drain(self) -> None:
+        """Once the port is closed: let the sessions in flight finish, up to the deadline."""
+        if self.connections is not None:
+            await self.connections.drain(self.settings.drain_timeout)
 
     async def _initial_crl(self, credentials: Credentials) -> x509.CertificateRevocationList:
         try:
@@ -228,10 +266,10 @@ class BankServerService(service.MultiService):
             return stored
 
     async def refresh_crl(self) -> None:
-        assert self.factory is not None
+        assert self.credentials is not None
         try:
             crl = await fetch_crl(
-                self.reactor, self.settings.ttp, pin=self.factory.identity.root, data_dir=self.data_dir,
+                self.reactor, self.settings.ttp, pin=self.credentials.root, data_dir=self.data_dir,
                 timeout=self.settings.timeout,
             )
         except CancelledError:
@@ -242,12 +280,12 @@ class BankServerService(service.MultiService):
                 error=str(exc),
             )
             return
-        self.factory.crl = crl
+        self.use_crl(crl)
         log.info("CRL refreshed: {n} revoked, next update {next}", n=len(list(crl)), next=crl.next_update_utc)
 
     async def renew_if_due(self) -> None:
-        assert self.factory is not None
-        leaf = self.factory.identity.chain[0]
+        assert self.credentials is not None
+        leaf = self.credentials.chain[0]
         remaining = leaf.not_valid_after_utc - utcnow()
         if remaining > datetime.timedelta(seconds=self.settings.renew_before):
             return
@@ -262,7 +300,7 @@ class BankServerService(service.MultiService):
         except Exception as exc:
             log.warn("certificate renewal failed, will retry: {error}", error=str(exc))
             return
-        self.factory.identity = ServerIdentity(credentials.key, credentials.chain, credentials.root)
+        self.use_credentials(credentials)
         log.info(
             "certificate renewed: serial {serial:x}, valid until {until}",
             serial=credentials.chain[0].serial_number, until=credentials.chain[0].not_valid_after_utc,
@@ -283,8 +321,7 @@ class BankServerService(service.MultiService):
         for d in stopping:
             await d
         # Then let the sessions in flight finish, up to the deadline.
-        if self.connections is not None:
-            await self.connections.drain(self.settings.drain_timeout)
+        await self.drain()
         # Last, the OTP store, after the calls those sessions queued.
         if self.authority is not None:
             await self.authority.close()
