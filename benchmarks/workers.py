@@ -284,7 +284,8 @@ def main(argv: list[str]) -> int:
             one = rows[0]
             for row in rows[1:]:
                 print(f"--workers {row['workers']} vs 1: server CPU per session {row['server_us'] / one['server_us']:.2f}x, "
-                      f"sessions/s {row['rate'] / one['rate']:.2f}x", flush=True)
+                      f"sessions/s {row['rate'] / one['rate']:.2f}x (the load generator's unchanged work: "
+                      f"{row['load_us'] / one['load_us']:.2f}x CPU per session, the machine's own contention)", flush=True)
         return 1 if failed else 0
     finally:
         for process in reversed(processes):

@@ -6,20 +6,32 @@ No subprocess here (the unit tier forbids them): the real workers are in tests/p
 
 from __future__ import annotations
 
+import io
 import sqlite3
 from pathlib import Path
 from typing import Any, Callable
 
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel
+from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from tlsotp.commands import server_daemon
 from tlsotp.database_checks import DatabaseUnusable
 from tlsotp.otp import store
 from tlsotp.otp.messages import ConfirmStatus
-from tlsotp.services.bank_service import BankServerSettings
+from tlsotp.services.bank_service import BankServerService, BankServerSettings, build_service
 from tlsotp.services.otp_authority import OTPPolicy
 from tlsotp.services.sqlite_worker import open_sqlite, sqlite_transaction
-from tlsotp.services.workers import Restarter, RestartPolicy, WorkerConfig
+from tlsotp.services.workers import (
+    READY_FIELD,
+    Restarter,
+    RestartPolicy,
+    WorkerConfig,
+    WorkerLogWriter,
+    WorkerSupervisor,
+    decode_record,
+)
 
 PEPPER = b"p" * 32
 
@@ -78,6 +90,79 @@ class WorkerConfigTests(SynchronousTestCase):
     def test_workers_is_at_least_one(self) -> None:
         with self.assertRaises(ValueError):
             BankServerSettings(data_dir=Path("/srv/bank"), name="bank.example", workers=0)
+
+
+class WorkerLogWriterTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.out = io.StringIO()
+        self.writer = WorkerLogWriter(self.out, self.clock, delay=0.05, batch=3)
+
+    def emit(self, level: LogLevel, text: str, **fields: object) -> None:
+        self.writer({"log_level": level, "log_format": text, "log_namespace": "test", "log_time": 1.0, **fields})
+
+    def lines(self) -> list[tuple[str, str, bool]]:
+        records = [decode_record(line) for line in self.out.getvalue().splitlines()]
+        return [(r[0].name, r[3], r[4]) for r in records if r is not None]
+
+    def test_info_lines_leave_together_after_the_delay(self) -> None:
+        self.emit(LogLevel.info, "one")
+        self.emit(LogLevel.info, "two")
+        self.assertEqual(self.lines(), [])
+        self.clock.advance(0.05)
+        self.assertEqual(self.lines(), [("info", "one", False), ("info", "two", False)])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_full_batch_a_warning_and_the_ready_line_leave_at_once(self) -> None:
+        for text in ("a", "b", "c"):
+            self.emit(LogLevel.info, text)
+        self.assertEqual(len(self.lines()), 3)
+        self.emit(LogLevel.info, "d")
+        self.emit(LogLevel.warn, "trouble")
+        self.assertEqual(self.lines()[-2:], [("info", "d", False), ("warn", "trouble", False)])
+        self.emit(LogLevel.info, "serving", **{READY_FIELD: True})
+        self.assertEqual(self.lines()[-1], ("info", "serving", True))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_flush_writes_what_waits_and_cancels_the_timer(self) -> None:
+        self.emit(LogLevel.info, "last words")
+        self.writer.flush()
+        self.assertEqual(self.lines(), [("info", "last words", False)])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_line_that_is_not_a_record_is_none(self) -> None:
+        for line in ("Traceback (most recent call last):", "[1, 2]", '["nolevel", "x", 1.0, "t", false]', "{}"):
+            self.assertIsNone(decode_record(line), line)
+
+
+class WorkersOptionTests(SynchronousTestCase):
+    def parse(self, *extra: str) -> server_daemon.Options:
+        options = server_daemon.Options()
+        options.parseOptions([  # type: ignore[no-untyped-call]
+            "--data-dir", self.mktemp(), "--name", "bank.example", "--ca-fingerprint", "sha256:" + "ab" * 32,
+            "--token", "tok-xyz", *extra,
+        ])
+        return options
+
+    def test_one_worker_is_the_single_process_as_before(self) -> None:
+        options = self.parse()
+        self.assertEqual(server_daemon.settings_from(options).workers, 1)
+        made = server_daemon.makeService(options)
+        self.assertIs(type(made), BankServerService)
+
+    def test_more_workers_make_a_supervisor_that_runs_the_worker_command(self) -> None:
+        made = server_daemon.makeService(self.parse("--workers", "3"))
+        assert isinstance(made, WorkerSupervisor)
+        self.assertEqual(made.settings.workers, 3)
+        self.assertEqual(made.worker_command[1:], ["-m", "tlsotp.commands.bank_worker"])
+
+    def test_zero_workers_is_a_usage_error(self) -> None:
+        with self.assertRaises(usage.UsageError):
+            self.parse("--workers", "0")
+
+    def test_build_service_refuses_several_workers_rather_than_running_one(self) -> None:
+        with self.assertRaises(ValueError):
+            build_service(BankServerSettings(data_dir=Path("/srv/bank"), name="bank.example", workers=2))
 
 
 class Interleaving:

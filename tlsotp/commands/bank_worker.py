@@ -19,7 +19,7 @@ from typing import Any
 from twisted.logger import Logger, globalLogBeginner
 
 from tlsotp.services.shutdown import describe_startup_error, stop_with_status
-from tlsotp.services.workers import BankWorker, WorkerConfig, set_parent_death_signal, worker_log_observer
+from tlsotp.services.workers import BankWorker, WorkerConfig, WorkerLogWriter, set_parent_death_signal
 
 #: argv that runs one worker (the supervisor appends its JSON settings).
 COMMAND = (sys.executable, "-m", "tlsotp.commands.bank_worker")
@@ -36,10 +36,11 @@ def main(argv: list[str]) -> int:
     set_parent_death_signal(signal.SIGTERM)
     if os.getppid() != config.supervisor_pid:
         return 1  # the supervisor died before we asked to follow it
-    globalLogBeginner.beginLoggingTo([worker_log_observer(sys.stdout)], redirectStandardIO=False)
     from twisted.internet import reactor as global_reactor
 
     reactor: Any = global_reactor  # the running one provides IReactorThreads besides the rest
+    output = WorkerLogWriter(sys.stdout, reactor)
+    globalLogBeginner.beginLoggingTo([output], redirectStandardIO=False)
     worker = BankWorker(config, reactor)
     status = [0]
 
@@ -58,6 +59,7 @@ def main(argv: list[str]) -> int:
     reactor.callWhenRunning(start)
     reactor.addSystemEventTrigger("before", "shutdown", worker.stopService)
     reactor.run()
+    output.flush()  # the lines of the stop itself
     return status[0]
 
 
