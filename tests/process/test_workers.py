@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -38,8 +39,11 @@ from tests.test_ttp_fixtures import mint_token, reactor
 from tlsotp.otp import messages
 from tlsotp.pki.credentials import RootPin, load_credentials
 from tlsotp.pki.roles import Role
+from tlsotp.services.bank_service import BankServerSettings
+from tlsotp.services.credentials import StartupError
 from tlsotp.services.enrollment import enroll
 from tlsotp.services.otp_client import ClientSettings, SessionResult, confirm_otp, request_otp
+from tlsotp.services.workers import WorkerSupervisor
 
 SERVING = re.compile(r"worker (\d+) serving \(pid (\d+)\)")
 CONFIRMED = re.compile(r"worker (\d+) \(pid \d+\): \S+: confirmation from alice\.example: (\w+)")
@@ -241,3 +245,28 @@ class WorkersTests(unittest.TestCase):
         result = await request_otp(reactor, endpoint, settings, "after a renewal")
         self.assertIsInstance(result.answer, messages.OTPGrant)
         self.assertNotIn("Traceback", server.log)
+
+
+class SupervisorStartupTests(unittest.TestCase):
+    """The supervisor as an embedder builds it, in this process, with real worker processes."""
+
+    async def test_a_worker_that_cannot_start_fails_the_start(self) -> None:
+        base = Path(self.mktemp()).resolve()
+        ttp, fingerprint = start_ttp(self, base / "ttp")
+        settings = BankServerSettings(
+            data_dir=base / "bank", name=SERVER_NAME, ttp=ttp, pin=RootPin.from_fingerprint(fingerprint),
+            token=str(mint_token(base / "ttp", SERVER_NAME, Role.SERVER)), listen="tcp:0:interface=127.0.0.1",
+            workers=2,
+        )
+        fatal: list[bool] = []
+        supervisor = WorkerSupervisor(
+            settings, reactor, on_fatal=lambda: fatal.append(True),
+            worker_command=[sys.executable, "-c", "import sys; sys.exit(3)"],
+        )
+        supervisor.startService()
+        with self.assertRaises(StartupError) as caught:
+            await supervisor.ready
+        self.assertRegex(str(caught.exception), r"^worker [12] exited with status 3 before serving$")
+        self.assertEqual(fatal, [True])
+        await supervisor.stopService()
+        self.assertEqual([slot.process for slot in supervisor.slots], [None, None])

@@ -51,10 +51,11 @@ def main(argv: list[str]) -> int:
         stop_with_status(reactor, 1)
 
     def start() -> None:
+        # SIGHUP from the supervisor: reload; queued for the reactor, as Twisted does for SIGTERM.
+        # Installed first: the supervisor may send it as soon as it reads the "serving" line.
+        signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(worker.reload))
         worker.startService()
         worker.ready.addErrback(failed)
-        # SIGHUP from the supervisor: reload; queued for the reactor, as Twisted does for SIGTERM.
-        signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(worker.reload))
 
     reactor.callWhenRunning(start)
     reactor.addSystemEventTrigger("before", "shutdown", worker.stopService)
