@@ -248,9 +248,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--concurrency", type=int, default=50, help="sessions at a time, over all load generators")
     parser.add_argument("--load-processes", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, data dirs)")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="where the data dirs go (default: the system's temporary directory); a tmpfs "
+                             "such as /dev/shm takes the OTP store's fsync out of the measurement")
     args = parser.parse_args(argv)
     counts = [int(n) for n in args.workers.split(",")]
-    work = Path(tempfile.mkdtemp(prefix="tlsotp-workers-bench-"))
+    work = Path(tempfile.mkdtemp(prefix="tlsotp-workers-bench-", dir=args.work_dir))
     processes: list[subprocess.Popen[bytes]] = []
     failed = False
     try:
@@ -270,7 +273,8 @@ def main(argv: list[str]) -> int:
                "--token", client_token, "--name", "alice.example", "--role", "client", "--key-type", "ec-p256")
         tlsotp("crl", "--data-dir", str(work / "client"), "--ttp", ttp)
         print(f"{args.sessions} sessions per configuration, {args.concurrency} concurrent over "
-              f"{args.load_processes} load generator process(es); EC P-256, default suites", flush=True)
+              f"{args.load_processes} load generator process(es); EC P-256, default suites; data dirs in {work}",
+              flush=True)
         print(CHEAPER, flush=True)
         rows = []
         for n in counts:
