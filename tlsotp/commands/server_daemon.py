@@ -19,6 +19,7 @@ from typing import Any, cast
 from twisted.application import service
 from twisted.python import usage
 
+from tlsotp.commands import bank_worker
 from tlsotp.commands.metrics_option import METRICS_OPTION, check_metrics_option
 from tlsotp.commands.option_types import positive_int, same_named, seconds, whole_seconds
 from tlsotp.commands.party_options import PartyOptions, warn_token_on_argv
@@ -44,6 +45,7 @@ from tlsotp.services.enrollment import load_credentials
 from tlsotp.services.listen import listen_endpoint
 from tlsotp.services.otp_authority import DATABASE_FILE, OTPPolicy
 from tlsotp.services.shutdown import keep_launcher_stderr, refuse_to_start, stop_with_status
+from tlsotp.services.workers import WorkerSupervisor
 
 __all__ = ["CRL_FILE", "BankServerService", "Options", "makeService", "settings_from"]
 
@@ -87,6 +89,10 @@ class Options(PartyOptions):
         ["otp-pepper-file", None, None,
          "With --database: the OTP pepper (32 bytes, mode 0600; default DATA_DIR/otp-pepper.bin). "
          "Every server of one database needs a copy of the same file.", Path],
+        ["workers", None, 1,
+         "Worker processes serving sessions on the one listening socket (1: this process serves them). "
+         "With more, this process only enrolls, refreshes the CRL, renews and restarts workers; "
+         "--max-connections and --max-per-address are then per worker.", positive_int],
     ]
 
     optFlags: list[list[Any]] = [
@@ -115,6 +121,12 @@ class Options(PartyOptions):
             self["otp-policy"] = OTPPolicy(self["otp-digits"], self["otp-ttl"], self["max-attempts"])
         except ValueError as exc:
             raise usage.UsageError(str(exc)) from None
+        if self["workers"] > 1:
+            # Not yet: the workers open the data dir's SQLite file and keep no metrics of their own,
+            # so either would silently break a guarantee or a count (docs/workers.rst).
+            for option in ("database", "metrics"):
+                if self[option] is not None:
+                    raise usage.UsageError(f"--workers above 1 does not work with --{option} yet")
         if self["database"] is None:
             for option in ("database-password-file", "otp-pepper-file"):
                 if self[option] is not None:
@@ -152,7 +164,7 @@ def settings_from(options: Options) -> BankServerSettings:
         **same_named(
             options, "data_dir", "name", "ttp", "pin", "token", "listen", "key_type", "timeout", "crl_refresh",
             "renew_check", "renew_before", "max_connections", "max_per_address", "first_message_timeout",
-            "drain_timeout", "metrics", "ttp_unreachable_after",
+            "drain_timeout", "metrics", "ttp_unreachable_after", "workers",
         ),
     )
 
@@ -162,14 +174,22 @@ def makeService(options: Options) -> service.IService:
 
     warn_token_on_argv("tlsotp-server", options)
     keep_launcher_stderr()  # before twistd daemonizes: see tlsotp.services.shutdown
-    # Blocking start-up: twistd's launcher returns only once the server listens, or with exit 1.
-    server = build_service(
-        settings_from(options), reactor, on_fatal=lambda: stop_with_status(reactor, 1), blocking_start=True
-    )
+    settings = settings_from(options)
+
+    def on_fatal() -> None:
+        stop_with_status(reactor, 1)
+
+    server: BankServerService
+    if settings.workers > 1:
+        # The supervisor's start waits for its workers, which needs the reactor: not blocking.
+        server = WorkerSupervisor(settings, reactor, on_fatal=on_fatal, worker_command=bank_worker.COMMAND)
+    else:
+        # Blocking start-up: twistd's launcher returns only once the server listens, or with exit 1.
+        server = build_service(settings, reactor, on_fatal=on_fatal, blocking_start=True)
     # systemd's Type=notify: ready once enrolled, the CRL in hand and listening, and the reactor
     # runs (SIGTERM handled); a start-up failure's reason is sent by tlsotp.services.shutdown.
     def ready(result: None) -> None:
-        where = describe_address(cast(Any, server.port).getHost())
+        where = "the inherited socket" if server.port is None else describe_address(cast(Any, server.port).getHost())
         reactor.callWhenRunning(readiness.notify_ready, f"listening on {where}")
         return result
 

@@ -124,8 +124,12 @@ class BankServerSettings:
     database: PostgresTarget | None = None
     #: The OTP pepper (None: the data dir's); with ``database``, every server needs a copy of one file.
     otp_pepper_file: Path | None = None
+    #: Worker processes serving sessions (1: this process serves them; see tlsotp.services.workers).
+    workers: int = 1
 
     def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError("workers is at least 1")
         object.__setattr__(self, "data_dir", Path(self.data_dir))
         object.__setattr__(self, "name", check_dns_name(self.name))
         if self.allowed_clients is not None:
@@ -140,11 +144,16 @@ def build_service(
     """The bank server's service; ``on_fatal`` runs when start-up fails once the reactor runs
     (the twistd plugin's stops the process with status 1). Failures also fail ``ready``.
     ``blocking_start``: start-up completes (or raises) inside ``startService``, for a
-    ``startService`` called before the reactor runs (twistd)."""
+    ``startService`` called before the reactor runs (twistd).
+
+    For ``settings.workers > 1`` build a ``tlsotp.services.workers.WorkerSupervisor`` instead
+    (it needs the command that runs one worker, as ``twistd tlsotp-server`` gives it)."""
     # Any: a daemon's reactor must be IReactorTime, IReactorFromThreads and IReactorTCP at once,
     # and zope interfaces have no intersection type (every real reactor is all three).
     if reactor is None:
         from twisted.internet import reactor
+    if settings.workers > 1:
+        raise ValueError("several workers: build a tlsotp.services.workers.WorkerSupervisor")
     return BankServerService(settings, reactor, on_fatal=on_fatal, blocking_start=blocking_start)
 
 
@@ -167,6 +176,8 @@ class BankServerService(service.MultiService):
         self.connections: DrainingFactory | None = None
         self.authority: OTPStore | None = None
         self.listener: ListeningService | None = None
+        #: The credentials in use (after start-up, and after each renewal).
+        self.credentials: Credentials | None = None
         self.timers: list[PeriodicTask] = []
         self.metrics_service: MetricsService | None = None
         #: The reactor's time of the first TTP call (CRL refresh, renewal) failing since the last success.
@@ -192,6 +203,7 @@ class BankServerService(service.MultiService):
         self.listener = self.connections = self.factory = self.authority = None
         self.metrics_service = None
         self.ttp_failing_since = None
+        self.credentials = None
         self._stopping = False
         if self.blocking_start:
             self._start_now()
@@ -272,6 +284,7 @@ class BankServerService(service.MultiService):
             events = metrics = BankMetrics(
                 self, self.reactor, renew_before=s.renew_before, ttp_unreachable_after=s.ttp_unreachable_after
             )
+        self.credentials = credentials
         self.factory = OTPServerFactory(
             ServerIdentity(credentials.key, credentials.chain, credentials.root),
             self.authority,
@@ -296,10 +309,11 @@ class BankServerService(service.MultiService):
             port = await self.listener.listening
         except Exception as exc:
             raise StartupError(f"cannot listen on {s.listen}: {exc}") from None
+        await self.serve(port)
         log.info(
-            "tlsotp-server {name} listening on {where}, suites: {suites}",
+            "tlsotp-server {name} listening on {where}, suites: {suites}{how}",
             name=s.name, where=describe_address(cast(Any, port).getHost()),
-            suites=", ".join(suite.name for suite in usable),
+            suites=", ".join(suite.name for suite in usable), how=self.serving_how(),
         )
         if metrics is not None and s.metrics is not None:
             await self._serve_metrics(metrics, s.metrics)
@@ -310,6 +324,30 @@ class BankServerService(service.MultiService):
         ]
         for timer in self.timers:
             timer.setServiceParent(self)  # type: ignore[no-untyped-call]
+
+    async def serve(self, port: IListeningPort) -> None:
+        """Called once listening; sessions are served by this process (``tlsotp.services.workers``
+        overrides it to hand the socket to worker processes instead)."""
+
+    def serving_how(self) -> str:
+        """The end of the "listening" log line: how sessions are served."""
+        return ""
+
+    def use_crl(self, crl: x509.CertificateRevocationList) -> None:
+        """A refreshed CRL (already verified and written to the data dir): new sessions use it."""
+        assert self.factory is not None
+        self.factory.crl = crl
+
+    def use_credentials(self, credentials: Credentials) -> None:
+        """Renewed credentials (already written to the data dir): new sessions use them."""
+        self.credentials = credentials
+        assert self.factory is not None
+        self.factory.identity = ServerIdentity(credentials.key, credentials.chain, credentials.root)
+
+    async def drain(self) -> None:
+        """Once the port is closed: let the sessions in flight finish, up to the deadline."""
+        if self.connections is not None:
+            await self.connections.drain(self.settings.drain_timeout)
 
     async def _serve_metrics(self, metrics: BankMetrics, endpoint: str) -> None:
         try:
@@ -347,10 +385,10 @@ class BankServerService(service.MultiService):
             return stored
 
     async def refresh_crl(self) -> None:
-        assert self.factory is not None
+        assert self.credentials is not None
         try:
             crl = await fetch_crl(
-                self.reactor, self.settings.ttp, pin=self.factory.identity.root, data_dir=self.data_dir,
+                self.reactor, self.settings.ttp, pin=self.credentials.root, data_dir=self.data_dir,
                 timeout=self.settings.timeout,
             )
         except CancelledError:
@@ -362,14 +400,15 @@ class BankServerService(service.MultiService):
             )
             self._ttp_failed("crl_refresh")
             return
-        self.factory.crl = crl
+        self.use_crl(crl)
         self.ttp_failing_since = None
-        self.factory.events.crl_refreshed()
+        if self.factory is not None:
+            self.factory.events.crl_refreshed()
         log.info("CRL refreshed: {n} revoked, next update {next}", n=len(list(crl)), next=crl.next_update_utc)
 
     async def renew_if_due(self) -> None:
-        assert self.factory is not None
-        leaf = self.factory.identity.chain[0]
+        assert self.credentials is not None
+        leaf = self.credentials.chain[0]
         remaining = leaf.not_valid_after_utc - utcnow()
         if remaining > datetime.timedelta(seconds=self.settings.renew_before):
             return
@@ -385,9 +424,10 @@ class BankServerService(service.MultiService):
             log.warn("certificate renewal failed, will retry: {error}", error=str(exc))
             self._ttp_failed("renewal")
             return
-        self.factory.identity = ServerIdentity(credentials.key, credentials.chain, credentials.root)
+        self.use_credentials(credentials)
         self.ttp_failing_since = None
-        self.factory.events.certificate_renewed()
+        if self.factory is not None:
+            self.factory.events.certificate_renewed()
         log.info(
             "certificate renewed: serial {serial:x}, valid until {until}",
             serial=credentials.chain[0].serial_number, until=credentials.chain[0].not_valid_after_utc,
@@ -410,8 +450,7 @@ class BankServerService(service.MultiService):
         for d in stopping:
             await d
         # Then let the sessions in flight finish, up to the deadline.
-        if self.connections is not None:
-            await self.connections.drain(self.settings.drain_timeout)
+        await self.drain()
         # Last, the OTP store, after the calls those sessions queued.
         if self.authority is not None:
             await self.authority.close()

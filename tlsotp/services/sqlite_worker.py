@@ -121,6 +121,11 @@ def sqlite_transaction(
     an exception; an SQLite failure (a full disk, a damaged file) says which file and what to do."""
     try:
         with connection:
+            # IMMEDIATE: take the write lock before the first read, so that another process
+            # (a second bank worker on the same file) waits instead of reading what this
+            # decision is about to change; the legacy implicit BEGIN comes only before the
+            # first write, after the reads (a single use could then be accepted twice).
+            connection.execute("BEGIN IMMEDIATE")
             return fn(connection.cursor(), *args, **kwargs)
     except sqlite3.Error as exc:
         raise database_checks.unusable(path, exc) or exc from None

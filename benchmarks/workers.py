@@ -1,0 +1,307 @@
+"""``twistd -n tlsotp-server --workers N`` under a load that saturates the machine.
+
+    pip install -e '.[bench]'
+    python benchmarks/workers.py [--workers 1,2] [--sessions 2000] [--concurrency 50] [--load-processes CORES]
+
+Starts a TTP and, for each N of ``--workers`` (a scan: ``--workers 1,2,4,8``), a freshly enrolled
+``twistd -n tlsotp-server --workers N`` (EC P-256, default suites). ``--load-processes`` load
+generators (one per core by default) then run ``--sessions`` sessions in all, ``--concurrency``
+at a time in all, each a fresh connection: handshake + OTP request + grant, committed by the
+server. Printed per N: sessions/s, server CPU per session (psutil over the supervisor's whole
+process tree, workers included), the supervisor's own part of it, the load generators' CPU per
+session, the share of sessions each worker served (from the per-session lines of the server's
+log), and the machine's bound: cores / (server CPU per session + load generator CPU per
+session), the rate the machine allows when server and load share its cores.
+
+The load generator cuts its own cost, never the server's: it verifies the server's certificate
+chain (path, CRL) once and then accepts that same chain by its DER, and it makes its ECDHE key
+shares before the clock starts. Every session is still a full, fresh handshake for the server
+(new key shares, new randoms, the client's certificate verified, a CertificateVerify checked).
+Not a test: on a shared machine the numbers are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.serialization import Encoding
+from daemon_vs_tls import REPO, TWISTD, env, free_port, spawn, stop, tlsotp, wait_listening
+
+SELF = [sys.executable, str(Path(__file__).resolve())]
+#: What the server logs once per session served (the transaction itself is never logged).
+ISSUED = re.compile(r"^.*issued an OTP to .*$", re.M)
+WORKER = re.compile(r"worker (\d+) \(pid \d+\): ")
+CHEAPER = ("load generator: the server's chain is verified once, then trusted by its DER; ECDHE key shares "
+           "are made before the clock starts; every session is a full, fresh handshake for the server")
+
+
+# -- the load generator (a subprocess of this script) -----------------------------------------
+
+
+def load_main(argv: list[str]) -> None:
+    """Prepare, say "ready", wait for "go" on stdin, run the sessions; one JSON line out."""
+    from twisted.internet import defer, task
+
+    data_dir, port, server_name, concurrency, sessions, tag = argv
+    settings = cheap_settings(Path(data_dir), server_name, int(sessions))
+    endpoint = f"tcp:host=127.0.0.1:port={port}"
+
+    async def body(reactor: Any) -> None:
+        from tlsotp.client import request_otp
+
+        failures: list[str] = []
+        done = [0]
+        indices = iter(range(int(sessions)))
+
+        async def one_at_a_time() -> None:
+            for i in indices:
+                try:
+                    await request_otp(reactor, endpoint, settings, f"bench-{tag}-{i}")
+                except Exception as exc:  # noqa: BLE001 - counted and reported, the run goes on
+                    failures.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                done[0] += 1
+
+        print("ready", flush=True)
+        sys.stdin.readline()
+        cpu, start = time.process_time(), time.perf_counter()
+        await defer.gatherResults([defer.Deferred.fromCoroutine(one_at_a_time()) for _ in range(int(concurrency))])
+        print(json.dumps({"elapsed": time.perf_counter() - start, "done": done[0], "failed": len(failures),
+                          "failures": failures[:5], "cpu": time.process_time() - cpu}), flush=True)
+
+    task.react(lambda reactor: defer.Deferred.fromCoroutine(body(reactor)))
+
+
+def cheap_settings(data_dir: Path, server_name: str, sessions: int) -> Any:
+    """Client settings whose one configuration trusts the first verified chain again by its
+    DER and draws ECDHE keys made in advance (see the module doc)."""
+    from tlsotp.client import ClientSettings, load_credentials
+    from tlsotp.handshake import ClientConfig, generate_ephemeral_key
+    from tlsotp.handshake.suites import groups_of
+    from tlsotp.pki import pem
+    from tlsotp.pki.roles import Role
+    from tlsotp.pki.verify import PeerVerifier
+
+    credentials = load_credentials(data_dir)
+    assert credentials is not None
+    crl = pem.load_crl(data_dir / "crl.pem")
+    verifier = PeerVerifier(credentials.root, Role.SERVER, expected_names=[server_name], crl=crl)
+    trusted: list[tuple[bytes, ...]] = []
+
+    def validate_once(chain: Any) -> None:
+        encoded = tuple(cert.public_bytes(Encoding.DER) for cert in chain)
+        if encoded in trusted:
+            return
+        verifier(chain)
+        trusted.append(encoded)
+
+    base = ClientSettings(credentials.key, credentials.chain, credentials.root, server_name, crl, timeout_seconds=120)
+    keys = {group: [generate_ephemeral_key(group) for _ in range(sessions + 10)] for group in groups_of(base.suites)}
+    config = ClientConfig(
+        certificate_chain=tuple(credentials.chain), private_key=credentials.key, validate_peer=validate_once,
+        suites=tuple(base.suites), ephemeral_keys=lambda group: keys[group].pop(),
+    )
+
+    class Prepared(ClientSettings):
+        def client_config(self) -> ClientConfig:
+            return config
+
+    return Prepared(credentials.key, credentials.chain, credentials.root, server_name, crl, timeout_seconds=120)
+
+
+# -- the orchestration ------------------------------------------------------------------------
+
+
+def tree_cpu(pid: int) -> tuple[float, float]:
+    """(CPU seconds of the process and its live descendants, of the process alone)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    own = sum(root.cpu_times()[:2])
+    total = own
+    for child in root.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.NoSuchProcess:
+            pass
+    return total, own
+
+
+def served_by(log: str) -> dict[str, int]:
+    """Sessions per worker in a stretch of the server's log ("-" for a single process)."""
+    counts: dict[str, int] = {}
+    for line in ISSUED.findall(log):
+        match = WORKER.search(line)
+        key = match.group(1) if match else "-"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def run_one(work: Path, ttp: str, fingerprint: str, workers: int, args: argparse.Namespace) -> dict[str, Any]:
+    name = "bank.example"
+    token = tlsotp("ttp", "token", "--data-dir", str(work / "ttp"), "--name", name, "--role", "server").strip().splitlines()[-1]
+    port = free_port()
+    log_path = work / f"server-{workers}.log"
+    server = spawn([
+        *TWISTD, "-n", "--pidfile", "", "--logfile", str(log_path), "tlsotp-server",
+        "--data-dir", str(work / f"server-{workers}"), "--name", name,
+        "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=1024", "--ttp", ttp,
+        "--ca-fingerprint", fingerprint, "--token", token, "--key-type", "ec-p256",
+        "--max-connections", "1024", "--max-per-address", "1024", "--workers", str(workers),
+    ], work / f"server-{workers}.out")
+    try:
+        wait_listening(server, port, f"the server with {workers} worker(s)")
+        poll_for(lambda: "listening on" in log_path.read_text(), 60)
+        # Warm-up (imports, first database pages), not measured.
+        drive(work, port, name, min(10, args.concurrency), 20 * workers, 1, "warm")
+        log_before = len(log_path.read_text())
+        cpu_before, own_before = tree_cpu(server.pid)
+        result = drive(work, port, name, args.concurrency, args.sessions, args.load_processes, f"w{workers}")
+        cpu_after, own_after = tree_cpu(server.pid)
+        done = result["done"]
+        poll_for(lambda: sum(served_by(log_path.read_text()[log_before:]).values()) >= done, 30)
+        shares = served_by(log_path.read_text()[log_before:])
+    finally:
+        stop(server)
+    cores = os.cpu_count() or 1
+    server_us = (cpu_after - cpu_before) / max(done, 1) * 1e6
+    load_us = result["cpu"] / max(done, 1) * 1e6
+    bound = cores / ((server_us + load_us) / 1e6) if done else float("nan")
+    return {
+        "workers": workers, "sessions": done, "failed": result["failed"], "failures": result["failures"],
+        "rate": done / result["elapsed"], "server_us": server_us,
+        "supervisor_us": (own_after - own_before) / max(done, 1) * 1e6 if workers > 1 else float("nan"),
+        "load_us": load_us, "bound": bound, "cores": cores,
+        "shares": {k: v / max(1, sum(shares.values())) for k, v in sorted(shares.items())},
+    }
+
+
+def drive(work: Path, port: int, name: str, concurrency: int, sessions: int, processes: int, tag: str) -> dict[str, Any]:
+    """``processes`` load generators started together; their results summed (elapsed: the longest)."""
+    share = [sessions // processes + (1 if i < sessions % processes else 0) for i in range(processes)]
+    each = [max(1, concurrency // processes + (1 if i < concurrency % processes else 0)) for i in range(processes)]
+    loads = [
+        subprocess.Popen(
+            [*SELF, "--load", str(work / "client"), str(port), name, str(each[i]), str(share[i]), f"{tag}-{i}"],
+            cwd=REPO, env=env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(processes)
+    ]
+    try:
+        for load in loads:
+            assert load.stdout is not None
+            if load.stdout.readline().strip() != "ready":
+                raise SystemExit(f"a load generator failed to start:\n{load.communicate()[1][-3000:]}")
+        began = time.perf_counter()
+        for load in loads:
+            assert load.stdin is not None
+            load.stdin.write("go\n")
+            load.stdin.flush()
+        results = []
+        for load in loads:
+            out, err = load.communicate(timeout=600)
+            lines = [line for line in out.splitlines() if line.startswith("{")]
+            if not lines:
+                raise SystemExit(f"a load generator failed ({load.returncode}):\n{err[-3000:]}")
+            results.append(json.loads(lines[-1]))
+        elapsed = time.perf_counter() - began
+    finally:
+        for load in loads:
+            if load.poll() is None:
+                load.kill()
+                load.wait()
+    return {
+        "elapsed": elapsed, "done": sum(r["done"] for r in results), "failed": sum(r["failed"] for r in results),
+        "failures": [f for r in results for f in r["failures"]][:5], "cpu": sum(r["cpu"] for r in results),
+    }
+
+
+def poll_for(condition: Any, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def render(row: dict[str, Any]) -> str:
+    shares = ", ".join(f"{'worker ' + k if k != '-' else 'one process'} {v:.0%}" for k, v in row["shares"].items())
+    supervisor = f" (supervisor {row['supervisor_us']:.0f})" if row["workers"] > 1 else ""
+    return (f"--workers {row['workers']}: {row['sessions']} sessions, {row['rate']:.1f} sessions/s; server CPU "
+            f"{row['server_us']:.0f} us/session{supervisor}; load generator CPU {row['load_us']:.0f} us/session; "
+            f"machine's bound {row['bound']:.1f} sessions/s ({row['cores']} cores), reached "
+            f"{row['rate'] / row['bound']:.0%}; served: {shares}")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", default="1,2", help="comma-separated worker counts to run (a scan)")
+    parser.add_argument("--sessions", type=int, default=2000, help="sessions per configuration")
+    parser.add_argument("--concurrency", type=int, default=50, help="sessions at a time, over all load generators")
+    parser.add_argument("--load-processes", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, data dirs)")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="where the data dirs go (default: the system's temporary directory); a tmpfs "
+                             "such as /dev/shm takes the OTP store's fsync out of the measurement")
+    args = parser.parse_args(argv)
+    counts = [int(n) for n in args.workers.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="tlsotp-workers-bench-", dir=args.work_dir))
+    processes: list[subprocess.Popen[bytes]] = []
+    failed = False
+    try:
+        init = tlsotp("ttp", "init", "--data-dir", str(work / "ttp"))
+        match = re.search(r"sha256:[0-9a-f]{64}", init)
+        assert match, init
+        fingerprint = match.group(0)
+        ttp_port = free_port()
+        ttp = f"tcp:host=127.0.0.1:port={ttp_port}"
+        processes.append(spawn([*TWISTD, "-n", "--pidfile", "", "--logfile", str(work / "ttp.log"), "tlsotp-ttp",
+                                "--data-dir", str(work / "ttp"), "--listen", f"tcp:{ttp_port}:interface=127.0.0.1"],
+                               work / "ttp.out"))
+        wait_listening(processes[-1], ttp_port, "the TTP")
+        client_token = tlsotp("ttp", "token", "--data-dir", str(work / "ttp"), "--name", "alice.example",
+                              "--role", "client").strip().splitlines()[-1]
+        tlsotp("enroll", "--data-dir", str(work / "client"), "--ttp", ttp, "--ca-fingerprint", fingerprint,
+               "--token", client_token, "--name", "alice.example", "--role", "client", "--key-type", "ec-p256")
+        tlsotp("crl", "--data-dir", str(work / "client"), "--ttp", ttp)
+        print(f"{args.sessions} sessions per configuration, {args.concurrency} concurrent over "
+              f"{args.load_processes} load generator process(es); EC P-256, default suites; data dirs in {work}",
+              flush=True)
+        print(CHEAPER, flush=True)
+        rows = []
+        for n in counts:
+            row = run_one(work, ttp, fingerprint, n, args)
+            rows.append(row)
+            if row["failed"] or row["sessions"] != args.sessions:
+                failed = True
+                print(f"--workers {n}: {row['failed']} sessions failed: {row['failures']}", file=sys.stderr)
+            print(render(row), flush=True)
+        if len(rows) > 1 and rows[0]["workers"] == 1:
+            one = rows[0]
+            for row in rows[1:]:
+                print(f"--workers {row['workers']} vs 1: server CPU per session {row['server_us'] / one['server_us']:.2f}x, "
+                      f"sessions/s {row['rate'] / one['rate']:.2f}x (the load generator's unchanged work: "
+                      f"{row['load_us'] / one['load_us']:.2f}x CPU per session, the machine's own contention)", flush=True)
+        return 1 if failed else 0
+    finally:
+        for process in reversed(processes):
+            stop(process)
+        if args.keep:
+            print(f"work directory kept: {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--load"]:
+        load_main(sys.argv[2:])
+    else:
+        sys.exit(main(sys.argv[1:]))
