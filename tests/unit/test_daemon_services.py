@@ -294,5 +294,5 @@ class RestartTests(unittest.TestCase):
         for _ in range(2):
             bank.startService()
             await bank.ready
-            self.assertEqual(len(list(bank)), 4)
+            self.assertEqual(len(list(bank)), 5)  # worker, listener, CRL, renewal and prune timers
             await bank.stopService()

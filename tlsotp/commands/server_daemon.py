@@ -20,7 +20,14 @@ from tlsotp.commands.party_options import PartyOptions
 from tlsotp.database_checks import DatabaseUnusable, check_database
 from tlsotp.pki.names import check_dns_name
 from tlsotp.pki.pem import PEMError
-from tlsotp.services.bank_service import CRL_FILE, DEFAULT_LISTEN, BankServerService, BankServerSettings, build_service
+from tlsotp.services.bank_service import (
+    CRL_FILE,
+    DEFAULT_LISTEN,
+    DEFAULT_OTP_RETENTION,
+    BankServerService,
+    BankServerSettings,
+    build_service,
+)
 from tlsotp.services.connection_slots import DEFAULT_FIRST_MESSAGE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS
 from tlsotp.services.credentials import StartupError, check_can_enroll
 from tlsotp.services.daemon_services import DEFAULT_DRAIN_TIMEOUT
@@ -56,6 +63,9 @@ class Options(PartyOptions):
         ["drain-timeout", None, DEFAULT_DRAIN_TIMEOUT,
          "On SIGTERM: stop accepting at once, then give sessions in flight this long to finish "
          "before closing them: 30s, 2m (a bare number is seconds).", seconds],
+        ["otp-retention", None, DEFAULT_OTP_RETENTION,
+         "How long an OTP's record is kept past its expiry before a background prune deletes it "
+         "(records the lockout rule still reads are kept): 1d, 12h (a bare number is seconds).", seconds],
     ]
 
     def __init__(self) -> None:
@@ -102,7 +112,7 @@ def settings_from(options: Options) -> BankServerSettings:
         **same_named(
             options, "data_dir", "name", "ttp", "pin", "token", "listen", "key_type", "timeout", "crl_refresh",
             "renew_check", "renew_before", "max_connections", "max_per_address", "first_message_timeout",
-            "drain_timeout",
+            "drain_timeout", "otp_retention",
         ),
     )
 

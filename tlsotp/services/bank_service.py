@@ -12,9 +12,11 @@
 On start it loads its credentials (or enrolls with the token), opens the OTP database, fetches
 the TTP's CRL, and listens; ``ready`` fires then (or fails with why not). The service is a
 ``MultiService`` of Twisted's own parts, added as start-up reaches them: the OTP store's
-``DatabaseWorker``, a ``ListeningService`` (``StreamServerEndpointService``), and two
+``DatabaseWorker``, a ``ListeningService`` (``StreamServerEndpointService``), two
 ``PeriodicTask`` (``TimerService``) children that refresh the CRL and renew the certificate
-before expiry, swapping both into the factory so that new sessions use them without a restart.
+before expiry, swapping both into the factory so that new sessions use them without a restart,
+and a third that prunes OTP rows ``otp_retention`` seconds past their expiry (keeping what the
+lockout rule reads, see ``tlsotp.otp.store.prune``), so ``otp.sqlite3`` stays bounded.
 
 Stopping it (SIGTERM under twistd) drains: the port closes first (new connections are refused
 at once) and a CRL fetch or renewal under way is cancelled; sessions in flight get up to
@@ -25,6 +27,7 @@ after what those sessions asked of it. ``stopService`` fires when all that is do
 from __future__ import annotations
 
 import datetime
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Collection, Sequence, cast
@@ -39,6 +42,7 @@ from twisted.python.failure import Failure
 
 from tlsotp.alerts import AlertError
 from tlsotp.handshake import DEFAULT_SUITES, Suite, suites_for_key
+from tlsotp.otp import store
 from tlsotp.pki.keys import KeyType
 from tlsotp.pki.names import check_dns_name
 from tlsotp.pki.pem import PEMError, load_crl
@@ -52,6 +56,7 @@ from tlsotp.services.credentials import StartupError, obtain_credentials
 from tlsotp.services.daemon_services import DEFAULT_DRAIN_TIMEOUT, DrainingFactory, ListeningService, PeriodicTask
 from tlsotp.services.enrollment import Credentials, RootPin, fetch_crl, renew
 from tlsotp.services.otp_authority import OTPAuthority, OTPPolicy
+from tlsotp.services.sqlite_worker import sqlite_transaction
 
 __all__ = ["CRL_FILE", "DEFAULT_LISTEN", "BankServerService", "BankServerSettings", "build_service"]
 
@@ -61,6 +66,8 @@ CRL_FILE = "crl.pem"
 DEFAULT_LISTEN = "tcp:7001:interface=127.0.0.1:backlog=1024"  # a burst of connects must not overflow the default 50
 DEFAULT_TTP = "tcp:host=127.0.0.1:port=7000"
 PROGRAM = "tlsotp-server"
+DEFAULT_OTP_RETENTION = 86400.0  # seconds past expiry: a day of expired OTPs to look into
+MAX_PRUNE_INTERVAL = 3600.0  # prune at least hourly, sooner when the retention is shorter
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,8 @@ class BankServerSettings:
     first_message_timeout: float | None = DEFAULT_FIRST_MESSAGE_TIMEOUT
     #: Seconds sessions in flight get to finish when the service stops (SIGTERM).
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    #: Seconds an OTP row is kept past its expiry before the background prune deletes it.
+    otp_retention: float = DEFAULT_OTP_RETENTION
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -98,6 +107,8 @@ class BankServerSettings:
         if self.allowed_clients is not None:
             object.__setattr__(self, "allowed_clients", frozenset(map(check_dns_name, self.allowed_clients)))
         object.__setattr__(self, "suites", tuple(self.suites))
+        if not self.otp_retention > 0:
+            raise ValueError("the OTP retention must be longer than 0 s")
 
 
 def build_service(
@@ -206,6 +217,8 @@ class BankServerService(service.MultiService):
         self.timers = [
             PeriodicTask(s.crl_refresh, self.refresh_crl, clock=self.reactor, skip_first=True),
             PeriodicTask(s.renew_check, self.renew_if_due, clock=self.reactor, skip_first=True),
+            # At once too: a daemon restarted more often than the interval still prunes.
+            PeriodicTask(min(s.otp_retention, MAX_PRUNE_INTERVAL), self.prune_otps, clock=self.reactor),
         ]
         for timer in self.timers:
             timer.setServiceParent(self)  # type: ignore[no-untyped-call]
@@ -267,6 +280,26 @@ class BankServerService(service.MultiService):
             "certificate renewed: serial {serial:x}, valid until {until}",
             serial=credentials.chain[0].serial_number, until=credentials.chain[0].not_valid_after_utc,
         )
+
+    async def prune_otps(self) -> None:
+        """Delete OTP rows expired more than ``otp_retention`` ago, on the store's own worker.
+
+        Straight on the worker, not through ``OTPAuthority``: its ``open()`` would start a
+        stopped worker again. The timer is stopped before the worker, so none is queued late."""
+        assert self.authority is not None
+        expired_before = int(time.time() - self.settings.otp_retention)
+        try:
+            removed = await self.authority.worker.run(
+                sqlite_transaction, self.authority.path, store.prune, expired_before=expired_before
+            )
+        except CancelledError:
+            raise
+        except Exception as exc:
+            log.warn("pruning expired OTPs failed, will retry: {error}", error=str(exc))
+            return
+        if removed:
+            log.info("pruned {n} OTP record(s) expired over {retention:g} s ago", n=removed,
+                     retention=self.settings.otp_retention)
 
     def stopService(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())
