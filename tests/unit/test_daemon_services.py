@@ -269,7 +269,7 @@ class BuiltFromSettingsTests(unittest.TestCase):
         await bank.ready
         self.assertIsNotNone(bank.port)
         self.assertIsNotNone(bank.factory)
-        self.assertEqual({type(child).__name__ for child in bank}, {"DatabaseWorker", "ListeningService", "PeriodicTask"})
+        self.assertEqual({type(child).__name__ for child in bank}, {"SQLiteGroupWorker", "ListeningService", "PeriodicTask"})
         await bank.stopService()
         self.assertFalse(bank.running)
         self.assertFalse(any(child.running for child in bank))

@@ -56,7 +56,6 @@ from tlsotp.services.credentials import StartupError, obtain_credentials
 from tlsotp.services.daemon_services import DEFAULT_DRAIN_TIMEOUT, DrainingFactory, ListeningService, PeriodicTask
 from tlsotp.services.enrollment import Credentials, RootPin, fetch_crl, renew
 from tlsotp.services.otp_authority import OTPAuthority, OTPPolicy
-from tlsotp.services.sqlite_worker import sqlite_transaction
 
 __all__ = ["CRL_FILE", "DEFAULT_LISTEN", "BankServerService", "BankServerSettings", "build_service"]
 
@@ -289,9 +288,7 @@ class BankServerService(service.MultiService):
         assert self.authority is not None
         expired_before = int(time.time() - self.settings.otp_retention)
         try:
-            removed = await self.authority.worker.run(
-                sqlite_transaction, self.authority.path, store.prune, expired_before=expired_before
-            )
+            removed = await self.authority.worker.transact(store.prune, expired_before=expired_before)
         except CancelledError:
             raise
         except Exception as exc:
