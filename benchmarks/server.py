@@ -1,0 +1,238 @@
+"""The real daemons under load, as a user comparing tlsotp with TLS would measure them (issue 12).
+
+    pip install -e '.[bench]'
+    python -m benchmarks.server [--concurrency 1,50,200] [--sessions 1000] [--repetitions 3] [--quick]
+
+Starts a TTP, the real ``twistd -n tlsotp-server`` (EC P-256, default suites) and, beside it, a
+Twisted TLS 1.3 mutual-TLS server with a P-256 certificate from the same TTP (the server and
+load generator of ``benchmarks/daemon_vs_tls.py``). For each concurrency level, interleaved
+(tlsotp, TLS, tlsotp, ...) for ``--repetitions`` rounds, a separate load-generator process runs
+``--sessions`` fresh sessions (a new connection and a full handshake each; tlsotp: handshake +
+OTP request + grant, committed by the store; TLS: handshake + tiny request + response).
+
+Per configuration (medians of the repetitions): server CPU us/session over the server's whole
+process tree (psutil: workers included), sessions/s, client p50/p99 latency, load generator CPU
+us/session, and the ratio tlsotp/TLS; then RSS per idle connection (500 connections opened and
+left silent) and a 500-connect burst (ms until every connect completed). The last table is
+printed as RST, ready to paste into docs/performance.rst. Exits 1 if any session failed. The
+memory and burst figures are taken first, before any session, from the servers' whole trees.
+
+``--workers N`` is passed to ``tlsotp-server`` when given (the server's ``--workers``); the CPU
+is summed over the process tree either way. ``--quick`` (1 and 5 concurrent, 20 sessions, one
+repetition) proves the benchmark runs end to end in a few seconds; its numbers mean nothing.
+Not a test: on a shared machine absolute numbers are noisy; compare ratios within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import selectors
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from benchmarks.daemon_vs_tls import SELF, TWISTD, free_port, load, percentile, spawn, stop, tlsotp, wait_listening
+
+IDLE_CONNECTIONS = 500
+BURST = 500
+COLUMNS = ("concurrent", "server", "server CPU us/session", "sessions/s", "p50 ms", "p99 ms", "load gen CPU us/session")
+
+
+def tree_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process and all its live descendants."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def tree_rss(pid: int) -> int:
+    root = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)] if p.is_running())
+
+
+def idle_rss_per_connection(pid: int, port: int, count: int) -> float:
+    """Bytes of RSS the server's tree grows by per silent open connection."""
+    before = tree_rss(pid)
+    sockets = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
+    try:
+        time.sleep(1.0)  # let the server accept and set each one up
+        after = tree_rss(pid)
+    finally:
+        for s in sockets:
+            s.close()
+    return (after - before) / count
+
+
+def burst_ms(port: int, count: int) -> float:
+    """Milliseconds until ``count`` connects started at once have all completed (a backlog
+    overflow shows as a 1 s SYN retransmit)."""
+    selector = selectors.DefaultSelector()
+    sockets = []
+    start = time.perf_counter()
+    for _ in range(count):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", port))
+        selector.register(s, selectors.EVENT_WRITE)
+        sockets.append(s)
+    pending = count
+    deadline = start + 30
+    while pending and time.perf_counter() < deadline:
+        for key, _ in selector.select(timeout=1):
+            selector.unregister(key.fileobj)
+            pending -= 1
+    elapsed = (time.perf_counter() - start) * 1e3
+    for s in sockets:
+        s.close()
+    selector.close()
+    return elapsed if not pending else float("inf")
+
+
+def rst_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(c) for c in column) for column in zip(header, *rows)]
+    rule = "  ".join("=" * w for w in widths)
+    lines = [rule, "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip(), rule]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines.append(rule)
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--concurrency", default="1,50,200", help="comma-separated levels")
+    parser.add_argument("--sessions", type=int, default=1000, help="sessions per run (at 1 concurrent: a fifth)")
+    parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=None, help="passed to tlsotp-server as --workers N")
+    parser.add_argument("--quick", action="store_true", help="1 and 5 concurrent, 20 sessions, 1 repetition")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.concurrency, args.sessions, args.repetitions = "1,5", 20, 1
+    levels = [int(c) for c in args.concurrency.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="tlsotp-bench-"))
+    processes: list[Any] = []
+    started = time.perf_counter()
+    try:
+        match = re.search(r"sha256:[0-9a-f]{64}", tlsotp("ttp", "init", "--data-dir", str(work / "ttp")))
+        assert match is not None
+        fingerprint = match.group(0)
+
+        def token(name: str, role: str) -> str:
+            return tlsotp("ttp", "token", "--data-dir", str(work / "ttp"), "--name", name, "--role", role).strip().splitlines()[-1]
+
+        ttp_port, bank_port, tls_port = free_port(), free_port(), free_port()
+        ttp = f"tcp:host=127.0.0.1:port={ttp_port}"
+        processes.append(spawn([*TWISTD, "-n", "--pidfile", "", "--logfile", str(work / "ttp.log"), "tlsotp-ttp",
+                                "--data-dir", str(work / "ttp"), "--listen", f"tcp:{ttp_port}:interface=127.0.0.1"],
+                               work / "ttp.out"))
+        wait_listening(processes[-1], ttp_port, "the TTP")
+        workers = ["--workers", str(args.workers)] if args.workers is not None else []
+        bank = spawn([
+            *TWISTD, "-n", "--pidfile", "", "--logfile", str(work / "server.log"), "tlsotp-server",
+            "--data-dir", str(work / "server"), "--name", "bank.example",
+            "--listen", f"tcp:{bank_port}:interface=127.0.0.1:backlog=1024", "--ttp", ttp,
+            "--ca-fingerprint", fingerprint, "--token", token("bank.example", "server"), "--key-type", "ec-p256",
+            "--max-connections", "2048", "--max-per-address", "2048", *workers,
+        ], work / "server.out")
+        processes.append(bank)
+        for data_dir, name, role in ((work / "tls-server", "tlsbank.example", "server"),
+                                     (work / "client", "alice.example", "client")):
+            tlsotp("enroll", "--data-dir", str(data_dir), "--ttp", ttp, "--ca-fingerprint", fingerprint,
+                   "--token", token(name, role), "--name", name, "--role", role, "--key-type", "ec-p256")
+        tlsotp("crl", "--data-dir", str(work / "client"), "--ttp", ttp)
+        tls = spawn([*SELF, "--tls-server", str(work / "tls-server"), str(tls_port)], work / "tls-server.out")
+        processes.append(tls)
+        wait_listening(bank, bank_port, "the tlsotp server")
+        wait_listening(tls, tls_port, "the TLS server")
+        targets = {"tlsotp": (bank, bank_port, "bank.example"), "tls": (tls, tls_port, "tlsbank.example")}
+        # Memory first, on servers that have run no session yet: after a load, the connections'
+        # memory would come from heap already freed by earlier sessions and show as ~0.
+        extras = {}
+        for kind, (process, port, _) in targets.items():
+            extras[kind] = (idle_rss_per_connection(process.pid, port, IDLE_CONNECTIONS), burst_ms(port, BURST))
+        for kind, (_, port, name) in targets.items():  # warm-up (imports, first database pages)
+            load(kind, work, port, name, 5, 20, "warm")
+        rows: list[dict[str, Any]] = []
+        failed = False
+        for rep in range(1, args.repetitions + 1):
+            for level in levels:
+                sessions = max(args.sessions // 5, 10) if level == 1 else args.sessions
+                for kind, (process, port, name) in targets.items():
+                    before = tree_cpu(process.pid)
+                    result = load(kind, work, port, name, level, sessions, f"{rep}-{level}")
+                    after = tree_cpu(process.pid)
+                    done = len(result["latencies"])
+                    if result["failed"] or done != sessions:
+                        failed = True
+                        print(f"{kind} at {level} run {rep}: {result['failed']} failed: {result['failures']}", file=sys.stderr)
+                    rows.append({
+                        "kind": kind, "rep": rep, "level": level, "sessions": done,
+                        "cpu_us": (after - before) / max(done, 1) * 1e6, "rate": done / result["elapsed"],
+                        "p50": percentile(result["latencies"], 50) * 1e3 if done else float("nan"),
+                        "p99": percentile(result["latencies"], 99) * 1e3 if done else float("nan"),
+                        "load_cpu_us": result["cpu"] / max(done, 1) * 1e6,
+                    })
+                    r = rows[-1]
+                    print(f"run {rep} {level:>3} concurrent {kind:<6} {done:>5} sessions  server CPU {r['cpu_us']:6.0f} us/session  "
+                          f"{r['rate']:6.1f}/s  p50 {r['p50']:7.1f} ms  p99 {r['p99']:7.1f} ms  "
+                          f"load gen CPU {r['load_cpu_us']:6.0f} us/session", flush=True)
+        print()
+        print(render(rows, levels, extras, args, time.perf_counter() - started))
+        return 1 if failed else 0
+    finally:
+        for process in reversed(processes):
+            stop(process)
+        if args.keep:
+            print(f"work directory kept: {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def render(rows: list[dict[str, Any]], levels: list[int], extras: dict[str, tuple[float, float]],
+           args: argparse.Namespace, elapsed: float) -> str:
+    label = {"tlsotp": "tlsotp-server", "tls": "Twisted TLS 1.3 mTLS"}
+    table: list[tuple[str, ...]] = []
+    ratios: list[str] = []
+    for level in levels:
+        median: dict[str, float] = {}
+        for kind in ("tlsotp", "tls"):
+            mine = [r for r in rows if r["kind"] == kind and r["level"] == level]
+            values = {k: statistics.median(r[k] for r in mine) for k in ("cpu_us", "rate", "p50", "p99", "load_cpu_us")}
+            median[kind] = values["cpu_us"]
+            table.append((str(level), label[kind], f"{values['cpu_us']:.0f}", f"{values['rate']:.1f}",
+                          f"{values['p50']:.1f}", f"{values['p99']:.1f}", f"{values['load_cpu_us']:.0f}"))
+        per_rep = [
+            next(r["cpu_us"] for r in rows if r["kind"] == "tlsotp" and r["rep"] == rep and r["level"] == level)
+            / next(r["cpu_us"] for r in rows if r["kind"] == "tls" and r["rep"] == rep and r["level"] == level)
+            for rep in range(1, args.repetitions + 1)
+        ]
+        ratios.append(f"- {level} concurrent: server CPU per session tlsotp/TLS {median['tlsotp'] / median['tls']:.2f}x "
+                      f"(medians; per repetition {', '.join(f'{r:.2f}x' for r in per_rep)})")
+    memory = [(label[kind], f"{rss / 1024:.1f}", f"{ms:.0f}") for kind, (rss, ms) in extras.items()]
+    return "\n".join([
+        f"{args.repetitions} interleaved repetition(s), {args.sessions} sessions per run ({max(args.sessions // 5, 10)} at 1 "
+        f"concurrent), EC P-256 certificates from one TTP, server CPU over its process tree; medians; "
+        f"{psutil.cpu_count()} CPUs, load average {', '.join(f'{x:.1f}' for x in psutil.getloadavg())}; "
+        f"run took {elapsed:.0f} s", "",
+        rst_table(COLUMNS, table), "", *ratios, "",
+        rst_table(("server", f"RSS per idle connection KiB ({IDLE_CONNECTIONS} open)", f"{BURST} connects in a burst, ms"),
+                  memory),
+    ])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
