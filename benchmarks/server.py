@@ -14,7 +14,9 @@ Per configuration (medians of the repetitions): server CPU us/session over the s
 process tree (psutil: workers included), sessions/s, client p50/p99 latency, load generator CPU
 us/session, the ratios tlsotp/TLS and tlsotp/crypto floor (the suite's primitives timed in
 one loop, ``crypto_floor_us``); then RSS per idle connection (500 connections opened and
-left silent) and a 500-connect burst (ms until every connect completed). The last table is
+left silent) and a 500-connect burst (ms until every connect completed); and the TTP's CPU per
+enrollment (``--enrollments`` sequential ones from a separate process) against its signing floor
+(CSR load + verify + sign, in one loop). The last table is
 printed as RST, ready to paste into docs/performance.rst. Exits 1 if any session failed. The
 memory and burst figures are taken first, before any session, from the servers' whole trees.
 
@@ -139,6 +141,90 @@ def crypto_floor_us(rounds: int = 300) -> float:
     return (time.process_time() - start) / rounds * 1e6
 
 
+def signing_floor_us(rounds: int = 200) -> float:
+    """CPU us of what the TTP must compute per enrollment, timed in one loop: load a client's
+    CSR (DER), verify its signature, and build and sign its certificate (EC P-256 root, the
+    ``tlsotp ttp init`` default, and a P-256 client key)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from tlsotp.pki.csr import build_csr
+
+    root_key, client_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    csr_der = build_csr(client_key, "alice.example").public_bytes(serialization.Encoding.DER)
+    issuer = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tlsotp root")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    start = time.process_time()
+    for _ in range(rounds):
+        csr = x509.load_der_x509_csr(csr_der)
+        assert csr.is_signature_valid
+        (x509.CertificateBuilder().subject_name(csr.subject).issuer_name(issuer).public_key(csr.public_key())
+         .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=7))
+         .add_extension(x509.SubjectAlternativeName([x509.DNSName("alice.example")]), critical=False)
+         .sign(root_key, hashes.SHA256()))
+    return (time.process_time() - start) / rounds * 1e6
+
+
+def enroll_main(argv: list[str]) -> None:
+    """A load process for the TTP: enroll once per token, one after another; one JSON line out."""
+    import json
+
+    from twisted.internet import defer, task
+
+    from tlsotp.pki.credentials import RootPin
+    from tlsotp.pki.roles import Role
+    from tlsotp.services.enrollment import enroll
+
+    ttp, fingerprint, base, tokens_json = argv
+
+    async def body(reactor: Any) -> None:
+        failures = 0
+        for i, token in enumerate(json.loads(tokens_json)):
+            try:
+                await enroll(reactor, ttp, data_dir=Path(base) / f"c{i}", pin=RootPin.from_fingerprint(fingerprint),
+                             token=token, name=f"c{i}.example", role=Role.CLIENT)
+            except Exception as exc:  # noqa: BLE001 - counted and reported
+                failures += 1
+                print(f"enrollment {i} failed: {exc}", file=sys.stderr)
+        print(json.dumps({"failed": failures}), flush=True)
+
+    task.react(lambda reactor: defer.Deferred.fromCoroutine(body(reactor)))
+
+
+def enrollment_cpu_us(ttp_process: Any, ttp: str, fingerprint: str, work: Path, count: int) -> tuple[float, int]:
+    """The TTP tree's CPU us per enrollment over ``count`` sequential enrollments, and failures."""
+    import datetime
+    import json
+    import subprocess
+
+    from benchmarks.daemon_vs_tls import REPO, env
+    from tlsotp.pki.roles import Role
+    from tlsotp.ttp.ca import TTPPaths
+    from tlsotp.ttp.store import Store
+
+    store = Store.open(TTPPaths(work / "ttp").db)
+    try:
+        now = datetime.datetime.now(datetime.timezone.utc)
+        tokens = [str(store.mint_token(f"c{i}.example", Role.CLIENT, ttl=datetime.timedelta(hours=1), now=now))
+                  for i in range(count)]
+    finally:
+        store.close()
+    before = tree_cpu(ttp_process.pid)
+    out = subprocess.run([sys.executable, "-m", "benchmarks.server", "--enroll-load", ttp, fingerprint,
+                          str(work / "enrolled"), json.dumps(tokens)],
+                         cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
+    after = tree_cpu(ttp_process.pid)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    failed = json.loads(lines[-1])["failed"] if lines else count
+    if out.returncode or failed:
+        print(out.stderr[-2000:], file=sys.stderr)
+    return (after - before) / count * 1e6, failed
+
+
 def rst_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(c) for c in column) for column in zip(header, *rows)]
     rule = "  ".join("=" * w for w in widths)
@@ -154,11 +240,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--sessions", type=int, default=1000, help="sessions per run (at 1 concurrent: a fifth)")
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--workers", type=int, default=None, help="passed to tlsotp-server as --workers N")
+    parser.add_argument("--enrollments", type=int, default=50, help="sequential TTP enrollments timed")
     parser.add_argument("--quick", action="store_true", help="1 and 5 concurrent, 20 sessions, 1 repetition")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
     if args.quick:
-        args.concurrency, args.sessions, args.repetitions = "1,5", 20, 1
+        args.concurrency, args.sessions, args.repetitions, args.enrollments = "1,5", 20, 1, 3
     levels = [int(c) for c in args.concurrency.split(",")]
     work = Path(tempfile.mkdtemp(prefix="tlsotp-bench-"))
     processes: list[Any] = []
@@ -199,6 +286,10 @@ def main(argv: list[str]) -> int:
         # Memory first, on servers that have run no session yet: after a load, the connections'
         # memory would come from heap already freed by earlier sessions and show as ~0.
         floor = crypto_floor_us()
+        enrollment = enrollment_cpu_us(processes[0], ttp, fingerprint, work, args.enrollments)
+        if enrollment[1]:
+            failed = True
+        enrollment_floor = signing_floor_us()
         extras = {}
         for kind, (process, port, _) in targets.items():
             extras[kind] = (idle_rss_per_connection(process.pid, port, IDLE_CONNECTIONS), burst_ms(port, BURST))
@@ -230,6 +321,10 @@ def main(argv: list[str]) -> int:
                           f"load gen CPU {r['load_cpu_us']:6.0f} us/session", flush=True)
         print()
         print(render(rows, levels, extras, floor, args, time.perf_counter() - started))
+        print()
+        print(rst_table(("TTP enrollment", "TTP CPU us/enrollment", "signing floor us", "ratio"), [(
+            f"{args.enrollments} sequential, EC P-256", f"{enrollment[0]:.0f}", f"{enrollment_floor:.0f}",
+            f"{enrollment[0] / enrollment_floor:.2f}x")]))
         return 1 if failed else 0
     finally:
         for process in reversed(processes):
@@ -277,4 +372,7 @@ def render(rows: list[dict[str, Any]], levels: list[int], extras: dict[str, tupl
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    if sys.argv[1:2] == ["--enroll-load"]:
+        enroll_main(sys.argv[2:])
+    else:
+        sys.exit(main(sys.argv[1:]))
