@@ -269,7 +269,7 @@ class BuiltFromSettingsTests(unittest.TestCase):
         await bank.ready
         self.assertIsNotNone(bank.port)
         self.assertIsNotNone(bank.factory)
-        self.assertEqual({type(child).__name__ for child in bank}, {"DatabaseWorker", "ListeningService", "PeriodicTask"})
+        self.assertEqual({type(child).__name__ for child in bank}, {"SQLiteGroupWorker", "ListeningService", "PeriodicTask"})
         await bank.stopService()
         self.assertFalse(bank.running)
         self.assertFalse(any(child.running for child in bank))
@@ -294,5 +294,5 @@ class RestartTests(unittest.TestCase):
         for _ in range(2):
             bank.startService()
             await bank.ready
-            self.assertEqual(len(list(bank)), 4)
+            self.assertEqual(len(list(bank)), 5)  # worker, listener, CRL, renewal and prune timers
             await bank.stopService()

@@ -33,6 +33,7 @@ from tlsotp.services.addresses import describe_address
 from tlsotp.services.bank_service import (
     CRL_FILE,
     DEFAULT_LISTEN,
+    DEFAULT_OTP_RETENTION,
     DEFAULT_TTP_UNREACHABLE_AFTER,
     BankServerService,
     BankServerSettings,
@@ -93,6 +94,9 @@ class Options(PartyOptions):
          "Worker processes serving sessions on the one listening socket (1: this process serves them). "
          "With more, this process only enrolls, refreshes the CRL, renews and restarts workers; "
          "--max-connections and --max-per-address are then per worker.", positive_int],
+        ["otp-retention", None, DEFAULT_OTP_RETENTION,
+         "How long an OTP's record is kept past its expiry before a background prune deletes it "
+         "(records the lockout rule still reads are kept): 1d, 12h (a bare number is seconds).", seconds],
     ]
 
     optFlags: list[list[Any]] = [
@@ -164,7 +168,7 @@ def settings_from(options: Options) -> BankServerSettings:
         **same_named(
             options, "data_dir", "name", "ttp", "pin", "token", "listen", "key_type", "timeout", "crl_refresh",
             "renew_check", "renew_before", "max_connections", "max_per_address", "first_message_timeout",
-            "drain_timeout", "metrics", "ttp_unreachable_after", "workers",
+            "drain_timeout", "metrics", "ttp_unreachable_after", "workers", "otp_retention",
         ),
     )
 

@@ -21,7 +21,7 @@ and a prune cost the same however many earlier rows a (client, transaction) pair
 
 The rule functions take a cursor (``Cursor``: ``?`` placeholders, ``rowid`` as the insertion
 order) and run inside the caller's transaction. They are the same for both backends: the daemon
-runs them on a ``DatabaseWorker`` (one SQLite connection, one thread), so every read-modify-write
+runs them on a ``SQLiteGroupWorker`` (one SQLite connection, one thread, group commit), so every read-modify-write
 is serialised; or, with ``--database``, on PostgreSQL (``tlsotp.otp.postgres_store``: the same
 tables, a ``rowid`` identity column, and a lock per (client, transaction) pair taken first in
 each transaction, which serialises each pair's decisions across servers as SQLite's one writer

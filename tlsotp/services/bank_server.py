@@ -133,6 +133,7 @@ class OTPServerFactory(SlottedFactory["OTPServerProtocol"]):
 
 class OTPServerProtocol(SecureChannelProtocol):
     peer_role = "client"
+    measure_cpu = False  # nothing on the server reads it; the read cost ~20% of a profile
 
     def __init__(self, factory: OTPServerFactory) -> None:
         self.server = factory

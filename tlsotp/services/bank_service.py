@@ -22,9 +22,11 @@ blocking socket with the same deadline (``tlsotp.services.ttp_client.BlockingTTP
 or SIGINT meanwhile stops the start-up. Started with its reactor running (an embedder, tests),
 start-up runs on the reactor and a failure goes to ``on_fatal``. The service is a
 ``MultiService`` of Twisted's own parts, added as start-up reaches them: the OTP store's
-``DatabaseWorker``, a ``ListeningService`` (``StreamServerEndpointService``), and two
+``DatabaseWorker``, a ``ListeningService`` (``StreamServerEndpointService``), two
 ``PeriodicTask`` (``TimerService``) children that refresh the CRL and renew the certificate
-before expiry, swapping both into the factory so that new sessions use them without a restart.
+before expiry, swapping both into the factory so that new sessions use them without a restart,
+and a third that prunes OTP rows ``otp_retention`` seconds past their expiry (keeping what the
+lockout rule reads, see ``tlsotp.otp.store.prune``), so ``otp.sqlite3`` stays bounded.
 With ``metrics`` set, a ``tlsotp.services.metrics.MetricsService`` (``/metrics``, ``/health``)
 joins them once the server listens.
 
@@ -39,6 +41,7 @@ from __future__ import annotations
 import datetime
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Collection, Sequence, cast
@@ -83,6 +86,8 @@ DEFAULT_LISTEN = "tcp:7001:interface=127.0.0.1:backlog=1024"  # a burst of conne
 DEFAULT_TTP = "tcp:host=127.0.0.1:port=7000"
 PROGRAM = "tlsotp-server"
 DEFAULT_TTP_UNREACHABLE_AFTER = 1800.0
+DEFAULT_OTP_RETENTION = 86400.0  # seconds past expiry: a day of expired OTPs to look into
+MAX_PRUNE_INTERVAL = 3600.0  # prune at least hourly, sooner when the retention is shorter
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,8 @@ class BankServerSettings:
     otp_pepper_file: Path | None = None
     #: Worker processes serving sessions (1: this process serves them; see tlsotp.services.workers).
     workers: int = 1
+    #: Seconds an OTP row is kept past its expiry before the background prune deletes it.
+    otp_retention: float = DEFAULT_OTP_RETENTION
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -135,6 +142,8 @@ class BankServerSettings:
         if self.allowed_clients is not None:
             object.__setattr__(self, "allowed_clients", frozenset(map(check_dns_name, self.allowed_clients)))
         object.__setattr__(self, "suites", tuple(self.suites))
+        if not self.otp_retention > 0:
+            raise ValueError("the OTP retention must be longer than 0 s")
 
 
 def build_service(
@@ -321,6 +330,8 @@ class BankServerService(service.MultiService):
         self.timers = [
             PeriodicTask(s.crl_refresh, self.refresh_crl, clock=self.reactor, skip_first=True),
             PeriodicTask(s.renew_check, self.renew_if_due, clock=self.reactor, skip_first=True),
+            # At once too: a daemon restarted more often than the interval still prunes.
+            PeriodicTask(min(s.otp_retention, MAX_PRUNE_INTERVAL), self.prune_otps, clock=self.reactor),
         ]
         for timer in self.timers:
             timer.setServiceParent(self)  # type: ignore[no-untyped-call]
@@ -432,6 +443,24 @@ class BankServerService(service.MultiService):
             "certificate renewed: serial {serial:x}, valid until {until}",
             serial=credentials.chain[0].serial_number, until=credentials.chain[0].not_valid_after_utc,
         )
+
+    async def prune_otps(self) -> None:
+        """Delete OTP rows expired more than ``otp_retention`` ago, on the store's own worker.
+
+        Straight on the worker (``OTPStore.prune``), never through ``open()``, which would start a
+        stopped worker again. The timer is stopped before the worker, so none is queued late."""
+        assert self.authority is not None
+        expired_before = int(time.time() - self.settings.otp_retention)
+        try:
+            removed = await self.authority.prune(expired_before)
+        except CancelledError:
+            raise
+        except Exception as exc:
+            log.warn("pruning expired OTPs failed, will retry: {error}", error=str(exc))
+            return
+        if removed:
+            log.info("pruned {n} OTP record(s) expired over {retention:g} s ago", n=removed,
+                     retention=self.settings.otp_retention)
 
     def stopService(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())

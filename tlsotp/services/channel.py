@@ -64,10 +64,13 @@ class ChannelStats:
     """What a session cost on the wire: bytes (netstring framing included) and frames each way,
     and flights received (changes of direction), which is the round-trip count."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, *, measure_cpu: bool = True) -> None:
         self._clock = clock
         self.started = clock()
-        self.cpu_started = time.process_time()
+        # The process CPU clock is a costly read under load (it sums every thread's time): only
+        # for sides that report it (the client's --trace), not per session on the server.
+        self._measure_cpu = measure_cpu
+        self.cpu_started = time.process_time() if measure_cpu else 0.0
         self.bytes_sent = self.bytes_received = 0
         self.frames_sent = self.frames_received = 0
         self.flights_received = 0
@@ -92,7 +95,8 @@ class ChannelStats:
 
     def handshake_done(self) -> None:
         self.handshake_seconds = self.elapsed()
-        self.handshake_cpu_seconds = time.process_time() - self.cpu_started
+        if self._measure_cpu:
+            self.handshake_cpu_seconds = time.process_time() - self.cpu_started
 
 
 class SecureChannelProtocol(Protocol, TimeoutMixin):
@@ -110,8 +114,11 @@ class SecureChannelProtocol(Protocol, TimeoutMixin):
     #: (the side that listens uses it, so that a silent connection does not hold a slot for long).
     first_message_timeout: float | None = None
 
+    #: Whether ``stats`` times the handshake's CPU (``handshake_cpu_seconds``).
+    measure_cpu: ClassVar[bool] = True
+
     def __init__(self) -> None:
-        self.stats = ChannelStats()
+        self.stats = ChannelStats(measure_cpu=self.measure_cpu)
         self.finished = False
         self.first_message_seen = False
         self._first_message_call: Any = None
@@ -153,7 +160,7 @@ class SecureChannelProtocol(Protocol, TimeoutMixin):
         return describe_address(cast(Any, self.transport).getPeer() if self.transport else None)
 
     def connectionMade(self) -> None:
-        self.stats = ChannelStats()
+        self.stats = ChannelStats(measure_cpu=self.measure_cpu)
         if ITCPTransport.providedBy(self.transport):
             # A flight is one write; with Nagle on, a flight written after an unacknowledged
             # one would wait for the peer's delayed ACK (up to 40 ms on Linux).

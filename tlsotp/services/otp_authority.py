@@ -1,7 +1,9 @@
 """The server's OTP authority: issues and confirms OTPs off the reactor thread.
 
-Runs the SQL of ``tlsotp.otp.store`` on a ``DatabaseWorker`` (one connection, one thread), so
-database work never blocks the reactor and every read-modify-write is serialised.
+Runs the SQL of ``tlsotp.otp.store`` on a ``SQLiteGroupWorker`` (one connection, one thread), so
+database work never blocks the reactor and every read-modify-write is serialised; the issues and
+confirmations queued while it commits are committed together (group commit: one transaction,
+one fsync, one thread hop per group), each answered only after its own commit.
 
 ``authority.worker`` is the Twisted service to start and stop (the bank server's service does,
 as one of its children). Used alone, the authority starts it on first use (``open()``, or the
@@ -25,7 +27,7 @@ from tlsotp.alerts import Alert, AlertError
 from tlsotp.database_checks import Cause, DatabaseUnusable
 from tlsotp.otp import store
 from tlsotp.otp.messages import otp_message
-from tlsotp.services.sqlite_worker import DatabaseWorker, open_sqlite, sqlite_transaction
+from tlsotp.services.sqlite_worker import SQLiteGroupWorker, open_sqlite
 
 R = TypeVar("R")
 
@@ -64,9 +66,7 @@ class OTPAuthority:
         self._clock = clock
         self._pepper = store.load_or_create_pepper(data_dir / PEPPER_FILE)
         self.path = data_dir / DATABASE_FILE
-        self.worker: DatabaseWorker[sqlite3.Connection] = DatabaseWorker(
-            reactor, self._open_database, sqlite3.Connection.close, "otp-db"
-        )
+        self.worker = SQLiteGroupWorker(reactor, self.path, self._open_database, "otp-db")
 
     def _open_database(self) -> sqlite3.Connection:
         try:
@@ -81,7 +81,7 @@ class OTPAuthority:
 
     def _run(self, fn: Callable[..., R], **kwargs: object) -> "Deferred[R]":
         def run(_: None) -> "Deferred[R]":
-            return self.worker.run(sqlite_transaction, self.path, fn, **kwargs)
+            return self.worker.transact(fn, **kwargs)
 
         return self.open().addCallback(run)
 
@@ -110,6 +110,10 @@ class OTPAuthority:
             max_attempts=self.policy.max_attempts,
             now=int(self._clock()),
         )
+
+    def prune(self, expired_before: int) -> "Deferred[int]":
+        # Not through _run: its open() would start a stopped worker again.
+        return self.worker.transact(store.prune, expired_before=expired_before)
 
     def check_writable(self) -> "Deferred[None]":
         """One committed write on the worker (``/health``); ``DatabaseUnusable`` if it fails."""

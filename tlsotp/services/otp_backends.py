@@ -36,6 +36,10 @@ class OTPStore(Protocol):
 
     def close(self) -> "Deferred[None]": ...
 
+    def prune(self, expired_before: int) -> "Deferred[int]":
+        """Delete rows expired before ``expired_before`` (``tlsotp.otp.store.prune``), straight on
+        the worker: never starts a stopped one. Fires with the number deleted."""
+
     def check_writable(self) -> "Deferred[None]":
         """One committed write (``/health``); fails with why the database cannot take it."""
 

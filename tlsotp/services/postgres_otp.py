@@ -119,6 +119,9 @@ class PostgresOTPAuthority:
             now=int(self._clock()),
         )
 
+    def prune(self, expired_before: int) -> "Deferred[int]":
+        return self.worker.run(store.prune, expired_before=expired_before)
+
     def check_writable(self) -> "Deferred[None]":
         """One committed write (``/health``): fails with ``StoreUnavailable`` while the database is down."""
         return self.worker.run(_touch)

@@ -1,0 +1,92 @@
+"""Group commit on the OTP store's worker (issue 12): calls queued together commit in one
+transaction, each answered only once its commit is durable on the file, and a call that fails
+is rolled back alone."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.trial import unittest
+
+from tests.test_ttp_fixtures import reactor
+from tlsotp.services.sqlite_worker import SQLiteGroupWorker, WorkerNotRunning, open_sqlite
+
+
+def configure(connection: sqlite3.Connection) -> None:
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=FULL")
+    connection.execute("CREATE TABLE IF NOT EXISTS t (n INTEGER PRIMARY KEY)")
+    connection.commit()
+
+
+def insert(cursor: sqlite3.Cursor, n: int) -> int:
+    cursor.execute("INSERT INTO t (n) VALUES (?)", (n,))
+    return n
+
+
+class Refused(Exception):
+    pass
+
+
+def insert_then_refuse(cursor: sqlite3.Cursor, n: int) -> int:
+    cursor.execute("INSERT INTO t (n) VALUES (?)", (n,))
+    raise Refused(f"no {n}")
+
+
+class GroupCommitTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.path = Path(self.mktemp()).resolve()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.worker = SQLiteGroupWorker(reactor, self.path, lambda: open_sqlite(self.path, configure), "test-db")
+        self.worker.startService()
+        self.addCleanup(self.worker.stopService)
+        self.reader = sqlite3.connect(self.path)
+        self.addCleanup(self.reader.close)
+
+    def committed(self) -> set[int]:
+        return {n for (n,) in self.reader.execute("SELECT n FROM t")}
+
+    async def test_queued_calls_share_transactions_and_answer_after_their_commit(self) -> None:
+        seen_at_answer: dict[int, bool] = {}
+
+        def answered(n: int) -> int:
+            # Read by another connection: only a committed row is visible there.
+            seen_at_answer[n] = n in self.committed()
+            return n
+
+        calls = [self.worker.transact(insert, n).addCallback(answered) for n in range(100)]
+        self.assertEqual(await gatherResults(calls), list(range(100)))
+        self.assertEqual(seen_at_answer, {n: True for n in range(100)})
+        self.assertEqual(self.committed(), set(range(100)))
+        # The first goes alone; the 99 queued meanwhile share one transaction.
+        self.assertEqual(self.worker.groups, 2)
+
+    async def test_a_failing_call_is_rolled_back_alone(self) -> None:
+        calls: list[Deferred[Any]] = [
+            self.worker.transact(insert, 1),
+            self.worker.transact(insert_then_refuse, 2),
+            self.worker.transact(insert, 1),  # the primary key again: an SQLite error, this call only
+            self.worker.transact(insert, 3),
+        ]
+        self.assertEqual(await calls[0], 1)
+        with self.assertRaises(Refused):
+            await calls[1]
+        with self.assertRaises(Exception) as duplicate:
+            await calls[2]
+        self.assertIn("UNIQUE", str(duplicate.exception))
+        self.assertEqual(await calls[3], 3)
+        self.assertEqual(self.committed(), {1, 3})
+        self.assertEqual(self.worker.groups, 2)
+
+    async def test_stop_commits_what_is_queued_then_refuses(self) -> None:
+        calls = [self.worker.transact(insert, n) for n in range(10)]
+        stopped = self.worker.stopService()
+        refused = self.worker.transact(insert, 99)
+        with self.assertRaises(WorkerNotRunning):
+            await refused
+        await stopped
+        self.assertEqual(await gatherResults(calls), list(range(10)))
+        self.assertEqual(self.committed(), set(range(10)))
