@@ -54,7 +54,45 @@ def _refuse_locked(failure: Failure) -> store.IssuedOTP:
     raise AlertError(Alert.access_denied, str(failure.value))
 
 
-class OTPAuthority:
+class OTPRules:
+    """Issue and confirm as the rules of ``tlsotp.otp.store`` say, for either backend: a backend
+    gives ``_run(rule, **arguments)`` (one transaction, the pepper added) and may wrap a rule
+    (``issue_rule``/``confirm_rule``: PostgreSQL takes a lock per pair first)."""
+
+    policy: OTPPolicy
+    _clock: Callable[[], float]
+    issue_rule: Callable[..., store.IssuedOTP] = staticmethod(store.issue)
+    confirm_rule: Callable[..., store.Confirmation] = staticmethod(store.confirm)
+
+    def _run(self, fn: Callable[..., R], **kwargs: object) -> "Deferred[R]":
+        raise NotImplementedError
+
+    def issue(self, client: str, transaction: str) -> "Deferred[tuple[store.IssuedOTP, str]]":
+        """Issue an OTP; fires with it and the sentence to show the client, or fails with
+        ``AlertError(access_denied)`` when wrong confirmations locked the transaction."""
+        d = self._run(
+            self.issue_rule,
+            client=client,
+            transaction=transaction,
+            digits=self.policy.digits,
+            ttl_seconds=self.policy.ttl_seconds,
+            now=int(self._clock()),
+        )
+        d.addErrback(_refuse_locked)
+        return d.addCallback(lambda issued: (issued, otp_message(transaction, issued.code)))
+
+    def confirm(self, client: str, transaction: str, code: str) -> "Deferred[store.Confirmation]":
+        return self._run(
+            self.confirm_rule,
+            client=client,
+            transaction=transaction,
+            code=code,
+            max_attempts=self.policy.max_attempts,
+            now=int(self._clock()),
+        )
+
+
+class OTPAuthority(OTPRules):
     def __init__(
         self,
         reactor: IReactorFromThreads,
@@ -81,35 +119,9 @@ class OTPAuthority:
 
     def _run(self, fn: Callable[..., R], **kwargs: object) -> "Deferred[R]":
         def run(_: None) -> "Deferred[R]":
-            return self.worker.transact(fn, **kwargs)
+            return self.worker.transact(fn, pepper=self._pepper, **kwargs)
 
         return self.open().addCallback(run)
-
-    def issue(self, client: str, transaction: str) -> "Deferred[tuple[store.IssuedOTP, str]]":
-        """Issue an OTP; fires with it and the sentence to show the client, or fails with
-        ``AlertError(access_denied)`` when wrong confirmations locked the transaction."""
-        d = self._run(
-            store.issue,
-            pepper=self._pepper,
-            client=client,
-            transaction=transaction,
-            digits=self.policy.digits,
-            ttl_seconds=self.policy.ttl_seconds,
-            now=int(self._clock()),
-        )
-        d.addErrback(_refuse_locked)
-        return d.addCallback(lambda issued: (issued, otp_message(transaction, issued.code)))
-
-    def confirm(self, client: str, transaction: str, code: str) -> "Deferred[store.Confirmation]":
-        return self._run(
-            store.confirm,
-            pepper=self._pepper,
-            client=client,
-            transaction=transaction,
-            code=code,
-            max_attempts=self.policy.max_attempts,
-            now=int(self._clock()),
-        )
 
     def prune(self, expired_before: int) -> "Deferred[int]":
         # Not through _run: its open() would start a stopped worker again.

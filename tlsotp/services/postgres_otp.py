@@ -23,9 +23,8 @@ from twisted.internet.interfaces import IReactorFromThreads
 
 from tlsotp.database_url import PostgresTarget
 from tlsotp.otp import postgres_store, store
-from tlsotp.otp.messages import otp_message
 from tlsotp.otp.postgres_store import QmarkCursor
-from tlsotp.services.otp_authority import OTPPolicy, _refuse_locked
+from tlsotp.services.otp_authority import OTPPolicy, OTPRules
 from tlsotp.services.postgres_pool import DEFAULT_POOL_SIZE, PostgresPool
 
 R = TypeVar("R")
@@ -49,7 +48,10 @@ def _touch(cursor: QmarkCursor) -> None:
     cursor.execute("UPDATE schema_version SET version = version WHERE store = ?", (postgres_store.STORE_NAME,))
 
 
-class PostgresOTPAuthority:
+class PostgresOTPAuthority(OTPRules):
+    issue_rule = staticmethod(_issue)
+    confirm_rule = staticmethod(_confirm)
+
     def __init__(
         self,
         reactor: IReactorFromThreads,
@@ -96,28 +98,6 @@ class PostgresOTPAuthority:
             return self.worker.run(fn, pepper=self._pepper, **kwargs)
 
         return self.open().addCallback(run)
-
-    def issue(self, client: str, transaction: str) -> "Deferred[tuple[store.IssuedOTP, str]]":
-        d = self._run(
-            _issue,
-            client=client,
-            transaction=transaction,
-            digits=self.policy.digits,
-            ttl_seconds=self.policy.ttl_seconds,
-            now=int(self._clock()),
-        )
-        d.addErrback(_refuse_locked)
-        return d.addCallback(lambda issued: (issued, otp_message(transaction, issued.code)))
-
-    def confirm(self, client: str, transaction: str, code: str) -> "Deferred[store.Confirmation]":
-        return self._run(
-            _confirm,
-            client=client,
-            transaction=transaction,
-            code=code,
-            max_attempts=self.policy.max_attempts,
-            now=int(self._clock()),
-        )
 
     def prune(self, expired_before: int) -> "Deferred[int]":
         return self.worker.run(store.prune, expired_before=expired_before)
