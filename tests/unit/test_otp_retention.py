@@ -66,21 +66,23 @@ class BackgroundPruneTests(unittest.TestCase):
         self.addCleanup(bank.stopService)
         await bank.ready
         # Rows written by the store's own functions on a second connection (WAL: the daemon's
-        # connection sees them), issued and settled a day ago.
+        # connection sees them), issued and settled a day ago, in one transaction: the prune
+        # timer (every 0.2 s) then sees none of them or all of them, never a half-written pair.
         db = sqlite3.connect(base / "bank" / DATABASE_FILE)
         self.addCleanup(db.close)
         past = int(time.time()) - 86400
+        with db:
+            cursor = db.cursor()
 
-        def write(**kw: Any) -> Any:
-            with db:
-                return kw.pop("fn")(db.cursor(), pepper=PEPPER, client="alice.example", now=past, **kw)
+            def write(**kw: Any) -> Any:
+                return kw.pop("fn")(cursor, pepper=PEPPER, client="alice.example", now=past, **kw)
 
-        used = write(fn=store.issue, transaction="paid", digits=6, ttl_seconds=60)
-        write(fn=store.confirm, transaction="paid", code=used.code, max_attempts=1)
-        write(fn=store.issue, transaction="never confirmed", digits=6, ttl_seconds=60)
-        write(fn=store.issue, transaction="guessed", digits=6, ttl_seconds=60)
-        write(fn=store.confirm, transaction="guessed", code="x", max_attempts=1)  # locks it
-        self.assertEqual(db.execute("SELECT COUNT(*) FROM otps").fetchone()[0], 3)
+            used = write(fn=store.issue, transaction="paid", digits=6, ttl_seconds=60)
+            write(fn=store.confirm, transaction="paid", code=used.code, max_attempts=1)
+            write(fn=store.issue, transaction="never confirmed", digits=6, ttl_seconds=60)
+            write(fn=store.issue, transaction="guessed", digits=6, ttl_seconds=60)
+            write(fn=store.confirm, transaction="guessed", code="x", max_attempts=1)  # locks it
+            self.assertEqual(cursor.execute("SELECT COUNT(*) FROM otps").fetchone()[0], 3)
 
         for _ in range(int(WAIT_SECONDS / 0.05)):
             if db.execute("SELECT COUNT(*) FROM otps").fetchone()[0] == 1:
