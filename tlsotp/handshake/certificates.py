@@ -7,6 +7,7 @@ the leaf key is one tlsotp can verify signatures with.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 from cryptography import x509
@@ -43,8 +44,16 @@ def run_validator(validate: PeerValidator, chain: Sequence[x509.Certificate]) ->
 
 def leaf_key(chain: Sequence[x509.Certificate]) -> tuple[PeerKey, SignatureKind]:
     """The leaf's public key and the signature it makes; unusable keys are unsupported_certificate."""
+    return _certificate_key(chain[0])
+
+
+@functools.lru_cache(maxsize=1024)
+def _certificate_key(cert: x509.Certificate) -> tuple[PeerKey, SignatureKind]:
+    """Cached per certificate: equal certificates (``x509.Certificate`` hashes and compares its
+    DER) have the same key, so a returning client's key is loaded once, not per session. A
+    refusal raises and is not cached."""
     with der.malformed_as(Alert.unsupported_certificate, "leaf certificate key cannot be loaded"):
-        key = chain[0].public_key()
+        key = cert.public_key()
     kind = signature_kind_for_key(key)
     if kind is None or not isinstance(key, (ec.EllipticCurvePublicKey, rsa.RSAPublicKey)):
         raise AlertError(

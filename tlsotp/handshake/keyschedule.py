@@ -24,6 +24,7 @@ the client sends its request right after its Finished, before the server's Finis
 
 from __future__ import annotations
 
+import functools
 import hmac as _hmac
 from dataclasses import dataclass
 from typing import Final
@@ -47,10 +48,28 @@ def hkdf_extract(hash_: HashAlgorithm, salt: bytes, ikm: bytes) -> bytes:
     return mac.finalize()
 
 
+@functools.lru_cache(maxsize=256)
+def _label_info(label: str, context: bytes, length: int) -> bytes:
+    """The HkdfLabel bytes, built once per (label, context, length) seen: every label is a
+    constant and most contexts are empty, so this is a handful of entries."""
+    return Writer().u16(length).bytes8(LABEL_PREFIX + label.encode("ascii")).bytes8(context).getvalue()
+
+
 def hkdf_expand_label(hash_: HashAlgorithm, secret: bytes, label: str, context: bytes, length: int) -> bytes:
-    """HKDF-Expand with TLS 1.3's HkdfLabel structure and tlsotp's label prefix."""
-    full_label = LABEL_PREFIX + label.encode("ascii")
-    info = Writer().u16(length).bytes8(full_label).bytes8(context).getvalue()
+    """HKDF-Expand with TLS 1.3's HkdfLabel structure and tlsotp's label prefix.
+
+    For ``length`` up to the hash length (every key, IV and secret here), HKDF-Expand's output
+    is exactly its first block, T(1) = HMAC(secret, info || 0x01) (RFC 5869 section 2.3), so it
+    is computed as that one HMAC; longer outputs go through ``HKDFExpand``."""
+    if context:
+        info = Writer().u16(length).bytes8(LABEL_PREFIX + label.encode("ascii")).bytes8(context).getvalue()
+    else:
+        info = _label_info(label, b"", length)
+    if length <= hash_.digest_size:
+        mac = HMAC(secret, hash_.new())
+        mac.update(info)
+        mac.update(b"\x01")
+        return mac.finalize()[:length]
     return HKDFExpand(algorithm=hash_.new(), length=length, info=info).derive(secret)
 
 
@@ -58,10 +77,20 @@ def derive_secret(hash_: HashAlgorithm, secret: bytes, label: str, transcript_ha
     return hkdf_expand_label(hash_, secret, label, transcript_hash, hash_.digest_size)
 
 
+@functools.cache
 def empty_hash(hash_: HashAlgorithm) -> bytes:
-    """Transcript-Hash("") as used by the "derived" steps."""
+    """Transcript-Hash("") as used by the "derived" steps (a constant per hash)."""
     digest = hashes.Hash(hash_.new())
     return digest.finalize()
+
+
+@functools.cache
+def _early_secrets(hash_: HashAlgorithm) -> tuple[bytes, bytes]:
+    """early_secret and Derive-Secret(early_secret, "derived", ""): with no PSK both depend on
+    the hash alone, so they are computed once per hash rather than per handshake."""
+    zeros = bytes(hash_.digest_size)
+    early = hkdf_extract(hash_, zeros, zeros)
+    return early, derive_secret(hash_, early, "derived", empty_hash(hash_))
 
 
 def finished_mac(hash_: HashAlgorithm, finished_key: bytes, transcript_hash: bytes) -> bytes:
@@ -116,8 +145,7 @@ class HandshakeSecrets:
 def derive_handshake_secrets(hash_: HashAlgorithm, shared_secret: bytes, hello_hash: bytes) -> HandshakeSecrets:
     """``hello_hash`` is H(ClientHello..ServerHello)."""
     zeros = bytes(hash_.digest_size)
-    early = hkdf_extract(hash_, zeros, zeros)
-    derived_early = derive_secret(hash_, early, "derived", empty_hash(hash_))
+    early, derived_early = _early_secrets(hash_)
     handshake = hkdf_extract(hash_, derived_early, shared_secret)
     c_hs = derive_secret(hash_, handshake, "c hs traffic", hello_hash)
     s_hs = derive_secret(hash_, handshake, "s hs traffic", hello_hash)

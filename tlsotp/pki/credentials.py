@@ -19,6 +19,7 @@ TTP already issued.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,8 +87,11 @@ def spki(public_key: CertificatePublicKeyTypes) -> bytes:
     return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
+@functools.lru_cache(maxsize=1024)
 def certified_name(cert: x509.Certificate) -> str:
-    """The one DNS name a TTP certificate is for."""
+    """The one DNS name a TTP certificate is for. Cached per certificate (``x509.Certificate``
+    hashes and compares its DER): the bank asks it for every session of a returning client; a
+    refusal raises and is not cached."""
     try:
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
             x509.DNSName

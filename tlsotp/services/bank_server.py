@@ -140,6 +140,7 @@ class OTPServerProtocol(SecureChannelProtocol):
         self.timeout_seconds = factory.timeout_seconds
         self.first_message_timeout = factory.first_message_timeout
         self.client_name: str | None = None
+        self.suite_name = ""
         self.request_seen = False
         self.awaiting_store = False
         #: No slot was free: refuse at once. ``quiet``: the slot keeper counts how this one ended,
@@ -195,10 +196,9 @@ class OTPServerProtocol(SecureChannelProtocol):
         except AlertError as exc:
             self.abort(exc.alert, exc.detail)
             return
-        log.info(
-            "{peer}: handshake complete with client {client} using {suite}",
-            peer=self.peer, client=self.client_name, suite=event.suite.name,
-        )
+        # Not logged here: the session's one line (the grant, the confirmation, or how it
+        # ended) names the client and the suite.
+        self.suite_name = event.suite.name
 
     def application_data(self, data: bytes) -> None:
         if self.request_seen:
@@ -246,9 +246,9 @@ class OTPServerProtocol(SecureChannelProtocol):
         # The code itself is a secret and the transaction text is personal data (an amount, a
         # payee): neither is logged. The transaction id (random, also in the grant) correlates.
         log.info(
-            "{peer}: issued an OTP to {client} for transaction {transaction_id}, valid until {expires}"
+            "{peer}: issued an OTP to {client} for transaction {transaction_id}, valid until {expires}, suite {suite}"
             + (": {transaction!r}" if self.server.log_transactions else ""),
-            peer=self.peer, client=self.client_name, transaction_id=issued.transaction_id.hex()[:16],
+            peer=self.peer, client=self.client_name, suite=self.suite_name, transaction_id=issued.transaction_id.hex()[:16],
             expires=datetime.datetime.fromtimestamp(issued.expires_at, datetime.timezone.utc).isoformat(),
             **self._transaction_field(transaction),
         )
@@ -263,8 +263,9 @@ class OTPServerProtocol(SecureChannelProtocol):
         self.outcome = ("confirmed", "none")
         self.server.events.confirmation(confirmation.status.name)
         log.info(  # without the transaction text, personal data (see _send_grant)
-            "{peer}: confirmation from {client}: {status}" + (" for {transaction!r}" if self.server.log_transactions else ""),
-            peer=self.peer, client=self.client_name, status=confirmation.status.name,
+            "{peer}: confirmation from {client}: {status}, suite {suite}"
+            + (" for {transaction!r}" if self.server.log_transactions else ""),
+            peer=self.peer, client=self.client_name, status=confirmation.status.name, suite=self.suite_name,
             **self._transaction_field(transaction),
         )
         self.server.sessions_completed += 1
@@ -292,4 +293,18 @@ class OTPServerProtocol(SecureChannelProtocol):
         if self.quiet:
             return  # counted by the slot keeper, which logs once per interval
         who = "refused" if sent else "peer alert"
-        log.warn("{peer}: session ended, {who}: {error}", peer=self.peer, who=who, error=str(error))
+        if self.client_name is None:
+            log.warn("{peer}: session ended, {who}: {error}", peer=self.peer, who=who, error=str(error))
+        else:  # after the handshake: the line also says who the client was
+            log.warn(
+                "{peer}: session ended, {who}: {error} (client {client}, suite {suite})",
+                peer=self.peer, who=who, error=str(error), client=self.client_name, suite=self.suite_name,
+            )
+
+    def closed_cleanly(self) -> None:
+        if self.client_name is not None and self.outcome == ("closed", "none"):
+            # Handshake done, no request: still one line for the session.
+            log.info(
+                "{peer}: client {client} closed the session after the handshake ({suite}), no request",
+                peer=self.peer, client=self.client_name, suite=self.suite_name,
+            )

@@ -1,0 +1,60 @@
+"""certified_name and leaf_key are cached per certificate (issue 12: per-session work of a
+returning client): equal DER gives the cached answer, a refusal is raised every time."""
+
+from __future__ import annotations
+
+import datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.x509.oid import NameOID
+from twisted.trial import unittest
+
+from tests.credentials import test_ca
+from tlsotp.alerts import Alert, AlertError
+from tlsotp.handshake.certificates import leaf_key
+from tlsotp.pki.credentials import certified_name
+from tlsotp.pki.roles import Role
+
+
+def self_signed(names: list[str], key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")])
+    builder = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+    )
+    return builder.sign(key, None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256())
+
+
+def reparsed(cert: x509.Certificate) -> x509.Certificate:
+    """A distinct object with the same DER, as each session parses it."""
+    return x509.load_der_x509_certificate(cert.public_bytes(serialization.Encoding.DER))
+
+
+class CertificateCacheTests(unittest.SynchronousTestCase):
+    def test_equal_der_gives_the_same_answers(self) -> None:
+        cert = test_ca().issue("alice.example", Role.CLIENT).certificate
+        first, again = reparsed(cert), reparsed(cert)
+        self.assertIsNot(first, again)
+        self.assertEqual(certified_name(first), "alice.example")
+        self.assertEqual(certified_name(again), "alice.example")
+        self.assertIs(leaf_key([again])[0], leaf_key([first])[0])
+
+    def test_a_different_certificate_is_not_served_from_the_cache(self) -> None:
+        ca = test_ca()
+        self.assertEqual(certified_name(ca.issue("alice.example", Role.CLIENT).certificate), "alice.example")
+        self.assertEqual(certified_name(ca.issue("bob.example", Role.CLIENT).certificate), "bob.example")
+
+    def test_refusals_are_raised_every_time(self) -> None:
+        two_names = self_signed(["a.example", "b.example"], ec.generate_private_key(ec.SECP256R1()))
+        ed_key = self_signed(["a.example"], ed25519.Ed25519PrivateKey.generate())
+        for _ in range(2):
+            with self.assertRaises(AlertError) as name_refusal:
+                certified_name(reparsed(two_names))
+            self.assertEqual(name_refusal.exception.alert, Alert.bad_certificate)
+            with self.assertRaises(AlertError) as key_refusal:
+                leaf_key([reparsed(ed_key)])
+            self.assertEqual(key_refusal.exception.alert, Alert.unsupported_certificate)
