@@ -138,12 +138,16 @@ def load_main(argv: list[str]) -> None:
     """A load generator: ``sessions`` fresh sessions, ``concurrency`` at a time; one JSON line out."""
     from twisted.internet import defer, task
 
-    kind, data_dir, port, server_name, concurrency, sessions, tag = argv
+    kind, data_dir, port, server_name, concurrency, sessions, tag = argv[:7]
+    suite = argv[7] if len(argv) > 7 and argv[7] != "-" else None
+    count_bytes = len(argv) > 8 and argv[8] == "count"
+    wire = WireCount()
 
     async def body(reactor: Any) -> None:
         latencies: list[float] = []
         failures: list[str] = []
-        one = _session_maker(kind, Path(data_dir), int(port), server_name, tag, reactor)
+        one = _session_maker(kind, Path(data_dir), int(port), server_name, tag, reactor, suite,
+                             wire if count_bytes else None)
         indices = iter(range(int(sessions)))
 
         async def worker() -> None:
@@ -161,18 +165,62 @@ def load_main(argv: list[str]) -> None:
         print(json.dumps({
             "elapsed": time.perf_counter() - start, "latencies": latencies, "failures": failures[:5],
             "failed": len(failures), "cpu": time.process_time() - cpu,
+            "sent": wire.sent, "received": wire.received, "own_sent": wire.own_sent, "own_received": wire.own_received,
+            "negotiated": wire.negotiated,
         }), flush=True)
 
     task.react(lambda reactor: defer.Deferred.fromCoroutine(body(reactor)))
 
 
-def _session_maker(kind: str, data_dir: Path, port: int, server_name: str, tag: str, reactor: Any) -> Any:
+class WireCount:
+    """Bytes a load generator's connections wrote and read on TCP (below TLS for the TLS server,
+    so both servers are counted the same way: what crossed the socket)."""
+
+    def __init__(self) -> None:
+        self.sent = self.received = 0
+        # What the tlsotp client's own ChannelStats say it sent and received: a cross-check.
+        self.own_sent = self.own_received = 0
+        self.negotiated = ""  # the suite (tlsotp), or the cipher and key-exchange group (TLS), negotiated
+
+    def endpoint(self, inner: Any) -> Any:
+        from twisted.internet.interfaces import IStreamClientEndpoint
+        from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+        from zope.interface import implementer
+
+        count = self
+
+        class Counting(ProtocolWrapper):
+            def write(self, data: bytes) -> None:
+                count.sent += len(data)
+                super().write(data)
+
+            def writeSequence(self, data: Any) -> None:
+                count.sent += sum(len(d) for d in data)
+                super().writeSequence(data)
+
+            def dataReceived(self, data: bytes) -> None:
+                count.received += len(data)
+                super().dataReceived(data)
+
+        @implementer(IStreamClientEndpoint)
+        class CountingEndpoint:
+            def connect(self, factory: Any) -> Any:
+                wrapping = WrappingFactory(factory)
+                wrapping.protocol = Counting
+                return inner.connect(wrapping).addCallback(lambda protocol: protocol.wrappedProtocol)
+
+        return CountingEndpoint()
+
+
+def _session_maker(kind: str, data_dir: Path, port: int, server_name: str, tag: str, reactor: Any,
+                   suite: str | None = None, wire: WireCount | None = None) -> Any:
     from twisted.internet import defer
-    from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
+    from twisted.internet.endpoints import SSL4ClientEndpoint, TCP4ClientEndpoint, connectProtocol, wrapClientTLS
     from twisted.internet.protocol import Protocol
 
     if kind == "tlsotp":
         from tlsotp.client import ClientSettings, load_credentials, request_otp
+        from tlsotp.handshake.suites import DEFAULT_SUITES, suite_named
         from tlsotp.pki import pem
 
         credentials = load_credentials(data_dir)
@@ -181,11 +229,22 @@ def _session_maker(kind: str, data_dir: Path, port: int, server_name: str, tag: 
         settings = ClientSettings(
             credentials.key, credentials.chain, credentials.root, server_name,
             pem.load_crl(crl_path) if crl_path.exists() else None, timeout_seconds=60,
+            suites=(suite_named(suite),) if suite else DEFAULT_SUITES,
         )
-        endpoint = f"tcp:host=127.0.0.1:port={port}"
+        endpoint: Any = f"tcp:host=127.0.0.1:port={port}"
+        if wire is not None:
+            endpoint = wire.endpoint(TCP4ClientEndpoint(reactor, "127.0.0.1", port))
+
+        def own_count(result: Any) -> Any:
+            assert wire is not None
+            wire.own_sent += result.stats.bytes_sent
+            wire.own_received += result.stats.bytes_received
+            wire.negotiated = result.suite.name
+            return result
 
         def one_otp(i: int) -> Any:
-            return request_otp(reactor, endpoint, settings, f"bench-{tag}-{i}")
+            session = request_otp(reactor, endpoint, settings, f"bench-{tag}-{i}")
+            return session.addCallback(own_count) if wire is not None else session
 
         return one_otp
 
@@ -201,6 +260,9 @@ def _session_maker(kind: str, data_dir: Path, port: int, server_name: str, tag: 
 
         def dataReceived(self, data: bytes) -> None:
             self.received += data
+            if wire is not None and not wire.negotiated:
+                handle = self.transport.getHandle()  # type: ignore[union-attr]
+                wire.negotiated = f"{handle.get_cipher_name()}, {handle.get_group_name()}"
 
         def connectionLost(self, reason: Any = None) -> None:
             if self.received == RESPONSE:
@@ -210,9 +272,11 @@ def _session_maker(kind: str, data_dir: Path, port: int, server_name: str, tag: 
 
     def one_tls(i: int) -> Any:
         protocol = Ask()
-        return connectProtocol(SSL4ClientEndpoint(reactor, "127.0.0.1", port, options), protocol).addCallback(
-            lambda _: protocol.done
-        )
+        if wire is None:
+            endpoint: Any = SSL4ClientEndpoint(reactor, "127.0.0.1", port, options)
+        else:
+            endpoint = wrapClientTLS(options, wire.endpoint(TCP4ClientEndpoint(reactor, "127.0.0.1", port)))
+        return connectProtocol(endpoint, protocol).addCallback(lambda _: protocol.done)
 
     return one_tls
 
@@ -303,10 +367,14 @@ def main(argv: list[str]) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def load(kind: str, work: Path, port: int, server_name: str, concurrency: int, sessions: int, tag: str) -> dict[str, Any]:
+def load(kind: str, work: Path, port: int, server_name: str, concurrency: int, sessions: int, tag: str,
+         *, client: Path | None = None, suite: str | None = None, count_bytes: bool = False) -> dict[str, Any]:
+    """Run one load-generator process; ``client`` is the client's data dir (default
+    ``work/client``), ``suite`` the one tlsotp suite it offers (default: all), ``count_bytes``
+    counts the bytes each way on the wire (a little load-generator CPU: not for timed runs)."""
     out = subprocess.run(
-        [*SELF, "--load", kind, str(work / "client"), str(port), server_name,
-         str(concurrency), str(sessions), tag],
+        [*SELF, "--load", kind, str(client or work / "client"), str(port), server_name,
+         str(concurrency), str(sessions), tag, suite or "-", "count" if count_bytes else "-"],
         cwd=REPO, env=env(), capture_output=True, text=True, timeout=600,
     )
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]

@@ -1,28 +1,45 @@
 """The real daemons under load, as a user comparing tlsotp with TLS would measure them (issue 12).
 
     pip install -e '.[bench]'
-    python -m benchmarks.server [--concurrency 1,50,200] [--sessions 1000] [--repetitions 3] [--quick]
+    python -m benchmarks.server [--concurrency 1,50,200] [--key-type ec-p256,rsa-2048] [--rsa-concurrency 50]
+                                [--suite NAME] [--sessions 1000] [--repetitions 3] [--soak 10000] [--plot FILE]
+                                [--workers N] [--quick]
+    python -m benchmarks.server --otp-store [--otp-store-rows 10000,100000,1000000]
 
-Starts a TTP, the real ``twistd -n tlsotp-server`` (EC P-256, default suites) and, beside it, a
-Twisted TLS 1.3 mutual-TLS server with a P-256 certificate from the same TTP (the server and
-load generator of ``benchmarks/daemon_vs_tls.py``). For each concurrency level, interleaved
-(tlsotp, TLS, tlsotp, ...) for ``--repetitions`` rounds, a separate load-generator process runs
-``--sessions`` fresh sessions (a new connection and a full handshake each; tlsotp: handshake +
-OTP request + grant, committed by the store; TLS: handshake + tiny request + response).
+Starts a TTP and, per ``--key-type`` (certificates of that type for server and client, from the
+same TTP), the real ``twistd -n tlsotp-server`` and, beside it, a Twisted TLS 1.3 mutual-TLS
+server (the server and load generator of ``benchmarks/daemon_vs_tls.py``). The tlsotp client
+offers every default suite with EC P-256 (the first, ECDHE X25519 + ECDSA, is negotiated) and
+only TLSOTP_RSA_OAEP_WITH_AES_256_GCM_SHA384 with RSA-2048; ``--suite`` makes every client offer
+that one suite instead. For each key type and concurrency level (``--concurrency`` for EC,
+``--rsa-concurrency`` for RSA), interleaved (tlsotp, TLS, tlsotp, ...) for ``--repetitions``
+rounds, a separate load-generator process runs ``--sessions`` fresh sessions (a new connection
+and a full handshake each; tlsotp: handshake + OTP request + grant, committed by the store; TLS:
+handshake + tiny request + response).
 
 Per configuration (medians of the repetitions): server CPU us/session over the server's whole
 process tree (psutil: workers included), sessions/s, client p50/p99 latency, load generator CPU
-us/session, the ratios tlsotp/TLS and tlsotp/crypto floor (the suite's primitives timed in
-one loop, ``crypto_floor_us``); then RSS per idle connection (500 connections opened and
-left silent) and a 500-connect burst (ms until every connect completed); and the TTP's CPU per
-enrollment (``--enrollments`` sequential ones from a separate process) against its signing floor
-(CSR load + verify + sign, in one loop). The last table is
-printed as RST, ready to paste into docs/performance.rst. Exits 1 if any session failed. The
-memory and burst figures are taken first, before any session, from the servers' whole trees.
+us/session, the ratios tlsotp/TLS and tlsotp/crypto floor (the suite's primitives timed in one
+loop, ``crypto_floor_us``); the bytes each way per session, counted on TCP by the load generator
+in a run of its own (below TLS for the TLS server; checked against the tlsotp client's own
+ChannelStats) with the suite, or TLS cipher and group, negotiated; RSS per idle connection (500
+connections opened and left silent) and a 500-connect burst (ms until every connect completed),
+both taken first, before any session; the TTP's CPU per enrollment (``--enrollments``
+sequential ones from a separate process) against its signing floor (CSR load + verify + sign,
+in one loop); and a memory soak: the first key type's tlsotp server's RSS every tenth of
+``--soak`` sessions at 50 concurrent, with the growth per 1,000 sessions. Tables are printed as
+RST, ready to paste into docs/performance.rst, and an SVG bar chart of CPU per session (tlsotp,
+TLS, floor) per configuration is written to ``--plot`` (default docs/performance-cpu.svg) when
+matplotlib is installed. Exits 1 if any session, enrollment or soak chunk failed.
+
+``--otp-store`` runs only the store benchmark: ``tlsotp.otp.store`` issue + confirm on a real
+SQLite file (``configure_connection``) filled to each of ``--otp-store-rows`` rows (1M rows: about
+half a minute to fill on the development machine).
 
 ``--workers N`` is passed to ``tlsotp-server`` when given (the server's ``--workers``); the CPU
 is summed over the process tree either way. ``--quick`` (1 and 5 concurrent, 20 sessions, one
-repetition) proves the benchmark runs end to end in a few seconds; its numbers mean nothing.
+repetition, a 200-session soak, no plot unless ``--plot`` is given; with ``--otp-store``, 1,000
+and 10,000 rows) proves the benchmark runs end to end in half a minute; its numbers mean nothing.
 Not a test: on a shared machine absolute numbers are noisy; compare ratios within one run.
 """
 
@@ -105,33 +122,68 @@ def burst_ms(port: int, count: int) -> float:
     return elapsed if not pending else float("inf")
 
 
-def crypto_floor_us(rounds: int = 300) -> float:
-    """CPU us of the primitives a server must run per session of the default suite
-    (TLSOTP_ECDHE_X25519_ECDSA_WITH_AES_256_GCM_SHA384, P-256 certificates), timed in one loop:
-    an X25519 key pair and exchange, one ECDSA P-256 signature (its CertificateVerify), two
-    ECDSA verifications (the client's CertificateVerify and its certificate's signature, which
-    TLS checks on every handshake), a dozen HMAC-SHA384 (the HKDF key schedule), four AES-256-GCM
-    records of 100 bytes and a SHA-384 transcript. Nothing else: no parsing, no Python shell."""
+#: What each ``--key-type`` of the run means: the tlsotp suite its client offers (None: every
+#: default suite, so the first, which both sides prefer, is negotiated) and how it is labelled.
+KEY_TYPES: dict[str, tuple[str | None, str]] = {
+    "ec-p256": (None, "EC P-256"),
+    "rsa-2048": ("TLSOTP_RSA_OAEP_WITH_AES_256_GCM_SHA384", "RSA-2048"),
+}
+DEFAULT_EC_SUITE = "TLSOTP_ECDHE_X25519_ECDSA_WITH_AES_256_GCM_SHA384"
+
+
+def crypto_floor_us(key_type: str = "ec-p256", suite: str = DEFAULT_EC_SUITE, rounds: int = 300) -> float:
+    """CPU us of the primitives a server must run per session of ``suite`` with ``key_type``
+    certificates for the server and the client (the TTP's root is EC P-256, the ``ttp init``
+    default), timed in one loop: the key agreement (an X25519 key pair and exchange, or one
+    RSA-OAEP decryption for a key-transport suite), the server's CertificateVerify signature
+    (ECDSA P-256 or RSA-PSS), two verifications (the client's CertificateVerify, with its key
+    type, and its certificate's ECDSA signature by the root, which TLS checks on every handshake
+    too), a dozen HMAC-SHA384 (the HKDF key schedule), four AES-256-GCM records of 100 bytes and
+    a SHA-384 transcript. Nothing else: no parsing, no Python shell."""
     import hashlib
     import hmac
     import os
 
     from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec, x25519
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, x25519
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    server_key, client_key, root_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
-    client_signature = client_key.sign(b"t" * 48, ec.ECDSA(hashes.SHA256()))
+    from tlsotp.handshake.suites import KeyExchange, suite_named
+
+    transport = suite_named(suite).key_exchange is KeyExchange.RSA_OAEP
+    rsa_keys = key_type.startswith("rsa")
+    bits = int(key_type.split("-")[1]) if rsa_keys else 0
+    pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
+    oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+
+    def new_key() -> Any:
+        return rsa.generate_private_key(65537, bits) if rsa_keys else ec.generate_private_key(ec.SECP256R1())
+
+    def sign(key: Any, data: bytes) -> bytes:
+        return key.sign(data, pss, hashes.SHA256()) if rsa_keys else key.sign(data, ec.ECDSA(hashes.SHA256()))
+
+    def verify(key: Any, signature: bytes, data: bytes) -> None:
+        if rsa_keys:
+            key.public_key().verify(signature, data, pss, hashes.SHA256())
+        else:
+            key.public_key().verify(signature, data, ec.ECDSA(hashes.SHA256()))
+
+    server_key, client_key, root_key = new_key(), new_key(), ec.generate_private_key(ec.SECP256R1())
+    client_signature = sign(client_key, b"t" * 48)
     cert_signature = root_key.sign(b"c" * 400, ec.ECDSA(hashes.SHA256()))
+    transported = server_key.public_key().encrypt(os.urandom(32), oaep) if transport else b""
     peer_share = x25519.X25519PrivateKey.generate().public_key()
     aead, nonce, record = AESGCM(os.urandom(32)), os.urandom(12), os.urandom(100)
     start = time.process_time()
     for _ in range(rounds):
-        share = x25519.X25519PrivateKey.generate()
-        share.public_key().public_bytes_raw()
-        secret = share.exchange(peer_share)
-        server_key.sign(b"t" * 48, ec.ECDSA(hashes.SHA256()))
-        client_key.public_key().verify(client_signature, b"t" * 48, ec.ECDSA(hashes.SHA256()))
+        if transport:
+            secret = server_key.decrypt(transported, oaep)
+        else:
+            share = x25519.X25519PrivateKey.generate()
+            share.public_key().public_bytes_raw()
+            secret = share.exchange(peer_share)
+        sign(server_key, b"t" * 48)
+        verify(client_key, client_signature, b"t" * 48)
         root_key.public_key().verify(cert_signature, b"c" * 400, ec.ECDSA(hashes.SHA256()))
         for _ in range(12):
             secret = hmac.new(secret, b"tls13 label", hashlib.sha384).digest()
@@ -225,6 +277,129 @@ def enrollment_cpu_us(ttp_process: Any, ttp: str, fingerprint: str, work: Path, 
     return (after - before) / count * 1e6, failed
 
 
+def otp_store_us(path: Path, sizes: list[int], operations: int = 2000) -> list[tuple[int, float, float, float, float, float]]:
+    """Per table size: the store's own ``issue`` + ``confirm`` on a real SQLite file (opened
+    through ``configure_connection``: WAL, synchronous=FULL, the daemon's schema and indexes),
+    one BEGIN IMMEDIATE ... COMMIT per pair as the daemon's group worker runs them; returns
+    (rows, wall us per pair without the COMMIT, CPU us per pair without it, the same CPU for new
+    pairs and for re-requests of hot pairs alone, wall us with the COMMIT's fsync). The table is
+    filled between sizes with rows of many (client, transaction) pairs in big transactions, most
+    used or superseded, as months of traffic would leave it; one row in a hundred belongs to one
+    of 100 "hot" pairs (about rows/10,000 earlier rows each). Half the timed pairs are new
+    (client, transaction) pairs, half re-requests of a hot pair."""
+    import os
+    import random
+    import sqlite3
+
+    from tlsotp.otp import store
+
+    connection = sqlite3.connect(path, isolation_level=None)
+    store.configure_connection(connection)
+    pepper = os.urandom(32)
+    rng = random.Random(12)
+    now = int(time.time())
+    statuses = ("used",) * 6 + ("superseded",) * 3 + ("pending",)
+    results = []
+    filled = 0
+    try:
+        for size in sizes:
+            while filled < size:
+                batch = min(100_000, size - filled)
+                # One row in a hundred goes to one of 100 "hot" pairs, re-requested again and again.
+                rows = [(os.urandom(16), *(("client0.example", f"hot {rng.randrange(100)}") if rng.random() < 0.01 else
+                                           (f"client{rng.randrange(5000)}.example", f"pay {rng.randrange(10**9)} EUR")),
+                         os.urandom(32), now - rng.randrange(86400), now + 60, rng.choice(statuses))
+                        for _ in range(batch)]
+                connection.execute("BEGIN IMMEDIATE")
+                connection.executemany("INSERT INTO otps (id, client, transaction_text, code_mac, issued_at, expires_at,"
+                                       " status) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                connection.execute("COMMIT")
+                filled += batch
+            # The fill's WAL is folded into the file first (the daemon's steady state checkpoints
+            # as it goes), then a few unmeasured pairs warm the page cache.
+            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            cursor = connection.cursor()
+            sql_wall = sql_cpu = 0.0
+            kind_cpu = [0.0, 0.0]  # new pairs, re-requests
+            for i in range(-100, operations):
+                if i == 0:
+                    sql_wall = sql_cpu = 0.0
+                    kind_cpu = [0.0, 0.0]
+                    wall_start = time.perf_counter()
+                if i % 2:
+                    client, transaction = "client0.example", f"hot {i % 100}"
+                else:
+                    client, transaction = f"client{rng.randrange(5000)}.example", f"bench {size} {i}"
+                t0, c0 = time.perf_counter(), time.process_time()
+                connection.execute("BEGIN IMMEDIATE")
+                issued = store.issue(cursor, pepper=pepper, client=client, transaction=transaction, digits=6,
+                                     ttl_seconds=60, now=now)
+                result = store.confirm(cursor, pepper=pepper, client=client, transaction=transaction, code=issued.code,
+                                       max_attempts=3, now=now)
+                sql_wall += time.perf_counter() - t0
+                sql_cpu += time.process_time() - c0
+                kind_cpu[i % 2] += time.process_time() - c0
+                connection.execute("COMMIT")
+                if result.status.name != "accepted":
+                    raise SystemExit(f"OTP store benchmark: confirmation answered {result.status.name}")
+            filled += operations + 100
+            half = operations / 2
+            results.append((size, sql_wall / operations * 1e6, sql_cpu / operations * 1e6, kind_cpu[0] / half * 1e6,
+                            kind_cpu[1] / half * 1e6, (time.perf_counter() - wall_start) / operations * 1e6))
+            print(f"OTP store at {size:>9,} rows: issue+confirm {results[-1][1]:6.0f} us wall, {results[-1][2]:6.0f} us CPU "
+                  f"(new pairs {results[-1][3]:.0f}, re-requests {results[-1][4]:.0f}); with COMMIT {results[-1][5]:6.0f} us",
+                  flush=True)
+    finally:
+        connection.close()
+    return results
+
+
+def soak(process: Any, port: int, work: Path, name: str, client: Path, suite: str | None, sessions: int,
+         samples: int = 10) -> tuple[list[tuple[int, int]], bool]:
+    """The server tree's RSS before and after each of ``samples`` equal chunks of ``sessions``
+    sessions at 50 concurrent; returns the samples and whether every session completed."""
+    chunk = max(sessions // samples, 1)
+    points = [(0, tree_rss(process.pid))]
+    ok = True
+    for i in range(samples):
+        result = load("tlsotp", work, port, name, 50, chunk, f"soak{i}", client=client, suite=suite)
+        if result["failed"] or len(result["latencies"]) != chunk:
+            ok = False
+            print(f"soak chunk {i}: {result['failed']} failed: {result['failures']}", file=sys.stderr)
+        points.append(((i + 1) * chunk, tree_rss(process.pid)))
+        print(f"soak {points[-1][0]:>6} sessions  server RSS {points[-1][1] / 2**20:7.1f} MiB", flush=True)
+    return points, ok
+
+
+def plot_cpu(path: Path, bars: list[tuple[str, float, float, float]], title: str) -> str:
+    """An SVG bar chart of server CPU per session (tlsotp, TLS, floor) per configuration."""
+    try:
+        import matplotlib
+    except ImportError:
+        return "plot skipped: matplotlib is not installed (pip install -e '.[bench]')"
+    matplotlib.use("Agg")
+    matplotlib.rcParams["svg.hashsalt"] = "tlsotp"
+    matplotlib.rcParams["svg.fonttype"] = "none"  # text stays text: a smaller file
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 4.2))
+    width = 0.27
+    for offset, (label, index) in enumerate((("tlsotp-server", 1), ("Twisted TLS 1.3 mTLS", 2), ("crypto floor", 3))):
+        xs = [i + (offset - 1) * width for i in range(len(bars))]
+        values = [bar[index] for bar in bars]
+        drawn = axes.bar(xs, values, width, label=label)
+        axes.bar_label(drawn, labels=[f"{v:.0f}" for v in values], fontsize=7)
+    axes.set_xticks(range(len(bars)), [bar[0] for bar in bars], fontsize=8)
+    axes.set_ylabel("server CPU per session, us")
+    axes.set_title(title, fontsize=9)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="svg", metadata={"Date": None})
+    plt.close(figure)
+    return f"plot written: {path}"
+
+
 def rst_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(c) for c in column) for column in zip(header, *rows)]
     rule = "  ".join("=" * w for w in widths)
@@ -236,20 +411,66 @@ def rst_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--concurrency", default="1,50,200", help="comma-separated levels")
+    parser.add_argument("--concurrency", default="1,50,200", help="comma-separated levels (EC key types)")
+    parser.add_argument("--key-type", default="ec-p256,rsa-2048",
+                        help=f"comma-separated certificate key types, each a server pair of its own: {', '.join(KEY_TYPES)}")
+    parser.add_argument("--rsa-concurrency", default="50", help="comma-separated levels for the RSA key types")
+    parser.add_argument("--suite", default=None,
+                        help="the one tlsotp suite every client offers (default: all for EC, so the first is negotiated; "
+                             "TLSOTP_RSA_OAEP_WITH_AES_256_GCM_SHA384 for RSA)")
     parser.add_argument("--sessions", type=int, default=1000, help="sessions per run (at 1 concurrent: a fifth)")
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--workers", type=int, default=None, help="passed to tlsotp-server as --workers N")
     parser.add_argument("--enrollments", type=int, default=50, help="sequential TTP enrollments timed")
+    parser.add_argument("--soak", type=int, default=10_000, help="sessions of the memory soak (0: none)")
+    parser.add_argument("--plot", default=None, help="SVG of CPU per session (default docs/performance-cpu.svg; "
+                                                     "--quick writes none unless given)")
+    parser.add_argument("--otp-store", action="store_true",
+                        help="only the OTP store benchmark: issue+confirm at --otp-store-rows rows")
+    parser.add_argument("--otp-store-rows", default="10000,100000,1000000")
     parser.add_argument("--quick", action="store_true", help="1 and 5 concurrent, 20 sessions, 1 repetition")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
+    operations = 2000
     if args.quick:
-        args.concurrency, args.sessions, args.repetitions, args.enrollments = "1,5", 20, 1, 3
-    levels = [int(c) for c in args.concurrency.split(",")]
+        args.concurrency, args.rsa_concurrency, args.sessions, args.repetitions = "1,5", "5", 20, 1
+        args.enrollments, args.soak, args.otp_store_rows, operations = 3, min(args.soak, 200), "1000,10000", 200
+    elif args.plot is None:
+        args.plot = str(Path(__file__).resolve().parent.parent / "docs" / "performance-cpu.svg")
+    key_types = args.key_type.split(",")
+    unknown = [k for k in key_types if k not in KEY_TYPES]
+    if unknown:
+        parser.error(f"unknown --key-type {', '.join(unknown)}: one of {', '.join(KEY_TYPES)}")
     work = Path(tempfile.mkdtemp(prefix="tlsotp-bench-"))
-    processes: list[Any] = []
     started = time.perf_counter()
+    try:
+        if args.otp_store:
+            sizes = [int(n) for n in args.otp_store_rows.split(",")]
+            results = otp_store_us(work / "otp.sqlite3", sizes, operations)
+            print()
+            print(f"{operations} issue+confirm pairs per size, one transaction each, half on new (client, transaction) "
+                  f"pairs, half re-requests of 100 pairs with about rows/10,000 earlier rows each; {psutil.cpu_count()} CPUs, "
+                  f"load average {', '.join(f'{x:.1f}' for x in psutil.getloadavg())}; "
+                  f"run took {time.perf_counter() - started:.0f} s")
+            print()
+            print(rst_table(("rows", "issue+confirm us (wall)", "us (CPU)", "new pair us (CPU)", "re-request us (CPU)",
+                             "with COMMIT us (wall)"),
+                            [(f"{n:,}", f"{w:.0f}", f"{c:.0f}", f"{a:.0f}", f"{b:.0f}", f"{f:.0f}") for n, w, c, a, b, f in results]))
+            first, last = results[0], results[-1]
+            print()
+            print(f"issue+confirm at {last[0]:,} rows / at {first[0]:,} rows: {last[2] / first[2]:.2f}x (CPU)")
+            return 0
+        return run_daemons(args, key_types, work, started)
+    finally:
+        if args.keep:
+            print(f"work directory kept: {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run_daemons(args: argparse.Namespace, key_types: list[str], work: Path, started: float) -> int:
+    processes: list[Any] = []
+    failed = False
     try:
         match = re.search(r"sha256:[0-9a-f]{64}", tlsotp("ttp", "init", "--data-dir", str(work / "ttp")))
         assert match is not None
@@ -258,116 +479,187 @@ def main(argv: list[str]) -> int:
         def token(name: str, role: str) -> str:
             return tlsotp("ttp", "token", "--data-dir", str(work / "ttp"), "--name", name, "--role", role).strip().splitlines()[-1]
 
-        ttp_port, bank_port, tls_port = free_port(), free_port(), free_port()
+        ttp_port = free_port()
         ttp = f"tcp:host=127.0.0.1:port={ttp_port}"
         processes.append(spawn([*TWISTD, "-n", "--pidfile", "", "--logfile", str(work / "ttp.log"), "tlsotp-ttp",
                                 "--data-dir", str(work / "ttp"), "--listen", f"tcp:{ttp_port}:interface=127.0.0.1"],
                                work / "ttp.out"))
         wait_listening(processes[-1], ttp_port, "the TTP")
         workers = ["--workers", str(args.workers)] if args.workers is not None else []
-        bank = spawn([
-            *TWISTD, "-n", "--pidfile", "", "--logfile", str(work / "server.log"), "tlsotp-server",
-            "--data-dir", str(work / "server"), "--name", "bank.example",
-            "--listen", f"tcp:{bank_port}:interface=127.0.0.1:backlog=1024", "--ttp", ttp,
-            "--ca-fingerprint", fingerprint, "--token", token("bank.example", "server"), "--key-type", "ec-p256",
-            "--max-connections", "2048", "--max-per-address", "2048", *workers,
-        ], work / "server.out")
-        processes.append(bank)
-        for data_dir, name, role in ((work / "tls-server", "tlsbank.example", "server"),
-                                     (work / "client", "alice.example", "client")):
-            tlsotp("enroll", "--data-dir", str(data_dir), "--ttp", ttp, "--ca-fingerprint", fingerprint,
-                   "--token", token(name, role), "--name", name, "--role", role, "--key-type", "ec-p256")
-        tlsotp("crl", "--data-dir", str(work / "client"), "--ttp", ttp)
-        tls = spawn([*SELF, "--tls-server", str(work / "tls-server"), str(tls_port)], work / "tls-server.out")
-        processes.append(tls)
-        wait_listening(bank, bank_port, "the tlsotp server")
-        wait_listening(tls, tls_port, "the TLS server")
-        targets = {"tlsotp": (bank, bank_port, "bank.example"), "tls": (tls, tls_port, "tlsbank.example")}
-        # Memory first, on servers that have run no session yet: after a load, the connections'
-        # memory would come from heap already freed by earlier sessions and show as ~0.
-        floor = crypto_floor_us()
+        # (key type, "tlsotp" | "tls") -> (process, port, server name, client data dir, suite offered)
+        targets: dict[tuple[str, str], tuple[Any, int, str, Path, str | None]] = {}
+        for key_type in key_types:
+            bank_port, tls_port = free_port(), free_port()
+            bank_name, tls_name, client_name = f"bank-{key_type}.example", f"tlsbank-{key_type}.example", f"alice-{key_type}.example"
+            bank = spawn([
+                *TWISTD, "-n", "--pidfile", "", "--logfile", str(work / f"server-{key_type}.log"), "tlsotp-server",
+                "--data-dir", str(work / f"server-{key_type}"), "--name", bank_name,
+                "--listen", f"tcp:{bank_port}:interface=127.0.0.1:backlog=1024", "--ttp", ttp,
+                "--ca-fingerprint", fingerprint, "--token", token(bank_name, "server"), "--key-type", key_type,
+                "--max-connections", "2048", "--max-per-address", "2048", *workers,
+            ], work / f"server-{key_type}.out")
+            processes.append(bank)
+            for data_dir, name, role in ((work / f"tls-server-{key_type}", tls_name, "server"),
+                                         (work / f"client-{key_type}", client_name, "client")):
+                tlsotp("enroll", "--data-dir", str(data_dir), "--ttp", ttp, "--ca-fingerprint", fingerprint,
+                       "--token", token(name, role), "--name", name, "--role", role, "--key-type", key_type)
+            tlsotp("crl", "--data-dir", str(work / f"client-{key_type}"), "--ttp", ttp)
+            tls = spawn([*SELF, "--tls-server", str(work / f"tls-server-{key_type}"), str(tls_port)],
+                        work / f"tls-server-{key_type}.out")
+            processes.append(tls)
+            wait_listening(bank, bank_port, f"the tlsotp server ({key_type})")
+            wait_listening(tls, tls_port, f"the TLS server ({key_type})")
+            suite = args.suite or KEY_TYPES[key_type][0]
+            client = work / f"client-{key_type}"
+            targets[(key_type, "tlsotp")] = (bank, bank_port, bank_name, client, suite)
+            targets[(key_type, "tls")] = (tls, tls_port, tls_name, client, None)
+        floors = {k: crypto_floor_us(k, args.suite or KEY_TYPES[k][0] or DEFAULT_EC_SUITE, 100 if k.startswith("rsa") else 300)
+                  for k in key_types}
         enrollment = enrollment_cpu_us(processes[0], ttp, fingerprint, work, args.enrollments)
         if enrollment[1]:
             failed = True
+            print(f"TTP enrollment: {enrollment[1]} of {args.enrollments} failed", file=sys.stderr)
         enrollment_floor = signing_floor_us()
+        # Memory first, on servers that have run no session yet: after a load, the connections'
+        # memory would come from heap already freed by earlier sessions and show as ~0.
         extras = {}
-        for kind, (process, port, _) in targets.items():
-            extras[kind] = (idle_rss_per_connection(process.pid, port, IDLE_CONNECTIONS), burst_ms(port, BURST))
-        for kind, (_, port, name) in targets.items():  # warm-up (imports, first database pages)
-            load(kind, work, port, name, 5, 20, "warm")
+        for target, (process, port, *_) in targets.items():
+            extras[target] = (idle_rss_per_connection(process.pid, port, IDLE_CONNECTIONS), burst_ms(port, BURST))
+        wire: dict[tuple[str, str], tuple[float, float]] = {}
+        negotiated: dict[tuple[str, str], str] = {}
+        for (key_type, kind), (_, port, name, client, suite) in targets.items():
+            load(kind, work, port, name, 5, 20, "warm", client=client, suite=suite)  # imports, first database pages
+            # Bytes on the wire, counted by the load generator below TLS for both: a run of its
+            # own, as counting costs the load generator a little CPU.
+            counted = load(kind, work, port, name, 1, 20, "bytes", client=client, suite=suite, count_bytes=True)
+            done = len(counted["latencies"])
+            if counted["failed"] or done != 20:
+                failed = True
+                print(f"{kind} ({key_type}) bytes run: {counted['failed']} failed: {counted['failures']}", file=sys.stderr)
+            wire[(key_type, kind)] = (counted["sent"] / max(done, 1), counted["received"] / max(done, 1))
+            negotiated[(key_type, kind)] = counted["negotiated"] or "?"
+            if kind == "tlsotp" and (counted["own_sent"], counted["own_received"]) != (counted["sent"], counted["received"]):
+                failed = True
+                print(f"tlsotp ({key_type}) bytes: the wire counted {counted['sent']}/{counted['received']}, the client's "
+                      f"ChannelStats {counted['own_sent']}/{counted['own_received']}", file=sys.stderr)
+        rsa_levels = [int(c) for c in args.rsa_concurrency.split(",")]
+        ec_levels = [int(c) for c in args.concurrency.split(",")]
+        levels = {k: rsa_levels if k.startswith("rsa") else ec_levels for k in key_types}
         rows: list[dict[str, Any]] = []
-        failed = False
         for rep in range(1, args.repetitions + 1):
-            for level in levels:
-                sessions = max(args.sessions // 5, 10) if level == 1 else args.sessions
-                for kind, (process, port, name) in targets.items():
-                    before = tree_cpu(process.pid)
-                    result = load(kind, work, port, name, level, sessions, f"{rep}-{level}")
-                    after = tree_cpu(process.pid)
-                    done = len(result["latencies"])
-                    if result["failed"] or done != sessions:
-                        failed = True
-                        print(f"{kind} at {level} run {rep}: {result['failed']} failed: {result['failures']}", file=sys.stderr)
-                    rows.append({
-                        "kind": kind, "rep": rep, "level": level, "sessions": done,
-                        "cpu_us": (after - before) / max(done, 1) * 1e6, "rate": done / result["elapsed"],
-                        "p50": percentile(result["latencies"], 50) * 1e3 if done else float("nan"),
-                        "p99": percentile(result["latencies"], 99) * 1e3 if done else float("nan"),
-                        "load_cpu_us": result["cpu"] / max(done, 1) * 1e6,
-                    })
-                    r = rows[-1]
-                    print(f"run {rep} {level:>3} concurrent {kind:<6} {done:>5} sessions  server CPU {r['cpu_us']:6.0f} us/session  "
-                          f"{r['rate']:6.1f}/s  p50 {r['p50']:7.1f} ms  p99 {r['p99']:7.1f} ms  "
-                          f"load gen CPU {r['load_cpu_us']:6.0f} us/session", flush=True)
+            for key_type in key_types:
+                for level in levels[key_type]:
+                    sessions = max(args.sessions // 5, 10) if level == 1 else args.sessions
+                    for kind in ("tlsotp", "tls"):
+                        process, port, name, client, suite = targets[(key_type, kind)]
+                        before = tree_cpu(process.pid)
+                        result = load(kind, work, port, name, level, sessions, f"{rep}-{level}", client=client, suite=suite)
+                        after = tree_cpu(process.pid)
+                        done = len(result["latencies"])
+                        if result["failed"] or done != sessions:
+                            failed = True
+                            print(f"{kind} ({key_type}) at {level} run {rep}: {result['failed']} failed: {result['failures']}",
+                                  file=sys.stderr)
+                        rows.append({
+                            "key": key_type, "kind": kind, "rep": rep, "level": level, "sessions": done,
+                            "cpu_us": (after - before) / max(done, 1) * 1e6, "rate": done / result["elapsed"],
+                            "p50": percentile(result["latencies"], 50) * 1e3 if done else float("nan"),
+                            "p99": percentile(result["latencies"], 99) * 1e3 if done else float("nan"),
+                            "load_cpu_us": result["cpu"] / max(done, 1) * 1e6,
+                        })
+                        r = rows[-1]
+                        print(f"run {rep} {key_type:<8} {level:>3} concurrent {kind:<6} {done:>5} sessions  server CPU "
+                              f"{r['cpu_us']:6.0f} us/session  {r['rate']:6.1f}/s  p50 {r['p50']:7.1f} ms  "
+                              f"p99 {r['p99']:7.1f} ms  load gen CPU {r['load_cpu_us']:6.0f} us/session", flush=True)
+        points: list[tuple[int, int]] = []
+        if args.soak:
+            process, port, name, client, suite = targets[(key_types[0], "tlsotp")]
+            points, ok = soak(process, port, work, name, client, suite, args.soak)
+            failed = failed or not ok
         print()
-        print(render(rows, levels, extras, floor, args, time.perf_counter() - started))
+        print(render(rows, levels, extras, wire, negotiated, floors, args, time.perf_counter() - started))
+        if points:
+            print()
+            print(render_soak(points, key_types[0]))
         print()
         print(rst_table(("TTP enrollment", "TTP CPU us/enrollment", "signing floor us", "ratio"), [(
             f"{args.enrollments} sequential, EC P-256", f"{enrollment[0]:.0f}", f"{enrollment_floor:.0f}",
             f"{enrollment[0] / enrollment_floor:.2f}x")]))
+        print()
+        if args.plot:
+            bars = [(f"{KEY_TYPES[k][1]}, {level} conc.", median_of(rows, k, "tlsotp", level), median_of(rows, k, "tls", level),
+                     floors[k]) for k in key_types for level in levels[k]]
+            print(plot_cpu(Path(args.plot), bars, f"server CPU per session, medians of {args.repetitions} interleaved "
+                                                  f"repetition(s), one run of benchmarks.server"))
+        else:
+            print("plot skipped: --quick without --plot")
+        print(f"benchmark took {time.perf_counter() - started:.0f} s; exit status {1 if failed else 0}")
         return 1 if failed else 0
     finally:
         for process in reversed(processes):
             stop(process)
-        if args.keep:
-            print(f"work directory kept: {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
 
 
-def render(rows: list[dict[str, Any]], levels: list[int], extras: dict[str, tuple[float, float]], floor: float,
+def median_of(rows: list[dict[str, Any]], key_type: str, kind: str, level: int, field: str = "cpu_us") -> float:
+    return statistics.median(r[field] for r in rows if r["key"] == key_type and r["kind"] == kind and r["level"] == level)
+
+
+def render_soak(points: list[tuple[int, int]], key_type: str) -> str:
+    """The soak's table, and the growth per 1,000 sessions after the first chunk (which fills
+    the caches and the allocator's pools) to the end, and over the whole run."""
+    (first_n, first_rss), (last_n, last_rss) = points[1], points[-1]
+    after_first = (last_rss - first_rss) / max(last_n - first_n, 1) * 1000 / 1024
+    overall = (last_rss - points[0][1]) / max(last_n, 1) * 1000 / 1024
+    return "\n".join([
+        rst_table(("sessions", f"tlsotp-server RSS MiB ({KEY_TYPES[key_type][1]}, 50 concurrent)"),
+                  [(f"{n:,}", f"{rss / 2**20:.1f}") for n, rss in points]), "",
+        f"RSS growth per 1,000 sessions: {after_first:.1f} KiB from {first_n:,} to {last_n:,} sessions; "
+        f"{overall:.1f} KiB from 0 (the first {first_n:,} fill caches and pools)",
+    ])
+
+
+def render(rows: list[dict[str, Any]], levels: dict[str, list[int]], extras: dict[tuple[str, str], tuple[float, float]],
+           wire: dict[tuple[str, str], tuple[float, float]], negotiated: dict[tuple[str, str], str], floors: dict[str, float],
            args: argparse.Namespace, elapsed: float) -> str:
     label = {"tlsotp": "tlsotp-server", "tls": "Twisted TLS 1.3 mTLS"}
     table: list[tuple[str, ...]] = []
     ratios: list[str] = []
-    for level in levels:
-        median: dict[str, float] = {}
-        for kind in ("tlsotp", "tls"):
-            mine = [r for r in rows if r["kind"] == kind and r["level"] == level]
-            values = {k: statistics.median(r[k] for r in mine) for k in ("cpu_us", "rate", "p50", "p99", "load_cpu_us")}
-            median[kind] = values["cpu_us"]
-            table.append((str(level), label[kind], f"{values['cpu_us']:.0f}", f"{values['rate']:.1f}",
-                          f"{values['p50']:.1f}", f"{values['p99']:.1f}", f"{values['load_cpu_us']:.0f}"))
-        per_rep = [
-            next(r["cpu_us"] for r in rows if r["kind"] == "tlsotp" and r["rep"] == rep and r["level"] == level)
-            / next(r["cpu_us"] for r in rows if r["kind"] == "tls" and r["rep"] == rep and r["level"] == level)
-            for rep in range(1, args.repetitions + 1)
-        ]
-        ratios.append(f"- {level} concurrent: server CPU per session tlsotp/TLS {median['tlsotp'] / median['tls']:.2f}x "
-                      f"(medians; per repetition {', '.join(f'{r:.2f}x' for r in per_rep)}), "
-                      f"tlsotp/floor {median['tlsotp'] / floor:.2f}x")
-    memory = [(label[kind], f"{rss / 1024:.1f}", f"{ms:.0f}") for kind, (rss, ms) in extras.items()]
+    for key_type, key_levels in levels.items():
+        for level in key_levels:
+            for kind in ("tlsotp", "tls"):
+                values = {k: median_of(rows, key_type, kind, level, k) for k in ("cpu_us", "rate", "p50", "p99", "load_cpu_us")}
+                table.append((KEY_TYPES[key_type][1], str(level), label[kind], f"{values['cpu_us']:.0f}", f"{values['rate']:.1f}",
+                              f"{values['p50']:.1f}", f"{values['p99']:.1f}", f"{values['load_cpu_us']:.0f}"))
+            mine, theirs = median_of(rows, key_type, "tlsotp", level), median_of(rows, key_type, "tls", level)
+            def one(kind: str, rep: int, key_type: str = key_type, level: int = level) -> float:
+                return float(next(r["cpu_us"] for r in rows
+                                  if (r["key"], r["kind"], r["rep"], r["level"]) == (key_type, kind, rep, level)))
+
+            per_rep = [one("tlsotp", rep) / one("tls", rep) for rep in range(1, args.repetitions + 1)]
+            ratios.append(f"- {KEY_TYPES[key_type][1]}, {level} concurrent: server CPU per session tlsotp/TLS "
+                          f"{mine / theirs:.2f}x (medians; per repetition {', '.join(f'{r:.2f}x' for r in per_rep)}), "
+                          f"tlsotp/floor {mine / floors[key_type]:.2f}x")
+    floor_lines = [f"- {KEY_TYPES[k][1]}: {args.suite or KEY_TYPES[k][0] or DEFAULT_EC_SUITE} "
+                   f"({'1 RSA-OAEP decryption' if (args.suite or KEY_TYPES[k][0] or '').startswith('TLSOTP_RSA_OAEP') else 'X25519'}, "
+                   f"1 {'RSA-PSS' if k.startswith('rsa') else 'ECDSA'} sign, 2 verify, HKDF, AES-GCM records; one loop): "
+                   f"{floors[k]:.0f} us/session" for k in levels]
+    memory = [(KEY_TYPES[k][1], label[kind], f"{rss / 1024:.1f}", f"{ms:.0f}") for (k, kind), (rss, ms) in extras.items()]
+    bytes_rows = [(KEY_TYPES[k][1], label[kind], negotiated[(k, kind)], f"{sent:.0f}", f"{received:.0f}", f"{sent + received:.0f}")
+                  for (k, kind), (sent, received) in wire.items()]
     return "\n".join([
         f"{args.repetitions} interleaved repetition(s), {args.sessions} sessions per run ({max(args.sessions // 5, 10)} at 1 "
-        f"concurrent), EC P-256 certificates from one TTP, server CPU over its process tree; medians; "
+        f"concurrent), certificates from one TTP (EC P-256 root), server CPU over its process tree; medians; "
         f"{psutil.cpu_count()} CPUs, load average {', '.join(f'{x:.1f}' for x in psutil.getloadavg())}; "
-        f"run took {elapsed:.0f} s", "",
-        rst_table(COLUMNS, table), "",
-        f"Crypto floor of TLSOTP_ECDHE_X25519_ECDSA_WITH_AES_256_GCM_SHA384 with P-256 certificates "
-        f"(X25519, 1 ECDSA sign + 2 verify, HKDF, AES-GCM records; one loop): {floor:.0f} us/session", "",
+        f"sessions done at {elapsed:.0f} s", "",
+        rst_table(("certificates", *COLUMNS), table), "",
+        "Crypto floor (the server's primitives per session, with the client's certificate of the same key type):",
+        "",
+        *floor_lines, "",
         *ratios, "",
-        rst_table(("server", f"RSS per idle connection KiB ({IDLE_CONNECTIONS} open)", f"{BURST} connects in a burst, ms"),
-                  memory),
+        rst_table(("certificates", "server", "negotiated", "client->server bytes/session", "server->client bytes/session", "total"),
+                  bytes_rows), "",
+        rst_table(("certificates", "server", f"RSS per idle connection KiB ({IDLE_CONNECTIONS} open)",
+                   f"{BURST} connects in a burst, ms"), memory),
     ])
 
 
