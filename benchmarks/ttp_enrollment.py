@@ -1,0 +1,256 @@
+"""The TTP daemon's CPU per enrollment against its signing floor (issue 12), and its profile.
+
+    python -m benchmarks.ttp_enrollment [--enrollments 200] [--repetitions 3] [--profile DIR]
+
+Starts the real ``twistd -n tlsotp-ttp`` (EC P-256 root, the ``tlsotp ttp init`` default), mints
+tokens in its store, and has a separate load process (``benchmarks.server --enroll-load``) run
+``--enrollments`` real enrollments, one after another (a fresh P-256 key, a CSR, a TCP
+connection and a token proof each), ``--repetitions`` times. It reads the daemon's CPU
+(user + system, psutil) before and after each batch and prints, per repetition and as the
+median: TTP CPU us/enrollment, the signing floor (``benchmarks.server.signing_floor_us``: CSR
+load + verify + sign in one loop) and their ratio; then the bounds no code change in the TTP can
+remove, each timed alone in one loop of this process: the CPU of one durable SQLite commit
+(WAL, ``synchronous=FULL``: the fsync's share) and of one accepted TCP connection with one
+small request and reply in a bare Twisted protocol (connection set-up, the reactor, the close).
+``--profile DIR`` records the daemon with py-spy (``pip install py-spy``) during the last
+repetition and writes DIR/ttp.svg and DIR/ttp.txt (the top of the flat profile).
+Not a test: absolute numbers are noisy on a shared machine; compare the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import re
+import shutil
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.daemon_vs_tls import REPO, TWISTD, env, free_port, spawn, stop, tlsotp, wait_listening
+from benchmarks.server import signing_floor_us
+
+
+def mint(data_dir: Path, prefix: str, count: int) -> list[str]:
+    from tlsotp.pki.roles import Role
+    from tlsotp.ttp.ca import TTPPaths
+    from tlsotp.ttp.store import Store
+
+    store = Store.open(TTPPaths(data_dir).db)
+    try:
+        now = datetime.datetime.now(datetime.timezone.utc)
+        return [str(store.mint_token(f"{prefix}{i}.example", Role.CLIENT, ttl=datetime.timedelta(hours=1), now=now))
+                for i in range(count)]
+    finally:
+        store.close()
+
+
+def thread_cpu_ns(pid: int) -> dict[int, int]:
+    """Nanoseconds on CPU of each live thread of ``pid`` (/proc/PID/task/TID/schedstat: exact,
+    where psutil's user + system times tick in 10 ms)."""
+    times = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            times[int(task.name)] = int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError):
+            continue  # a thread that ended meanwhile
+    return times
+
+
+def enroll_batch(pid: int, ttp: str, fingerprint: str, tokens: list[str], base: Path) -> tuple[float, float]:
+    """The daemon's CPU us per enrollment over one batch, in all and on its reactor (main)
+    thread; exits if any enrollment failed."""
+    # The load process names each client c{i}.example: the tokens were minted for those names.
+    before = thread_cpu_ns(pid)
+    out = subprocess.run([sys.executable, "-m", "benchmarks.server", "--enroll-load", ttp, fingerprint, str(base),
+                          json.dumps(tokens)], cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
+    after = thread_cpu_ns(pid)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    if out.returncode or not lines or json.loads(lines[-1])["failed"]:
+        raise SystemExit(f"enrollments failed:\n{out.stderr[-2000:]}")
+    spent = {tid: ns - before.get(tid, 0) for tid, ns in after.items()}
+    return sum(spent.values()) / len(tokens) / 1e3, spent.get(pid, 0) / len(tokens) / 1e3
+
+
+def durable_commit_us(rounds: int = 200) -> float:
+    """CPU us of one committed row in WAL mode with synchronous=FULL (what each decision needs)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        db = sqlite3.connect(Path(tmp) / "x.db", isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)")
+        start = time.process_time()
+        for i in range(rounds):
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("INSERT INTO t VALUES (?, ?)", (i, b"x" * 600))
+            db.execute("COMMIT")
+        spent = time.process_time() - start
+        db.close()
+    return spent / rounds * 1e6
+
+
+def echo_server_main(hop: bool) -> None:
+    """A bare Twisted server: one netstring in, one 1100-byte reply out, close (the TCP bound);
+    with ``hop``, the reply is made on a one-thread pool first, as the TTP's worker does."""
+    from twisted.internet import protocol, reactor
+    from twisted.internet.threads import deferToThreadPool
+    from twisted.python.threadpool import ThreadPool
+
+    pool = ThreadPool(minthreads=1, maxthreads=1)
+    pool.start()
+    reactor.addSystemEventTrigger("during", "shutdown", pool.stop)  # type: ignore[attr-defined]
+
+    def reply() -> bytes:
+        return b"1100:" + b"r" * 1100 + b","
+
+    class Once(protocol.Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            if hop:
+                deferToThreadPool(reactor, pool, reply).addCallback(self.send)
+            else:
+                self.send(reply())
+
+        def send(self, data: bytes) -> None:
+            self.transport.write(data)  # type: ignore[union-attr]
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    factory = protocol.Factory.forProtocol(Once)
+    factory.noisy = False
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+    print(port.getHost().port, flush=True)
+    reactor.run()  # type: ignore[attr-defined]
+
+
+def tcp_bound_us(count: int, *, hop: bool) -> float:
+    """The bare server's CPU us per connection: connect, send ~700 bytes, read the reply, close."""
+    server = subprocess.Popen([sys.executable, "-m", "benchmarks.ttp_enrollment", "--echo-server", str(hop)],
+                              cwd=REPO, env=env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        request = b"700:" + b"q" * 700 + b","
+        for _ in range(20):  # warm-up
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                s.sendall(request)
+                while s.recv(4096):
+                    pass
+        before = sum(thread_cpu_ns(server.pid).values())
+        for _ in range(count):
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                s.sendall(request)
+                while s.recv(4096):
+                    pass
+        return (sum(thread_cpu_ns(server.pid).values()) - before) / count / 1e3
+    finally:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(10)
+
+
+IDLE_FRAMES = ("EPollReactor.doPoll (twisted/internet/epollreactor.py:227)", "Condition.wait (threading.py:")
+
+
+def profile_top(raw: Path, limit: int = 25) -> str:
+    """The functions with the most samples (self and total) in a py-spy --format raw file, idle
+    ones left out (py-spy counts a thread waiting in epoll or on the worker's queue as active)."""
+    self_samples: dict[str, int] = {}
+    total_samples: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_text)
+        frames = stack.split(";")
+        if frames[-1].startswith(IDLE_FRAMES):
+            continue
+        total += count
+        self_samples[frames[-1]] = self_samples.get(frames[-1], 0) + count
+        for frame in set(frames):
+            total_samples[frame] = total_samples.get(frame, 0) + count
+    lines = [f"{total} busy samples", "total%  self%  function"]
+    for frame, count in sorted(total_samples.items(), key=lambda item: -item[1])[:limit]:
+        lines.append(f"{100 * count / total:5.1f}  {100 * self_samples.get(frame, 0) / total:5.1f}  {frame}")
+    lines += ["", "self%  function"]
+    for frame, count in sorted(self_samples.items(), key=lambda item: -item[1])[:limit]:
+        lines.append(f"{100 * count / total:5.1f}  {frame}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--enrollments", type=int, default=200, help="sequential enrollments per repetition")
+    parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--profile", type=Path, default=None, help="py-spy the last repetition into this directory")
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="tlsotp-ttp-bench-"))
+    ttp_process = None
+    try:
+        match = re.search(r"sha256:[0-9a-f]{64}", tlsotp("ttp", "init", "--data-dir", str(work / "ttp")))
+        assert match, "no root fingerprint printed"
+        fingerprint = match.group(0)
+        port = free_port()
+        ttp = f"tcp:host=127.0.0.1:port={port}"
+        ttp_process = spawn([*TWISTD, "-n", "--pidfile", "", "--logfile", str(work / "ttp.log"), "tlsotp-ttp",
+                             "--data-dir", str(work / "ttp"), "--listen", f"tcp:{port}:interface=127.0.0.1"],
+                            work / "ttp.out")
+        wait_listening(ttp_process, port, "the TTP")
+        # One warm-up batch (imports, the first CRL, SQLite's page cache), not counted.
+        enroll_batch(ttp_process.pid, ttp, fingerprint, mint(work / "ttp", "c", 10), work / "warm")
+        figures = []
+        for repetition in range(args.repetitions):
+            tokens = mint(work / "ttp", "c", args.enrollments)
+            profiler = None
+            if args.profile is not None and repetition == args.repetitions - 1:
+                args.profile.mkdir(parents=True, exist_ok=True)
+                profiler = subprocess.Popen(
+                    ["py-spy", "record", "--pid", str(ttp_process.pid), "--rate", "500", "--format", "raw",
+                     "-o", str(args.profile / "ttp.raw")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(1.0)  # attached before the batch starts
+            figures.append(enroll_batch(ttp_process.pid, ttp, fingerprint, tokens, work / f"r{repetition}"))
+            if profiler is not None:
+                profiler.send_signal(2)
+                profiler.wait(60)
+            # Fresh tokens for every repetition, and the load process's client dirs removed.
+            shutil.rmtree(work / f"r{repetition}", ignore_errors=True)
+        floor = signing_floor_us()
+        commit = durable_commit_us()
+        tcp = tcp_bound_us(args.enrollments, hop=False)
+        hop = tcp_bound_us(args.enrollments, hop=True)
+        median = statistics.median(total for total, _ in figures)
+        reactor = statistics.median(on_reactor for _, on_reactor in figures)
+        print(f"TTP enrollment, {args.enrollments} sequential enrollments x {args.repetitions}, EC P-256 root and keys")
+        print("TTP CPU us/enrollment per repetition (all threads / reactor thread): "
+              + ", ".join(f"{total:.0f} / {on_reactor:.0f}" for total, on_reactor in figures))
+        print(f"median {median:.0f} us; signing floor (CSR load + verify + sign) {floor:.0f} us; "
+              f"ratio {median / floor:.2f}x; on the reactor thread {reactor:.0f} us, on the others {median - reactor:.0f} us")
+        bound = floor + commit + hop
+        print(f"bounds beside it: one durable SQLite commit (WAL, synchronous=FULL) {commit:.0f} us; one TCP "
+              f"request/reply in a bare Twisted server {tcp:.0f} us, {hop:.0f} us with the reply made on a one-thread "
+              f"pool; floor + commit + that {bound:.0f} us = {bound / floor:.2f}x the floor, the least a TTP built "
+              f"this way spends before any Python of its own; the TTP is {median / bound:.2f}x that")
+        if args.profile is not None and (args.profile / "ttp.raw").exists():
+            top = profile_top(args.profile / "ttp.raw")
+            (args.profile / "ttp.txt").write_text(top + "\n")
+            print(top)
+        return 0
+    finally:
+        if ttp_process is not None:
+            stop(ttp_process)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--echo-server"]:
+        echo_server_main(sys.argv[2] == "True")
+    else:
+        sys.exit(main(sys.argv[1:]))
