@@ -507,6 +507,9 @@ class BankWorker(service.Service):
         self.connections = DrainingFactory(self.factory, self.reactor)
         # adoptStreamPort duplicates the descriptor: close the inherited one.
         self.port = self.reactor.adoptStreamPort(self.listen_fd, c.family, self.connections)
+        # One accept per wake-up, not Twisted's default of up to 100: every worker is woken on the
+        # shared socket, so a burst is spread over them instead of drained by the first awake.
+        cast(Any, self.port).numberAccepts = 1
         os.close(self.listen_fd)
         log.info(
             "worker {index} serving (pid {pid})", index=c.index, pid=os.getpid(), **{READY_FIELD: True},
