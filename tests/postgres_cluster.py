@@ -22,6 +22,7 @@ import subprocess
 import tempfile
 import uuid
 from pathlib import Path
+from typing import Callable
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
@@ -129,18 +130,24 @@ def require_binaries(testcase: SynchronousTestCase) -> Path:
     return binaries
 
 
-def new_cluster(testcase: SynchronousTestCase) -> PostgresCluster:
-    """A started server of this test's own, destroyed when the test ends."""
+def started_cluster(testcase: SynchronousTestCase, destroy_with: Callable[[Callable[[], None]], object]) -> PostgresCluster:
+    """A started server; ``destroy_with`` registers its removal (a test cleanup, or atexit).
+    Binaries that are present but cannot start skip the test, or fail it under ``CI=true``."""
     binaries = require_binaries(testcase)
     try:
         cluster = PostgresCluster(binaries)
-        testcase.addCleanup(cluster.destroy)
+        destroy_with(cluster.destroy)
         cluster.start()
     except (ClusterError, OSError, subprocess.SubprocessError) as exc:
         if os.environ.get("CI") == "true":
             raise
         raise SkipTest(f"PostgreSQL binaries found in {binaries} but the server cannot start here: {exc}") from None
     return cluster
+
+
+def new_cluster(testcase: SynchronousTestCase) -> PostgresCluster:
+    """A started server of this test's own, destroyed when the test ends."""
+    return started_cluster(testcase, testcase.addCleanup)
 
 
 _shared: PostgresCluster | None = None
@@ -151,14 +158,5 @@ def shared_cluster(testcase: SynchronousTestCase) -> PostgresCluster:
     own database with ``create_database()``."""
     global _shared
     if _shared is None or not _shared.running:
-        binaries = require_binaries(testcase)
-        try:
-            cluster = PostgresCluster(binaries)
-            atexit.register(cluster.destroy)
-            cluster.start()
-        except (ClusterError, OSError, subprocess.SubprocessError) as exc:
-            if os.environ.get("CI") == "true":
-                raise
-            raise SkipTest(f"PostgreSQL binaries found in {binaries} but the server cannot start here: {exc}") from None
-        _shared = cluster
+        _shared = started_cluster(testcase, atexit.register)
     return _shared
