@@ -17,6 +17,7 @@ from tlsotp.handshake import DEFAULT_SUITES, suite_named, suites_for_key
 from tlsotp.otp import messages
 from tlsotp.pki.keys import KeyType
 from tlsotp.pki.roles import Role
+from tlsotp.pki.verify import PeerVerifier
 from tlsotp.services.bank_server import OTPServerFactory, ServerIdentity
 from tlsotp.services.otp_authority import OTPAuthority, OTPPolicy
 from tlsotp.services.otp_client import ClientSettings, SessionResult, confirm_otp, request_otp, request_otp_message
@@ -99,6 +100,26 @@ class SessionTests(LoopbackCase):
         stolen = await confirm_otp(reactor, server, self.settings(mallory), TX, grant.code)
         assert isinstance(stolen.answer, messages.ConfirmResult)
         self.assertEqual(stolen.answer.status, messages.ConfirmStatus.unknown_transaction)
+
+    async def test_one_settings_object_validates_a_server_chain_once(self) -> None:
+        """The settings' configuration is built once: the second session to the same server reuses
+        the validated chain; a renewed server certificate (other DER) is validated afresh."""
+        settings = self.settings()
+        server = await self.listen()
+        for i in range(3):
+            await request_otp(reactor, server, settings, f"Rs {i} to Bob")
+        config = settings.client_config()
+        self.assertIs(config, settings.client_config())
+        verifier = config.validate_peer
+        assert isinstance(verifier, PeerVerifier)
+        self.assertEqual(verifier.path_validations, 1)
+        renewed = await self.listen(self.ca.issue("bank.example", Role.SERVER))
+        await request_otp(reactor, renewed, settings, TX)
+        self.assertEqual(verifier.path_validations, 2)
+        # Settings with a CRL that revokes the server are another object: refused at once.
+        revoked = self.settings(crl=self.ca.crl(self.server.certificate))
+        error = await self.refused(request_otp(reactor, server, revoked, TX))
+        self.assertEqual(error.alert, Alert.certificate_revoked)
 
     async def test_rsa_server_and_client(self) -> None:
         rsa_server = self.ca.issue("bank.example", Role.SERVER, KeyType.RSA_2048)

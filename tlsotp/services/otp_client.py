@@ -16,6 +16,7 @@ issues nothing. Once the request has gone out, cancelling only stops the wait fo
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -67,6 +68,17 @@ class ClientSettings:
         object.__setattr__(self, "server_name", check_dns_name(self.server_name))
 
     def client_config(self) -> ClientConfig:
+        """The handshake configuration, built once per settings object and shared by its sessions.
+
+        The settings are frozen, so one configuration fits them all: its ``PeerVerifier`` checks
+        the CRL's signature once and validates a server chain once (the validity times and the
+        CRL's freshness and entries are still checked every session), the key and certificate
+        are matched once, and the chain is DER-encoded once. Settings with another root, CRL or
+        server name are another object, with a configuration of their own."""
+        return self._config
+
+    @functools.cached_property
+    def _config(self) -> ClientConfig:
         verifier = PeerVerifier(self.root, Role.SERVER, expected_names=[self.server_name], crl=self.crl)
         return ClientConfig(
             certificate_chain=tuple(self.chain),
