@@ -1,8 +1,9 @@
 """The OTP application messages against docs/protocol.rst, by generation.
 
 Round trips for every valid message, and the exact field bounds: which transactions and codes
-are accepted is decided here by an oracle written from the spec's words (``str.isprintable``
-is Python's statement of the same character rule, so the two formulations cross-check), and
+are accepted is decided here by an oracle written from the spec's words (Unicode general
+categories, read with ``unicodedata``; the code checks with ``str.isprintable``, so the two
+formulations cross-check, and one test compares them on every code point), and
 every byte string a peer could send either decodes to a message that re-encodes to exactly
 those bytes (the encoding is canonical) or is refused with the documented alert.
 """
@@ -27,7 +28,13 @@ from tlsotp.otp.messages import ConfirmStatus, MessageType
 
 def spec_transaction_ok(text: str) -> bool:
     """docs/protocol.rst: 1 to 200 code points, no C*/Z* except U+0020, NFC."""
-    return 1 <= len(text) <= 200 and text.isprintable() and unicodedata.normalize("NFC", text) == text
+    return 1 <= len(text) <= 200 and all(spec_char_ok(c) for c in text) and unicodedata.normalize("NFC", text) == text
+
+
+def spec_char_ok(char: str) -> bool:
+    """docs/protocol.rst: no general category C* (controls, format, surrogates, private use,
+    unassigned) and no Z* (separators) except U+0020 SPACE."""
+    return char == " " or unicodedata.category(char)[0] not in "CZ"
 
 
 def spec_code_ok(code: str) -> bool:
@@ -147,6 +154,13 @@ class BoundsTests(unittest.SynchronousTestCase):
             self.assertEqual(refusal(raw_request(text)), Alert.decode_error)
             self.assertRaises(ValueError, messages.check_transaction, text)
             self.assertRaises(ValueError, messages.encode, messages.OTPRequest(text))
+
+    def test_the_character_rule_is_str_isprintable_on_every_code_point(self) -> None:
+        """``check_text`` runs ``str.isprintable``; the spec's rule is the categories: the same
+        verdict for each of the 1,114,112 code points (surrogates included)."""
+        differ = [hex(n) for n in range(0x110000) if spec_char_ok(chr(n)) != chr(n).isprintable()]
+        self.assertEqual(differ, [])
+        self.assertTrue(all(messages.is_printable_char(chr(n)) == spec_char_ok(chr(n)) for n in range(0, 0x110000, 97)))
 
     @given(st.text(st.characters(codec="utf-8"), max_size=14) | st.from_regex(r"[0-9]{0,14}", fullmatch=True))
     @example("1")

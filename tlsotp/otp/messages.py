@@ -83,8 +83,12 @@ def is_printable_char(char: str) -> bool:
 
 
 def check_text(text: str, max_chars: int, what: str) -> str:
-    """1 to ``max_chars`` code points, each printable (``is_printable_char``)."""
-    if not 1 <= len(text) <= max_chars or not all(is_printable_char(c) for c in text):
+    """1 to ``max_chars`` code points, each printable (``is_printable_char``).
+
+    ``str.isprintable`` is that same rule (CPython's printable flag is every category but C* and
+    Z*, plus U+0020, from the same Unicode database as ``unicodedata``; a test compares the two
+    over every code point), run in C rather than one Python call per character."""
+    if not 1 <= len(text) <= max_chars or not text.isprintable():
         raise ValueError(
             f"{what} is 1 to {max_chars} printable characters on one line"
             " (no control, format, separator other than space, private-use or unassigned characters)"
