@@ -20,7 +20,8 @@ handshake + tiny request + response).
 Per configuration (medians of the repetitions): server CPU us/session over the server's whole
 process tree (psutil: workers included), sessions/s, client p50/p99 latency, load generator CPU
 us/session, the ratios tlsotp/TLS and tlsotp/crypto floor (the suite's primitives timed in one
-loop, ``crypto_floor_us``); the bytes each way per session, counted on TCP by the load generator
+loop, ``crypto_floor_us``), TLS/floor, and tlsotp/bound (the floor plus what a bare Twisted TCP
+server spends per connection, ``benchmarks.ttp_enrollment.tcp_bound_us``); the bytes each way per session, counted on TCP by the load generator
 in a run of its own (below TLS for the TLS server; checked against the tlsotp client's own
 ChannelStats) with the suite, or TLS cipher and group, negotiated; RSS per idle connection (500
 connections opened and left silent) and a 500-connect burst (ms until every connect completed),
@@ -530,6 +531,11 @@ def run_daemons(args: argparse.Namespace, key_types: list[str], work: Path, star
             k: crypto_floor_us(k, args.suite or KEY_TYPES[k][0] or DEFAULT_EC_SUITE, 100 if k.startswith("rsa") else 300)
             for k in key_types
         }
+        # What a bare Twisted server spends per connection (accept, one netstring in, one reply out,
+        # close): with the floor, the least any server on Twisted spends per session, printed beside it.
+        from benchmarks.ttp_enrollment import tcp_bound_us
+
+        args.bare_tcp_us = tcp_bound_us(300, hop=False)
         enrollment = enrollment_cpu_us(processes[0], ttp, fingerprint, work, args.enrollments)
         if enrollment[1]:
             failed = True
@@ -653,13 +659,20 @@ def render(rows: list[dict[str, Any]], levels: dict[str, list[int]], extras: dic
             per_rep = [one("tlsotp", rep) / one("tls", rep) for rep in range(1, args.repetitions + 1)]
             ratios.append(f"- {KEY_TYPES[key_type][1]}, {level} concurrent: server CPU per session tlsotp/TLS "
                           f"{mine / theirs:.2f}x (medians; per repetition {', '.join(f'{r:.2f}x' for r in per_rep)}), "
-                          f"tlsotp/floor {mine / floors[key_type]:.2f}x")
+                          f"tlsotp/floor {mine / floors[key_type]:.2f}x, TLS/floor {theirs / floors[key_type]:.2f}x; "
+                          f"tlsotp/bound {mine / (floors[key_type] + args.bare_tcp_us):.2f}x")
     floor_lines = [f"- {KEY_TYPES[k][1]}: {args.suite or KEY_TYPES[k][0] or DEFAULT_EC_SUITE} "
                    f"({'1 RSA-OAEP decryption' if (args.suite or KEY_TYPES[k][0] or '').startswith('TLSOTP_RSA_OAEP') else 'X25519'}, "
                    f"1 {'RSA-PSS' if k.startswith('rsa') else 'ECDSA'} sign, 1 verify, HKDF, AES-GCM records; one loop): "
                    f"{floors[k]:.0f} us/session for a returning client (its certificate already validated: the ratio's "
                    f"floor); {args.first_contact_floors[k]:.0f} us/session at first contact (2 verify, as TLS does each time)"
                    for k in levels]
+    floor_lines += [f"- The bound beside it: a bare Twisted TCP server (accept, one ~700-byte netstring in, one ~1100-byte "
+                    f"reply out, close; no crypto, no store, no log) spends {args.bare_tcp_us:.0f} us per connection here; "
+                    + "; ".join(f"{KEY_TYPES[k][1]} floor + that = {floors[k] + args.bare_tcp_us:.0f} us = "
+                                f"{(floors[k] + args.bare_tcp_us) / floors[k]:.2f}x its floor" for k in levels)
+                    + ": the least a server on Twisted spends per session of that suite, before any handshake code, "
+                      "OTP store or log line of its own"]
     memory = [(KEY_TYPES[k][1], label[kind], f"{rss / 1024:.1f}", f"{ms:.0f}") for (k, kind), (rss, ms) in extras.items()]
     bytes_rows = [(KEY_TYPES[k][1], label[kind], negotiated[(k, kind)], f"{sent:.0f}", f"{received:.0f}", f"{sent + received:.0f}")
                   for (k, kind), (sent, received) in wire.items()]
@@ -668,6 +681,9 @@ def render(rows: list[dict[str, Any]], levels: dict[str, list[int]], extras: dic
         f"concurrent), certificates from one TTP (EC P-256 root), server CPU over its process tree; medians; "
         f"{psutil.cpu_count()} CPUs, load average {', '.join(f'{x:.1f}' for x in psutil.getloadavg())}; "
         f"sessions done at {elapsed:.0f} s", "",
+        "Each load process keeps one ClientSettings (tlsotp) or one TLS context (TLS), as embedding code would: "
+        "the tlsotp client validates the server's chain once per process and then checks its times and the CRL "
+        "per session; every session is a new TCP connection and a full, fresh handshake for the server.", "",
         rst_table(("certificates", *COLUMNS), table), "",
         "Crypto floor (the server's primitives per session, with the client's certificate of the same key type):",
         "",
