@@ -1,13 +1,15 @@
 """``twistd -n tlsotp-server --workers N`` under a load that saturates the machine.
 
     pip install -e '.[bench]'
-    python benchmarks/workers.py [--workers 1,2] [--sessions 2000] [--concurrency 50] [--load-processes CORES]
+    python benchmarks/workers.py [--workers 1,2] [--sessions 3000] [--repetitions 3] [--concurrency 50]
+                                 [--load-processes CORES]
 
 Starts a TTP and, for each N of ``--workers`` (a scan: ``--workers 1,2,4,8``), a freshly enrolled
-``twistd -n tlsotp-server --workers N`` (EC P-256, default suites). ``--load-processes`` load
-generators (one per core by default) then run ``--sessions`` sessions in all, ``--concurrency``
+``twistd -n tlsotp-server --workers N`` (EC P-256, default suites), all of them at once. For each
+of ``--repetitions`` rounds, each server in turn (interleaved: 1, 2, 1, 2, ...), ``--load-processes``
+load generators (one per core by default) run ``--sessions`` sessions in all, ``--concurrency``
 at a time in all, each a fresh connection: handshake + OTP request + grant, committed by the
-server. Printed per N: sessions/s, server CPU per session (psutil over the supervisor's whole
+server. Printed per run, then as medians over the repetitions, per N: sessions/s, server CPU per session (psutil over the supervisor's whole
 process tree, workers included), the supervisor's own part of it, the load generators' CPU per
 session, the share of sessions each worker served (from the per-session lines of the server's
 log), and the machine's bound: cores / (server CPU per session + load generator CPU per
@@ -27,6 +29,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -147,7 +150,8 @@ def served_by(log: str) -> dict[str, int]:
     return counts
 
 
-def run_one(work: Path, ttp: str, fingerprint: str, workers: int, args: argparse.Namespace) -> dict[str, Any]:
+def start_server(work: Path, ttp: str, fingerprint: str, workers: int, args: argparse.Namespace) -> dict[str, Any]:
+    """A freshly enrolled ``twistd -n tlsotp-server --workers N``, listening and warmed up."""
     name = "bank.example"
     token = tlsotp("ttp", "token", "--data-dir", str(work / "ttp"), "--name", name, "--role", "server").strip().splitlines()[-1]
     port = free_port()
@@ -159,20 +163,28 @@ def run_one(work: Path, ttp: str, fingerprint: str, workers: int, args: argparse
         "--ca-fingerprint", fingerprint, "--token", token, "--key-type", "ec-p256",
         "--max-connections", "1024", "--max-per-address", "1024", "--workers", str(workers),
     ], work / f"server-{workers}.out")
+    target = {"workers": workers, "process": server, "port": port, "log": log_path, "name": name}
     try:
         wait_listening(server, port, f"the server with {workers} worker(s)")
         poll_for(lambda: "listening on" in log_path.read_text(), 60)
         # Warm-up (imports, first database pages), not measured.
         drive(work, port, name, min(10, args.concurrency), 20 * workers, 1, "warm")
-        log_before = len(log_path.read_text())
-        cpu_before, own_before = tree_cpu(server.pid)
-        result = drive(work, port, name, args.concurrency, args.sessions, args.load_processes, f"w{workers}")
-        cpu_after, own_after = tree_cpu(server.pid)
-        done = result["done"]
-        poll_for(lambda: sum(served_by(log_path.read_text()[log_before:]).values()) >= done, 30)
-        shares = served_by(log_path.read_text()[log_before:])
-    finally:
+    except BaseException:
         stop(server)
+        raise
+    return target
+
+
+def run_one(work: Path, target: dict[str, Any], args: argparse.Namespace, tag: str) -> dict[str, Any]:
+    """One measured run of ``--sessions`` sessions against a started server."""
+    server, port, log_path, name, workers = target["process"], target["port"], target["log"], target["name"], target["workers"]
+    log_before = len(log_path.read_text())
+    cpu_before, own_before = tree_cpu(server.pid)
+    result = drive(work, port, name, args.concurrency, args.sessions, args.load_processes, f"w{workers}-{tag}")
+    cpu_after, own_after = tree_cpu(server.pid)
+    done = result["done"]
+    poll_for(lambda: sum(served_by(log_path.read_text()[log_before:]).values()) >= done, 30)
+    shares = served_by(log_path.read_text()[log_before:])
     cores = os.cpu_count() or 1
     server_us = (cpu_after - cpu_before) / max(done, 1) * 1e6
     load_us = result["cpu"] / max(done, 1) * 1e6
@@ -184,6 +196,20 @@ def run_one(work: Path, ttp: str, fingerprint: str, workers: int, args: argparse
         "load_us": load_us, "bound": bound, "cores": cores,
         "shares": {k: v / max(1, sum(shares.values())) for k, v in sorted(shares.items())},
     }
+
+
+def median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure's median over the repetitions (shares: the repetitions' sessions pooled)."""
+    row = dict(rows[0])
+    for key in ("rate", "server_us", "supervisor_us", "load_us", "bound"):
+        row[key] = statistics.median(r[key] for r in rows)
+    row["sessions"], row["failed"] = sum(r["sessions"] for r in rows), sum(r["failed"] for r in rows)
+    pooled: dict[str, float] = {}
+    for r in rows:
+        for k, v in r["shares"].items():
+            pooled[k] = pooled.get(k, 0.0) + v / len(rows)
+    row["shares"] = pooled
+    return row
 
 
 def drive(work: Path, port: int, name: str, concurrency: int, sessions: int, processes: int, tag: str) -> dict[str, Any]:
@@ -244,7 +270,8 @@ def render(row: dict[str, Any]) -> str:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts to run (a scan)")
-    parser.add_argument("--sessions", type=int, default=2000, help="sessions per configuration")
+    parser.add_argument("--sessions", type=int, default=3000, help="sessions per configuration and repetition")
+    parser.add_argument("--repetitions", type=int, default=3, help="interleaved repetitions (medians reported)")
     parser.add_argument("--concurrency", type=int, default=50, help="sessions at a time, over all load generators")
     parser.add_argument("--load-processes", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, data dirs)")
@@ -276,20 +303,37 @@ def main(argv: list[str]) -> int:
               f"{args.load_processes} load generator process(es); EC P-256, default suites; data dirs in {work}",
               flush=True)
         print(CHEAPER, flush=True)
-        rows = []
-        for n in counts:
-            row = run_one(work, ttp, fingerprint, n, args)
-            rows.append(row)
-            if row["failed"] or row["sessions"] != args.sessions:
-                failed = True
-                print(f"--workers {n}: {row['failed']} sessions failed: {row['failures']}", file=sys.stderr)
+        targets = []
+        try:
+            for n in counts:
+                targets.append(start_server(work, ttp, fingerprint, n, args))
+            runs: dict[int, list[dict[str, Any]]] = {n: [] for n in counts}
+            for rep in range(1, args.repetitions + 1):  # interleaved: 1, 2, 1, 2, ...
+                for target in targets:
+                    row = run_one(work, target, args, str(rep))
+                    runs[target["workers"]].append(row)
+                    if row["failed"] or row["sessions"] != args.sessions:
+                        failed = True
+                        print(f"--workers {row['workers']} run {rep}: {row['failed']} sessions failed: {row['failures']}",
+                              file=sys.stderr)
+                    print(f"run {rep} {render(row)}", flush=True)
+        finally:
+            for target in targets:
+                stop(target["process"])
+        print()
+        print(f"medians of {args.repetitions} interleaved repetition(s):")
+        rows = [median_row(runs[n]) for n in counts]
+        for row in rows:
             print(render(row), flush=True)
         if len(rows) > 1 and rows[0]["workers"] == 1:
             one = rows[0]
             for row in rows[1:]:
-                print(f"--workers {row['workers']} vs 1: server CPU per session {row['server_us'] / one['server_us']:.2f}x, "
-                      f"sessions/s {row['rate'] / one['rate']:.2f}x (the load generator's unchanged work: "
-                      f"{row['load_us'] / one['load_us']:.2f}x CPU per session, the machine's own contention)", flush=True)
+                n = row["workers"]
+                per_rep = [r["server_us"] / o["server_us"] for r, o in zip(runs[n], runs[1])]
+                print(f"--workers {n} vs 1: server CPU per session {row['server_us'] / one['server_us']:.2f}x (per repetition "
+                      f"{', '.join(f'{x:.2f}x' for x in per_rep)}), sessions/s {row['rate'] / one['rate']:.2f}x (the load "
+                      f"generator's unchanged work: {row['load_us'] / one['load_us']:.2f}x CPU per session, the machine's "
+                      f"own contention)", flush=True)
         return 1 if failed else 0
     finally:
         for process in reversed(processes):
