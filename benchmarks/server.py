@@ -21,8 +21,8 @@ Per configuration (medians of the repetitions): server CPU us/session over the s
 process tree (psutil: workers included), sessions/s, client p50/p99 latency, load generator CPU
 us/session, the ratios tlsotp/TLS and tlsotp/crypto floor (the suite's primitives timed in one
 loop, ``crypto_floor_us``), TLS/floor, and tlsotp/bound (the floor plus what a bare Twisted TCP
-server spends per connection, ``benchmarks.ttp_enrollment.tcp_bound_us``); the bytes each way per session, counted on TCP by the load generator
-in a run of its own (below TLS for the TLS server; checked against the tlsotp client's own
+server spends per connection, ``benchmarks.ttp_enrollment.tcp_bound_us``); the bytes each way
+per session, counted on TCP by the load generator in a run of its own (below TLS for the TLS server; checked against the tlsotp client's own
 ChannelStats) with the suite, or TLS cipher and group, negotiated; RSS per idle connection (500
 connections opened and left silent) and a 500-connect burst (ms until every connect completed),
 both taken first, before any session; the TTP's CPU per enrollment (``--enrollments``
