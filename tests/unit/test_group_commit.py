@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from tests.test_ttp_fixtures import reactor
@@ -57,11 +58,24 @@ class GroupCommitTests(unittest.TestCase):
             seen_at_answer[n] = n in self.committed()
             return n
 
-        calls = [self.worker.transact(insert, n).addCallback(answered) for n in range(100)]
+        first = self.worker.transact(insert, 0).addCallback(answered)
+        await deferLater(reactor, 0, lambda: None)  # the next iteration: the first group is in flight
+        self.assertEqual(self.worker.groups, 1)
+        calls = [first, *(self.worker.transact(insert, n).addCallback(answered) for n in range(1, 100))]
         self.assertEqual(await gatherResults(calls), list(range(100)))
         self.assertEqual(seen_at_answer, {n: True for n in range(100)})
         self.assertEqual(self.committed(), set(range(100)))
-        # The first goes alone; the 99 queued meanwhile share one transaction.
+        # The first went alone; the 99 queued while it committed share one transaction.
+        self.assertEqual(self.worker.groups, 2)
+
+    async def test_calls_made_in_one_reactor_iteration_share_one_transaction(self) -> None:
+        """An idle worker waits for the end of the iteration before it starts a group, so calls
+        made by the connections handled in the same iteration are committed together."""
+        calls = [self.worker.transact(insert, n) for n in range(10)]
+        self.assertEqual(self.worker.groups, 0)  # nothing started yet: the iteration is not over
+        self.assertEqual(await gatherResults(calls), list(range(10)))
+        self.assertEqual(self.worker.groups, 1)
+        self.assertEqual(await self.worker.transact(insert, 10), 10)  # idle again: a group of its own
         self.assertEqual(self.worker.groups, 2)
 
     async def test_a_failing_call_is_rolled_back_alone(self) -> None:
@@ -79,7 +93,7 @@ class GroupCommitTests(unittest.TestCase):
         self.assertIn("UNIQUE", str(duplicate.exception))
         self.assertEqual(await calls[3], 3)
         self.assertEqual(self.committed(), {1, 3})
-        self.assertEqual(self.worker.groups, 2)
+        self.assertEqual(self.worker.groups, 1)  # all four in one transaction, each in its savepoint
 
     async def test_stop_commits_what_is_queued_then_refuses(self) -> None:
         calls = [self.worker.transact(insert, n) for n in range(10)]

@@ -4,13 +4,14 @@ Both stores use it: the bank server's OTP store (a ``sqlite3.Connection`` on a
 ``SQLiteGroupWorker``, see below) and the TTP's (a ``tlsotp.ttp.store.Store`` inside an
 ``Issuer``, whose decisions each run in their own ``BEGIN IMMEDIATE`` transaction).
 
-``SQLiteGroupWorker.transact`` is group commit: every call queued while the thread is busy goes
-into the next transaction, each call in its own SAVEPOINT (one that raises is rolled back alone
-and fails alone), and the whole group is committed at once: one ``BEGIN IMMEDIATE``, one COMMIT
-(one fsync of the WAL under ``synchronous=FULL``), and one hop back to the reactor for all of
-them. No answer is given before the commit that made it durable returns, so durability is that
-of one transaction per call; under load it costs one fsync and one thread hop per group, not per
-call (``benchmarks/otp_group_commit.py`` measures it).
+``SQLiteGroupWorker.transact`` is group commit: every call queued while the thread is busy, or
+during the reactor iteration that found it idle, goes into the next transaction, each call in
+its own SAVEPOINT (one that raises is rolled back alone and fails alone), and the whole group is
+committed at once: one ``BEGIN IMMEDIATE``, one COMMIT (one fsync of the WAL under
+``synchronous=FULL``), and one hop back to the reactor for all of them. No answer is given
+before the commit that made it durable returns, so durability is that of one transaction per
+call; under load it costs one fsync and one thread hop per group, not per call
+(``benchmarks/otp_group_commit.py`` measures it).
 
 SQLite work must not block the reactor, and read-modify-write sequences (spend a token, count
 a wrong guess) must not interleave: one thread running one call at a time gives both, with no
@@ -29,7 +30,7 @@ from typing import Any, Callable, Concatenate, Generic, ParamSpec, TypeVar
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
@@ -193,6 +194,11 @@ class SQLiteGroupWorker(DatabaseWorker[sqlite3.Connection]):
         thread_name: str = "database",
     ) -> None:
         super().__init__(reactor, open_resource, sqlite3.Connection.close, thread_name)
+        # An idle worker starts its next group at the end of the reactor iteration that queued the
+        # group's first call (a zero-delay timed call runs once the I/O events of that iteration
+        # have been handled), so the calls other connections make in that same iteration join it:
+        # one hop and one fsync for all of them instead of one each.
+        self._call_later = reactor.callLater if IReactorTime.providedBy(reactor) else None  # type: ignore[attr-defined]
         self.path = path
         self._queue: deque[_Call] = deque()
         self._in_flight = False
@@ -208,7 +214,11 @@ class SQLiteGroupWorker(DatabaseWorker[sqlite3.Connection]):
         d: Deferred[R] = Deferred()
         self._queue.append((fn, args, kwargs, d))
         if not self._in_flight:
-            self._next_group()
+            self._in_flight = True  # a group is coming: stopService waits for it
+            if self._call_later is None:
+                self._next_group()
+            else:
+                self._call_later(0, self._next_group)
         return d
 
     def _next_group(self) -> None:
