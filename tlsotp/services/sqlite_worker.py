@@ -198,7 +198,7 @@ class SQLiteGroupWorker(DatabaseWorker[sqlite3.Connection]):
         # group's first call (a zero-delay timed call runs once the I/O events of that iteration
         # have been handled), so the calls other connections make in that same iteration join it:
         # one hop and one fsync for all of them instead of one each.
-        self._call_later = reactor.callLater if IReactorTime.providedBy(reactor) else None  # type: ignore[attr-defined]
+        self._call_later = reactor.callLater if IReactorTime.providedBy(reactor) else None
         self.path = path
         self._queue: deque[_Call] = deque()
         self._in_flight = False
