@@ -178,13 +178,13 @@ def start_server(work: Path, ttp: str, fingerprint: str, workers: int, args: arg
 def run_one(work: Path, target: dict[str, Any], args: argparse.Namespace, tag: str) -> dict[str, Any]:
     """One measured run of ``--sessions`` sessions against a started server."""
     server, port, log_path, name, workers = target["process"], target["port"], target["log"], target["name"], target["workers"]
-    log_before = len(log_path.read_text())
+    log_before = len(whole_log(log_path))
     cpu_before, own_before = tree_cpu(server.pid)
     result = drive(work, port, name, args.concurrency, args.sessions, args.load_processes, f"w{workers}-{tag}")
     cpu_after, own_after = tree_cpu(server.pid)
     done = result["done"]
-    poll_for(lambda: sum(served_by(log_path.read_text()[log_before:]).values()) >= done, 30)
-    shares = served_by(log_path.read_text()[log_before:])
+    poll_for(lambda: sum(served_by(whole_log(log_path)[log_before:]).values()) >= done, 30)
+    shares = served_by(whole_log(log_path)[log_before:])
     cores = os.cpu_count() or 1
     server_us = (cpu_after - cpu_before) / max(done, 1) * 1e6
     load_us = result["cpu"] / max(done, 1) * 1e6
@@ -196,6 +196,14 @@ def run_one(work: Path, target: dict[str, Any], args: argparse.Namespace, tag: s
         "load_us": load_us, "bound": bound, "cores": cores,
         "shares": {k: v / max(1, sum(shares.values())) for k, v in sorted(shares.items())},
     }
+
+
+def whole_log(path: Path) -> str:
+    """The server's log from its start: twistd's ``--logfile`` rotates at 1 MB (``server.log.1``
+    is the newest rotated part, higher numbers older), so a run's lines may span several files."""
+    rotated = sorted(path.parent.glob(path.name + ".*"), key=lambda p: int(p.suffix[1:]) if p.suffix[1:].isdigit() else 0,
+                     reverse=True)
+    return "".join(p.read_text() for p in rotated if p.suffix[1:].isdigit()) + path.read_text()
 
 
 def median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
