@@ -22,16 +22,17 @@ process tree (psutil: workers included), sessions/s, client p50/p99 latency, loa
 us/session, the ratios tlsotp/TLS and tlsotp/crypto floor (the suite's primitives timed in one
 loop, ``crypto_floor_us``), TLS/floor, and tlsotp/bound (the floor plus what a bare Twisted TCP
 server spends per connection, ``benchmarks.ttp_enrollment.tcp_bound_us``); the bytes each way
-per session, counted on TCP by the load generator in a run of its own (below TLS for the TLS server; checked against the tlsotp client's own
-ChannelStats) with the suite, or TLS cipher and group, negotiated; RSS per idle connection (500
-connections opened and left silent) and a 500-connect burst (ms until every connect completed),
-both taken first, before any session; the TTP's CPU per enrollment (``--enrollments``
-sequential ones from a separate process) against its signing floor (CSR load + verify + sign,
-in one loop); and a memory soak: the first key type's tlsotp server's RSS every tenth of
-``--soak`` sessions at 50 concurrent, with the growth per 1,000 sessions. Tables are printed as
-RST, ready to paste into docs/performance.rst, and an SVG bar chart of CPU per session (tlsotp,
-TLS, floor) per configuration is written to ``--plot`` (default docs/performance-cpu.svg) when
-matplotlib is installed. Exits 1 if any session, enrollment or soak chunk failed.
+per session, counted on TCP by the load generator in a run of its own (below TLS for the TLS
+server; checked against the tlsotp client's own ChannelStats) with the suite, or TLS cipher and
+group, negotiated; RSS per idle connection (500 connections opened and left silent) and a
+500-connect burst (ms until every connect completed), both taken first, before any session; the
+TTP's CPU per enrollment (``--enrollments`` sequential ones from a separate process) against its
+signing floor (CSR load + verify + sign, in one loop); and a memory soak: the first key type's
+tlsotp server's RSS every tenth of ``--soak`` sessions at 50 concurrent, with the growth per
+1,000 sessions. Tables are printed as RST, ready to paste into docs/performance.rst, and an SVG
+bar chart of CPU per session (tlsotp, TLS, floor) per configuration is written to ``--plot``
+(default docs/performance-cpu.svg) when matplotlib is installed. Exits 1 if any session,
+enrollment or soak chunk failed.
 
 ``--otp-store`` runs only the store benchmark: ``tlsotp.otp.store`` issue + confirm on a real
 SQLite file (``configure_connection``) filled to each of ``--otp-store-rows`` rows (1M rows: about

@@ -4,16 +4,17 @@
     python benchmarks/workers.py [--workers 1,2] [--sessions 3000] [--repetitions 3] [--concurrency 50]
                                  [--load-processes CORES]
 
-Starts a TTP and, for each N of ``--workers`` (a scan: ``--workers 1,2,4,8``), a freshly enrolled
-``twistd -n tlsotp-server --workers N`` (EC P-256, default suites), all of them at once. For each
-of ``--repetitions`` rounds, each server in turn (interleaved: 1, 2, 1, 2, ...), ``--load-processes``
-load generators (one per core by default) run ``--sessions`` sessions in all, ``--concurrency``
-at a time in all, each a fresh connection: handshake + OTP request + grant, committed by the
-server. Printed per run, then as medians over the repetitions, per N: sessions/s, server CPU per session (psutil over the supervisor's whole
-process tree, workers included), the supervisor's own part of it, the load generators' CPU per
-session, the share of sessions each worker served (from the per-session lines of the server's
-log), and the machine's bound: cores / (server CPU per session + load generator CPU per
-session), the rate the machine allows when server and load share its cores.
+Starts a TTP and, for each N of ``--workers`` (a scan: ``--workers 1,2,4,8``), a freshly
+enrolled ``twistd -n tlsotp-server --workers N`` (EC P-256, default suites), all of them at
+once. For each of ``--repetitions`` rounds, each server in turn (interleaved: 1, 2, 1, 2, ...),
+``--load-processes`` load generators (one per core by default) run ``--sessions`` sessions in
+all, ``--concurrency`` at a time in all, each a fresh connection: handshake + OTP request +
+grant, committed by the server. Printed per run, then as medians over the repetitions, per N:
+sessions/s, server CPU per session (psutil over the supervisor's whole process tree, workers
+included), the supervisor's own part of it, the load generators' CPU per session, the share of
+sessions each worker served (from the per-session lines of the server's log), and the machine's
+bound: cores / (server CPU per session + load generator CPU per session), the rate the machine
+allows when server and load share its cores.
 
 The load generator cuts its own cost, never the server's: it verifies the server's certificate
 chain (path, CRL) once and then accepts that same chain by its DER, and it makes its ECDHE key
@@ -201,9 +202,9 @@ def run_one(work: Path, target: dict[str, Any], args: argparse.Namespace, tag: s
 def whole_log(path: Path) -> str:
     """The server's log from its start: twistd's ``--logfile`` rotates at 1 MB (``server.log.1``
     is the newest rotated part, higher numbers older), so a run's lines may span several files."""
-    rotated = sorted(path.parent.glob(path.name + ".*"), key=lambda p: int(p.suffix[1:]) if p.suffix[1:].isdigit() else 0,
-                     reverse=True)
-    return "".join(p.read_text() for p in rotated if p.suffix[1:].isdigit()) + path.read_text()
+    rotated = [p for p in path.parent.glob(path.name + ".*") if p.suffix[1:].isdigit()]
+    rotated.sort(key=lambda p: int(p.suffix[1:]), reverse=True)
+    return "".join(p.read_text() for p in rotated) + path.read_text()
 
 
 def median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
