@@ -1,7 +1,8 @@
 """The OTP store's indexes fit its queries (issue 12): each hot statement's plan, taken from the
 statements the store really runs (SQLite's trace of them, parameters bound), searches the
 partial index made for it, and re-requests for one (client, transaction) do not cost more SQLite
-steps as the pair's rows pile up. Also the version 1 -> 2 migration of an existing file."""
+steps as the pair's rows pile up; a confirmation's update names its row by rowid (no search of
+the random-keyed id index). Also the version 1 -> 2 migration of an existing file."""
 
 from __future__ import annotations
 
@@ -60,6 +61,16 @@ def plan(db: sqlite3.Connection, statement: str) -> list[str]:
     return [row[3] for row in db.execute("EXPLAIN QUERY PLAN " + statement)]
 
 
+def uses(plan_line: str, index: str) -> bool:
+    if index == ROWID:
+        return "USING INTEGER PRIMARY KEY (rowid=?)" in plan_line
+    return f"USING INDEX {index} " in plan_line or f"USING COVERING INDEX {index} " in plan_line
+
+
+#: ``assert_plans``' name for a search of the table itself by rowid.
+ROWID = "rowid"
+
+
 def steps(db: sqlite3.Connection, action: object) -> int:
     """How many SQLite virtual machine instructions (in hundreds) ``action()`` costs."""
     count = 0
@@ -92,7 +103,8 @@ class IndexPlanTests(unittest.SynchronousTestCase):
             issue(self.db, 1400 + i)
 
     def assert_plans(self, statements: list[str], expected: dict[str, str]) -> None:
-        """Each statement containing a key's text searches the named index; none scans."""
+        """Each statement containing a key's text searches the named index (``ROWID``: the
+        table's own B-tree by rowid); none scans."""
         seen = set()
         for statement in statements:
             lines = plan(self.db, statement)
@@ -101,8 +113,7 @@ class IndexPlanTests(unittest.SynchronousTestCase):
             for fragment, index in expected.items():
                 if fragment in statement:
                     seen.add(fragment)
-                    self.assertTrue(any(f"USING INDEX {index} " in line or f"USING COVERING INDEX {index} " in line
-                                        for line in lines), f"{statement}: {lines}")
+                    self.assertTrue(any(uses(line, index) for line in lines), f"{statement}: {lines}")
         self.assertEqual(seen, set(expected), statements)
 
     def test_issue_searches_the_locked_and_pending_indexes(self) -> None:
@@ -118,9 +129,32 @@ class IndexPlanTests(unittest.SynchronousTestCase):
                 "status = 'used'": "otps_used",
                 "status = 'locked'": "otps_locked",
                 "ORDER BY issued_at DESC": "otps_by_client",
-                "SET failed_attempts": "sqlite_autoindex_otps_1",
+                # The row just read, by its rowid: no descent into the random-keyed id index.
+                "SET failed_attempts": ROWID,
             },
         )
+
+    def test_the_confirmations_updates_name_the_row_by_rowid(self) -> None:
+        """Accepted, wrong and locking confirmations update the row they read by its rowid and
+        never search the id index (whose leaves are random, so seldom cached in a big table)."""
+        fresh = issue(self.db, 3000, tx="fresh")
+        statements = traced(self.db, lambda: confirm(self.db, "x", 3001, tx="fresh"))
+        statements += traced(self.db, lambda: confirm(self.db, fresh.code, 3001, tx="fresh"))
+        issue(self.db, 3002, tx="to lock")
+        for _ in range(3):
+            statements += traced(self.db, lambda: confirm(self.db, "x", 3003, tx="to lock"))
+        updates = [s for s in statements if s.startswith("UPDATE")]
+        self.assertEqual([u.split(" WHERE ")[0].split(" SET ")[1].split(" = ")[0] for u in updates],
+                         ["failed_attempts", "status", "failed_attempts", "failed_attempts", "status"])
+        for statement in statements:
+            self.assertFalse(any("sqlite_autoindex_otps_1" in line for line in plan(self.db, statement)), statement)
+        for update in updates:
+            self.assertTrue(any(uses(line, ROWID) for line in plan(self.db, update)), update)
+        # And the rows are the ones confirmed: the fresh code is used, the other pair locked.
+        self.assertEqual(confirm(self.db, fresh.code, 3004, tx="fresh").status, ConfirmStatus.already_used)
+        self.assertEqual(confirm(self.db, "x", 3004, tx="to lock").status, ConfirmStatus.locked)
+        with self.assertRaises(store.TransactionLocked):
+            issue(self.db, 3005, tx="to lock")
 
     def test_prune_searches_the_expiry_index(self) -> None:
         statements = traced(self.db, lambda: store.prune(self.db.cursor(), expired_before=1200))
