@@ -2,7 +2,8 @@
 statements the store really runs (SQLite's trace of them, parameters bound), searches the
 partial index made for it, and re-requests for one (client, transaction) do not cost more SQLite
 steps as the pair's rows pile up; a confirmation's update names its row by rowid (no search of
-the random-keyed id index). Also the version 1 -> 2 migration of an existing file."""
+the random-keyed id index). Also the version 1 -> 2 migration of an existing file, and the
+bounded page cache every open sets (``store.CACHE_SIZE_KIB``)."""
 
 from __future__ import annotations
 
@@ -229,6 +230,43 @@ class MigrationTests(unittest.SynchronousTestCase):
         db.execute(f"PRAGMA user_version = {store.SCHEMA_VERSION + 1}")
         with self.assertRaises(store.SchemaError):
             store.configure_connection(db)
+
+
+class PageCacheTests(unittest.SynchronousTestCase):
+    """``configure_connection`` sets the bounded page cache on every open (it is per connection,
+    not in the file), so a file made before it gets it too."""
+
+    def cache_kib(self, db: sqlite3.Connection) -> int:
+        return -int(db.execute("PRAGMA cache_size").fetchone()[0])
+
+    def test_a_new_file_gets_the_cache(self) -> None:
+        db = sqlite3.connect(self.mktemp() + ".sqlite3")
+        self.addCleanup(db.close)
+        self.assertEqual(self.cache_kib(db), 2000)  # SQLite's default, for contrast
+        store.configure_connection(db)
+        self.assertEqual(self.cache_kib(db), store.CACHE_SIZE_KIB)
+        self.assertEqual(store.CACHE_SIZE_KIB, 8192)
+
+    def test_an_old_file_gets_the_cache_when_opened(self) -> None:
+        path = self.mktemp() + ".sqlite3"
+        old = sqlite3.connect(path)
+        old.executescript(OLD_SCHEMA)
+        old.close()
+        db = sqlite3.connect(path)
+        self.addCleanup(db.close)
+        store.configure_connection(db)
+        self.assertEqual(self.cache_kib(db), store.CACHE_SIZE_KIB)
+        self.assertEqual(store.schema_version(db.cursor()), store.SCHEMA_VERSION)
+
+    def test_the_daemons_connection_has_it(self) -> None:
+        from tlsotp.services.otp_authority import DATABASE_FILE
+        from tlsotp.services.sqlite_worker import open_sqlite
+
+        data = Path(self.mktemp())
+        data.mkdir()
+        db = open_sqlite(data / DATABASE_FILE, store.configure_connection)  # as OTPAuthority opens it
+        self.addCleanup(db.close)
+        self.assertEqual(self.cache_kib(db), store.CACHE_SIZE_KIB)
 
 
 class AuthoritySchemaTests(unittest.SynchronousTestCase):
