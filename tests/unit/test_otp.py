@@ -111,6 +111,23 @@ class StoreTests(unittest.SynchronousTestCase):
         dump = self.backend.dump()
         self.assertNotIn(issued.code, dump.replace(issued.transaction_id.hex(), ""))
 
+    def test_prune_in_batches_keeps_what_the_lockout_rule_reads(self) -> None:
+        # Four superseded requests and an accepted code for one pair; two wrong guesses (not
+        # locked) for another: the first five go, a batch of at most two per statement at a
+        # time; the guessed row stays (its guesses still count), and so does its lockout.
+        for i in range(4):
+            self.issue(now=1000 + i)
+        accepted = self.issue(now=1004)
+        self.assertEqual(self.confirm(accepted.code, now=1005).status, ConfirmStatus.accepted)
+        guessed = self.issue(now=1006, tx="guessed")
+        for _ in range(2):
+            self.confirm(self.wrong(guessed.code), now=1007, tx="guessed")
+        batches: list[int] = []
+        while not batches or batches[-1] >= 2:
+            batches.append(self.backend.run(store.prune, expired_before=10**6, limit=2))
+        self.assertEqual(batches, [3, 2, 0])  # 2 superseded + the used row; 2 superseded; none
+        self.assertEqual(self.confirm(self.wrong(guessed.code), now=1008, tx="guessed").status, ConfirmStatus.locked)
+
     def test_right_code_accepted_once(self) -> None:
         issued = self.issue()
         self.assertEqual(self.confirm(issued.code).status, ConfirmStatus.accepted)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from twisted.internet.task import deferLater
+from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.python import usage
 from twisted.trial import unittest
 
@@ -49,6 +50,48 @@ class RetentionOptionTests(unittest.SynchronousTestCase):
 
 
 class BackgroundPruneTests(unittest.TestCase):
+    async def test_one_prune_goes_on_in_batches_until_none_is_left(self) -> None:
+        base = Path(self.mktemp()).resolve()
+        bank = await self.start_bank(base, otp_retention=3600.0)
+        # The start-up prune (its first call was queued when its timer started, before ``ready``)
+        # has answered, and ended, once a call queued now has answered.
+        await bank.authority.prune(0)
+        db = sqlite3.connect(base / "bank" / DATABASE_FILE)
+        self.addCleanup(db.close)
+        past = int(time.time()) - 2 * 86400
+        count = 2 * store.PRUNE_BATCH + 5  # three batches: two full ones, then 5 rows
+        with db:
+            cursor = db.cursor()
+            for i in range(count):
+                store.issue(cursor, pepper=PEPPER, client="alice.example", transaction="t", digits=6,
+                            ttl_seconds=60, now=past + i)
+        events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        await bank.prune_otps()
+        self.assertEqual(db.execute("SELECT COUNT(*) FROM otps").fetchone()[0], 0)
+        pruned = [e for e in events if e.get("log_format", "").startswith("pruned")]
+        self.assertEqual([e["n"] for e in pruned], [count])
+        await bank.stopService()
+
+    async def start_bank(self, base: Path, otp_retention: float) -> Any:
+        ttp_dir = base / "ttp"
+        ca = init_ca(ttp_dir)
+        ttp = build_ttp(TTPSettings(data_dir=ttp_dir, ca=ca, listen="tcp:0:interface=127.0.0.1"), reactor)
+        ttp.startService()
+        self.addCleanup(ttp.stopService)
+        bank = build_bank(BankServerSettings(
+            data_dir=base / "bank", name="bank.example", listen="tcp:0:interface=127.0.0.1",
+            ttp=f"tcp:host=127.0.0.1:port={cast(Any, ttp.port).getHost().port}",
+            pin=RootPin.from_fingerprint(ca.fingerprint), token=str(mint_token(ttp_dir, "bank.example", Role.SERVER)),
+            otp_retention=otp_retention,
+        ), reactor)
+        bank.startService()
+        self.addCleanup(bank.stopService)
+        await bank.ready
+        return bank
+
     async def test_the_timer_prunes_expired_rows_and_keeps_the_lock(self) -> None:
         base = Path(self.mktemp()).resolve()
         ttp_dir = base / "ttp"

@@ -272,30 +272,44 @@ def confirm(
     return Confirmation(ConfirmStatus.wrong_code, max_attempts - failed)
 
 
-def prune(cursor: Cursor, *, expired_before: int) -> int:
-    """Delete OTP rows that expired before ``expired_before``, except those the lockout rule
-    still reads; returns how many rows went. Runs in the caller's transaction.
+#: The most rows one ``prune`` call deletes per statement. A group commit holds the store's one
+#: thread for its whole transaction, so a prune of a day's expired rows in one go (41,666 rows at
+#: a million OTPs a day: about 2.8 s of SQL and COMMIT at 1M rows) would stall every session for
+#: that long; a batch of 1,000 holds it for tens of milliseconds, and the caller repeats.
+PRUNE_BATCH = 1000
+
+
+def prune(cursor: Cursor, *, expired_before: int, limit: int = PRUNE_BATCH) -> int:
+    """Delete up to ``limit`` OTP rows per statement that expired before ``expired_before``,
+    except those the lockout rule still reads; returns how many rows went (fewer than ``limit``:
+    none of those is left). Runs in the caller's transaction.
 
     Kept whatever their age: a ``locked`` row (the pair stays locked for good); a row with wrong
     guesses and no accepted code after it (those guesses still count against the pair); and a
     ``used`` row with a kept row of wrong guesses before it (it is the boundary that stops those
     from counting). So every pair's count and lock read the same before and after, and only a
     bounded record is kept per pair (its lock, or fewer than ``max_attempts`` guessed rows).
+    Any subset of these rows may go first: each one's own condition keeps the counts the same,
+    so a prune in batches ends where one whole prune would.
     A pruned OTP had expired, so it could not be accepted anyway; a confirmation of it now
     answers ``unknown_transaction`` instead of ``expired`` or ``already_used``."""
     cursor.execute(
-        "DELETE FROM otps WHERE expires_at < ? AND status != 'locked' AND status != 'used'"
-        " AND (failed_attempts = 0 OR EXISTS (SELECT 1 FROM otps AS later WHERE later.client = otps.client"
-        " AND later.transaction_text = otps.transaction_text AND later.status = 'used' AND later.rowid > otps.rowid))",
-        (expired_before,),
+        "DELETE FROM otps WHERE rowid IN (SELECT rowid FROM otps AS old WHERE old.expires_at < ?"
+        " AND old.status != 'locked' AND old.status != 'used'"
+        " AND (old.failed_attempts = 0 OR EXISTS (SELECT 1 FROM otps AS later WHERE later.client = old.client"
+        " AND later.transaction_text = old.transaction_text AND later.status = 'used' AND later.rowid > old.rowid))"
+        " LIMIT ?)",
+        (expired_before, limit),
     )
     removed = cursor.rowcount
     cursor.execute(
-        "DELETE FROM otps WHERE expires_at < ? AND status = 'used'"
-        " AND NOT EXISTS (SELECT 1 FROM otps AS earlier WHERE earlier.client = otps.client"
-        " AND earlier.transaction_text = otps.transaction_text AND earlier.failed_attempts > 0"
-        " AND earlier.rowid < otps.rowid)",
-        (expired_before,),
+        "DELETE FROM otps WHERE rowid IN (SELECT rowid FROM otps AS old WHERE old.expires_at < ?"
+        " AND old.status = 'used'"
+        " AND NOT EXISTS (SELECT 1 FROM otps AS earlier WHERE earlier.client = old.client"
+        " AND earlier.transaction_text = old.transaction_text AND earlier.failed_attempts > 0"
+        " AND earlier.rowid < old.rowid)"
+        " LIMIT ?)",
+        (expired_before, limit),
     )
     return removed + cursor.rowcount
 

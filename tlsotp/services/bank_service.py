@@ -56,6 +56,7 @@ from twisted.python.failure import Failure
 from tlsotp.alerts import AlertError
 from tlsotp.database_url import PostgresTarget
 from tlsotp.handshake import DEFAULT_SUITES, Suite, suites_for_key
+from tlsotp.otp.store import PRUNE_BATCH
 from tlsotp.pki.keys import KeyType
 from tlsotp.pki.names import check_dns_name
 from tlsotp.pki.pem import PEMError, load_crl
@@ -451,13 +452,21 @@ class BankServerService(service.MultiService):
         stopped worker again. The timer is stopped before the worker, so none is queued late."""
         assert self.authority is not None
         expired_before = int(time.time() - self.settings.otp_retention)
-        try:
-            removed = await self.authority.prune(expired_before)
-        except CancelledError:
-            raise
-        except Exception as exc:
-            log.warn("pruning expired OTPs failed, will retry: {error}", error=str(exc))
-            return
+        removed = 0
+        # In batches (``PRUNE_BATCH`` rows a statement), each its own call on the worker,
+        # so the sessions' issues and confirmations queued meanwhile go between two batches
+        # instead of waiting for all of a day's expired rows; a stop ends the loop.
+        while not self._stopping:
+            try:
+                batch = await self.authority.prune(expired_before)
+            except CancelledError:
+                raise
+            except Exception as exc:
+                log.warn("pruning expired OTPs failed, will retry: {error}", error=str(exc))
+                break
+            removed += batch
+            if batch < PRUNE_BATCH:
+                break
         if removed:
             log.info("pruned {n} OTP record(s) expired over {retention:g} s ago", n=removed,
                      retention=self.settings.otp_retention)
