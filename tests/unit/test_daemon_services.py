@@ -192,6 +192,57 @@ class DatabaseWorkerTests(unittest.TestCase):
         self.assertFalse(worker.running)
         self.assertIsNone(self.successResultOf(worker.stopService()))
 
+    async def test_a_call_that_raises_fails_alone_and_the_close_runs_on_the_worker_thread(self) -> None:
+        closed_on: list[threading.Thread] = []
+
+        def close(connection: sqlite3.Connection) -> None:
+            closed_on.append(threading.current_thread())
+            connection.close()
+
+        worker: DatabaseWorker[sqlite3.Connection] = DatabaseWorker(
+            reactor, lambda: sqlite3.connect(":memory:", check_same_thread=False), close, "test-db"
+        )
+        worker.startService()
+        ran_on: list[threading.Thread] = []
+
+        def boom(connection: sqlite3.Connection) -> int:
+            ran_on.append(threading.current_thread())
+            raise KeyError("boom")
+
+        def exits(connection: sqlite3.Connection) -> int:
+            raise SystemExit(3)  # not an Exception: still this call's failure, not the thread's end
+
+        first, second = worker.run(boom), worker.run(exits)
+        third = worker.run(lambda connection: connection.execute("SELECT 41 + 1").fetchone()[0])
+        await worker.stopService()
+        failure = self.failureResultOf(first, KeyError)
+        self.assertIsNotNone(failure.tb)  # made on the worker thread, where it was raised
+        self.failureResultOf(second, SystemExit)
+        self.assertEqual(self.successResultOf(third), 42)
+        self.assertEqual(len(ran_on), 1)
+        self.assertEqual(closed_on, ran_on)  # closed by the thread that ran the calls...
+        self.assertEqual(ran_on[0].name, "test-db")
+        self.assertFalse(ran_on[0].is_alive())  # ...which stopService has joined
+
+    def test_stop_now_closes_on_the_calling_thread_and_joins_the_worker(self) -> None:
+        closed_on: list[threading.Thread] = []
+
+        def close(connection: sqlite3.Connection) -> None:
+            closed_on.append(threading.current_thread())
+            connection.close()
+
+        before = set(threading.enumerate())
+        worker: DatabaseWorker[sqlite3.Connection] = DatabaseWorker(
+            reactor, lambda: sqlite3.connect(":memory:", check_same_thread=False), close, "test-db"
+        )
+        worker.startService()
+        (started,) = set(threading.enumerate()) - before
+        worker.stop_now()  # no reactor turn needed
+        self.assertFalse(started.is_alive())
+        self.assertEqual(closed_on, [threading.current_thread()])
+        self.assertFalse(worker.running)
+        self.assertIsInstance(self.failureResultOf(worker.run(lambda c: None)).value, WorkerNotRunning)
+
 
 
 class Raw(Protocol):
