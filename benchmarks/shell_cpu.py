@@ -76,7 +76,8 @@ def server(work: Path, sessions: int) -> None:
         reactor.callLater(0.05, watch)
 
     def listening(_: object) -> None:
-        (work / "port").write_text(str(service.port.getHost().port))  # type: ignore[union-attr]
+        (work / "port.tmp").write_text(str(service.port.getHost().port))  # type: ignore[union-attr]
+        (work / "port.tmp").replace(work / "port")  # the client sees the whole number or nothing
         watch()
 
     def start() -> None:
