@@ -133,6 +133,7 @@ class NetstringDecoder:
         self.max_length = max_length
         #: The most bytes of an incomplete netstring this decoder ever holds.
         self.max_buffered = len(str(max_length)) + 1 + max_length
+        self._max_digits = len(str(max_length))
         self._ready: deque[Frame] = deque()
         self._digits = bytearray()
         # The payload length once its ``:`` has been read; the payload (and comma) so far.
@@ -174,6 +175,19 @@ class NetstringDecoder:
         return NEED_DATA
 
     def _read_length(self, data: bytes, position: int) -> int:
+        if not self._digits:
+            # The whole length prefix in this chunk and valid: take it at once. The byte-by-byte
+            # path below reaches the same state for it (every prefix of a number within the
+            # bound is within it too), and alone decides anything else, at the byte at fault.
+            colon = data.find(b":", position, position + self._max_digits + 1)
+            if colon > position:
+                digits = data[position:colon]
+                if digits.isdigit() and (digits[0] != _ZERO or colon == position + 1):
+                    length = int(digits)
+                    if length <= self.max_length:
+                        self._digits += digits
+                        self._expected = length
+                        return colon + 1
         byte = data[position]
         if byte == _COLON:
             if not self._digits:
@@ -194,6 +208,13 @@ class NetstringDecoder:
 
     def _read_payload(self, data: bytes, position: int) -> int:
         assert self._expected is not None
+        end = position + self._expected
+        if not self._payload and end < len(data) and data[end] == _COMMA:
+            # The whole payload and its comma in this chunk: no copy into the buffer first.
+            self._ready.append(Frame(bytes(data[position:end])))
+            self._digits.clear()
+            self._expected = None
+            return end + 1
         wanted = self._expected + 1 - len(self._payload)  # the rest of the payload and its comma
         chunk = data[position : position + wanted]
         self._payload += chunk

@@ -8,11 +8,12 @@ import threading
 from pathlib import Path
 from typing import Any, cast
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
-from twisted.internet.error import CannotListenError, ConnectError, ConnectionRefusedError
+from twisted.internet.error import CannotListenError, ConnectError, ConnectionDone, ConnectionRefusedError
 from twisted.internet.interfaces import IStreamServerEndpoint
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.logger import globalLogPublisher
@@ -21,12 +22,16 @@ from twisted.test.proto_helpers import EventLoggingObserver
 from twisted.trial import unittest
 from zope.interface import implementer  # type: ignore[import-untyped, unused-ignore]
 
+from tests.credentials import test_ca
 from tests.test_ttp_fixtures import mint_token, reactor
 from tlsotp.pki.roles import Role
 from tlsotp.server import BankServerSettings, RootPin
 from tlsotp.server import build_service as build_bank
-from tlsotp.services.daemon_services import DrainingFactory, ListeningService, PeriodicTask
+from tlsotp.services.bank_server import OTPServerFactory, ServerIdentity
+from tlsotp.services.daemon_services import ConnectionDrain, ListeningService, PeriodicTask
+from tlsotp.services.otp_authority import OTPAuthority, OTPPolicy
 from tlsotp.services.sqlite_worker import DatabaseWorker, WorkerNotRunning
+from tlsotp.services.ttp_server import EnrollmentServerFactory
 from tlsotp.services.ttp_service import TTPSettings
 from tlsotp.services.ttp_service import build_service as build_ttp
 from tlsotp.ttp import wire
@@ -113,34 +118,49 @@ class PeriodicTaskTests(unittest.SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
-class DrainingFactoryTests(unittest.SynchronousTestCase):
+class Tracked(Protocol):
+    """A protocol that reports to a ConnectionDrain, as the daemons' protocols do."""
+
+    def __init__(self, connections: ConnectionDrain) -> None:
+        self.connections = connections
+
+    def connectionMade(self) -> None:
+        self.connections.opened(self)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.connections.closed(self)
+
+
+class ConnectionDrainTests(unittest.SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
-        self.factory = DrainingFactory(Factory.forProtocol(Protocol), self.clock)
+        self.connections = ConnectionDrain(self.clock)
 
-    def connect(self) -> tuple[Any, StringTransport]:
+    def connect(self) -> tuple[Tracked, StringTransport]:
         transport = StringTransport()
-        protocol = self.factory.buildProtocol(None)
+        protocol = Tracked(self.connections)
         protocol.makeConnection(transport)
         return protocol, transport
 
     def test_nothing_open_is_drained_at_once(self) -> None:
-        self.assertEqual(self.successResultOf(self.factory.drain(5)), 0)
+        self.assertEqual(self.successResultOf(self.connections.drain(5)), 0)
 
     def test_drained_when_the_last_connection_ends(self) -> None:
         first, _ = self.connect()
         second, _ = self.connect()
-        drained = self.factory.drain(5)
+        self.assertEqual(self.connections.open_connections, 2)
+        drained = self.connections.drain(5)
         first.connectionLost(Failure(Exception("done")))
         self.assertNoResult(drained)
         second.connectionLost(Failure(Exception("done")))
         self.assertEqual(self.successResultOf(drained), 0)
         self.assertEqual(self.clock.getDelayedCalls(), [])  # the deadline is cancelled
+        self.assertEqual(self.connections.open_connections, 0)
 
     def test_at_the_deadline_the_rest_are_aborted(self) -> None:
         done, _ = self.connect()
         stuck, transport = self.connect()
-        drained = self.factory.drain(5)
+        drained = self.connections.drain(5)
         done.connectionLost(Failure(Exception("done")))
         self.clock.advance(4.9)
         self.assertFalse(transport.disconnecting)
@@ -149,6 +169,48 @@ class DrainingFactoryTests(unittest.SynchronousTestCase):
         self.assertNoResult(drained)
         stuck.connectionLost(Failure(Exception("aborted")))
         self.assertEqual(self.successResultOf(drained), 1)
+
+
+class FactoriesReportTheirConnectionsTests(unittest.TestCase):
+    """Both daemons' protocols report to the factory's ConnectionDrain: opened first thing in
+    connectionMade, closed first thing in connectionLost, so that a drain goes on (and the
+    store closes) before the protocol's own end, where Twisted's WrappingFactory unregistered."""
+
+    def test_the_bank_server(self) -> None:
+        ca = test_ca()
+        server = ca.issue("bank.example", Role.SERVER)
+        data_dir = Path(self.mktemp())
+        data_dir.mkdir()
+        authority = OTPAuthority(reactor, data_dir, OTPPolicy())
+        self.addCleanup(authority.close)
+        connections = ConnectionDrain(Clock())
+        factory = OTPServerFactory(
+            ServerIdentity(server.key, server.chain, server.root), authority, call_later=Clock().callLater,
+            connections=connections,
+        )
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        protocol.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000)))
+        self.assertEqual(list(connections.protocols), [protocol])
+        self.assertEqual(factory.open_connections, 1)
+        open_when_drained: list[int] = []
+        connections.drain(60).addCallback(lambda _: open_when_drained.append(factory.open_connections))
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(open_when_drained, [1])  # before the protocol's own connectionLost
+        self.assertEqual((connections.open_connections, factory.open_connections), (0, 0))
+
+    def test_the_ttp(self) -> None:
+        connections = ConnectionDrain(Clock())
+        factory = EnrollmentServerFactory(lambda request: Deferred(), call_later=Clock().callLater, connections=connections)
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        self.assertEqual(connections.open_connections, 0)
+        protocol.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000)))
+        self.assertEqual(list(connections.protocols), [protocol])
+        in_slots_when_drained: list[bool] = []
+        connections.drain(60).addCallback(lambda _: in_slots_when_drained.append(protocol in factory.slots.slots))
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(in_slots_when_drained, [True])  # before the protocol released its slot
+        self.assertEqual(connections.open_connections, 0)
+        self.assertNotIn(protocol, factory.slots.slots)
 
 
 class DatabaseWorkerTests(unittest.TestCase):
@@ -191,6 +253,57 @@ class DatabaseWorkerTests(unittest.TestCase):
             worker.startService()
         self.assertFalse(worker.running)
         self.assertIsNone(self.successResultOf(worker.stopService()))
+
+    async def test_a_call_that_raises_fails_alone_and_the_close_runs_on_the_worker_thread(self) -> None:
+        closed_on: list[threading.Thread] = []
+
+        def close(connection: sqlite3.Connection) -> None:
+            closed_on.append(threading.current_thread())
+            connection.close()
+
+        worker: DatabaseWorker[sqlite3.Connection] = DatabaseWorker(
+            reactor, lambda: sqlite3.connect(":memory:", check_same_thread=False), close, "test-db"
+        )
+        worker.startService()
+        ran_on: list[threading.Thread] = []
+
+        def boom(connection: sqlite3.Connection) -> int:
+            ran_on.append(threading.current_thread())
+            raise KeyError("boom")
+
+        def exits(connection: sqlite3.Connection) -> int:
+            raise SystemExit(3)  # not an Exception: still this call's failure, not the thread's end
+
+        first, second = worker.run(boom), worker.run(exits)
+        third = worker.run(lambda connection: connection.execute("SELECT 41 + 1").fetchone()[0])
+        await worker.stopService()
+        failure = self.failureResultOf(first, KeyError)
+        self.assertIsNotNone(failure.tb)  # made on the worker thread, where it was raised
+        self.failureResultOf(second, SystemExit)
+        self.assertEqual(self.successResultOf(third), 42)
+        self.assertEqual(len(ran_on), 1)
+        self.assertEqual(closed_on, ran_on)  # closed by the thread that ran the calls...
+        self.assertEqual(ran_on[0].name, "test-db")
+        self.assertFalse(ran_on[0].is_alive())  # ...which stopService has joined
+
+    def test_stop_now_closes_on_the_calling_thread_and_joins_the_worker(self) -> None:
+        closed_on: list[threading.Thread] = []
+
+        def close(connection: sqlite3.Connection) -> None:
+            closed_on.append(threading.current_thread())
+            connection.close()
+
+        before = set(threading.enumerate())
+        worker: DatabaseWorker[sqlite3.Connection] = DatabaseWorker(
+            reactor, lambda: sqlite3.connect(":memory:", check_same_thread=False), close, "test-db"
+        )
+        worker.startService()
+        (started,) = set(threading.enumerate()) - before
+        worker.stop_now()  # no reactor turn needed
+        self.assertFalse(started.is_alive())
+        self.assertEqual(closed_on, [threading.current_thread()])
+        self.assertFalse(worker.running)
+        self.assertIsInstance(self.failureResultOf(worker.run(lambda c: None)).value, WorkerNotRunning)
 
 
 

@@ -154,6 +154,22 @@ class AnyInputTests(unittest.SynchronousTestCase):
             self.assertIs(decoder.next_event(), error)
             self.assertEqual(decoder.buffered, 0)
 
+    @given(max_lengths, st.one_of(st.binary(max_size=200), netstringish), st.lists(st.integers(min_value=0)))
+    def test_any_chunking_gives_exactly_what_one_byte_at_a_time_gives(self, max_length: int, data: bytes, cuts: list[int]) -> None:
+        # Whole length prefixes and payloads in one chunk take a fast path; the byte-at-a-time
+        # reading is the rule. Same frames, same error (its kind, text and proving digits), and
+        # the same bytes held after each chunk as after the same bytes fed one at a time.
+        fast, slow = NetstringDecoder(max_length), NetstringDecoder(max_length)
+        fed = 0
+        for chunk in chunked(data, cuts):
+            fast.receive_data(chunk)
+            for i in range(len(chunk)):
+                slow.receive_data(chunk[i : i + 1])
+            fed += len(chunk)
+            self.assertEqual(fast.buffered, slow.buffered, fed)
+            self.assertEqual(drain(fast), drain(slow))
+        self.assertEqual(fast.failed, slow.failed)
+
     @given(st.binary(max_size=400), st.lists(st.integers(min_value=0)))
     def test_the_buffer_never_exceeds_its_bound(self, data: bytes, cuts: list[int]) -> None:
         decoder = NetstringDecoder(20)

@@ -15,7 +15,6 @@ from typing import Any, cast
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock, deferLater
 from twisted.trial import unittest
 from twisted.web.client import Agent, readBody
@@ -28,7 +27,7 @@ from tlsotp.commands.metrics_option import check_metrics_option
 from tlsotp.database_checks import check_writable, create_private
 from tlsotp.pki.roles import Role
 from tlsotp.services.bank_service import BankServerSettings, build_service
-from tlsotp.services.daemon_services import DrainingFactory
+from tlsotp.services.daemon_services import ConnectionDrain
 from tlsotp.services.health import PROBE_TIMEOUT, HealthResource, certificate_problems, crl_problems, ttp_problems
 from tlsotp.services.metrics import BankMetrics, TTPMetrics, database_problems
 from tlsotp.services.sqlite_worker import DatabaseWorker
@@ -141,7 +140,7 @@ class RegistryTests(unittest.SynchronousTestCase):
     def test_ttp_replies_are_counted_by_kind_and_refusal_code(self) -> None:
         clock = Clock()
         worker: DatabaseWorker[Any] = DatabaseWorker(reactor, object, lambda _: None)  # not started: no snapshot
-        connections = DrainingFactory(Factory(), clock)
+        connections = ConnectionDrain(clock)
         metrics = TTPMetrics(worker, connections, clock)
         issued = Outcome(wire.Issued(b"root", b"leaf"), "issued")
         metrics.replied(wire.MessageType.enroll_request, issued, 0.01)

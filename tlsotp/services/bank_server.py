@@ -31,7 +31,13 @@ from tlsotp.pki.names import check_dns_name
 from tlsotp.pki.roles import Role
 from tlsotp.pki.verify import PeerVerifier
 from tlsotp.services.channel import SansIOConnection, SecureChannelProtocol
-from tlsotp.services.connection_slots import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS, SlotKeeper, SlottedFactory
+from tlsotp.services.connection_slots import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_PER_ADDRESS,
+    ConnectionTracker,
+    SlotKeeper,
+    SlottedFactory,
+)
 from tlsotp.services.events import BankEvents
 from tlsotp.services.otp_backends import OTPStore
 from tlsotp.services.postgres_pool import StoreUnavailable
@@ -65,11 +71,13 @@ class OTPServerFactory(SlottedFactory["OTPServerProtocol"]):
         observer: Callable[[TraceRecord], None] | None = None,
         events: BankEvents | None = None,
         log_transactions: bool = False,
+        connections: ConnectionTracker | None = None,
     ) -> None:
         """``first_message_timeout`` bounds the wait for the ClientHello (None: only
         ``timeout_seconds`` applies); ``call_later`` is a test clock's, else the reactor's;
         ``events`` hears of each session (``--metrics``); ``log_transactions``: also log each
-        transaction's text (personal data: off by default)."""
+        transaction's text (personal data: off by default); ``connections`` is told of every
+        connection opened and ended (the daemon's drain at a stop)."""
         self.log_transactions = log_transactions
         self._config: ServerConfig | None = None
         self._config_key: tuple[object, ...] = ()
@@ -90,6 +98,7 @@ class OTPServerFactory(SlottedFactory["OTPServerProtocol"]):
         self.open_connections = 0
         self.sessions_completed = 0
         self.events = events or BankEvents()
+        self.connections = connections
 
     @property
     def identity(self) -> ServerIdentity:
@@ -155,6 +164,8 @@ class OTPServerProtocol(SecureChannelProtocol):
         return ServerConnection(self.server.server_config())
 
     def connectionMade(self) -> None:
+        if self.server.connections is not None:
+            self.server.connections.opened(self)
         self.server.open_connections += 1
         super().connectionMade()
         if self.busy:
@@ -179,6 +190,8 @@ class OTPServerProtocol(SecureChannelProtocol):
         self.server.slots.release(self)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.server.connections is not None:
+            self.server.connections.closed(self)  # first: a drain waiting for it goes on at once, as before
         self.server.open_connections -= 1
         self.server.slots.release(self)
         if not self.finished and not self.first_message_seen:

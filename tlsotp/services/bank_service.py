@@ -67,7 +67,7 @@ from tlsotp.services.addresses import describe_address
 from tlsotp.services.bank_server import OTPServerFactory, ServerIdentity
 from tlsotp.services.connection_slots import DEFAULT_FIRST_MESSAGE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS
 from tlsotp.services.credentials import StartupError, obtain_credentials
-from tlsotp.services.daemon_services import DEFAULT_DRAIN_TIMEOUT, DrainingFactory, ListeningService, PeriodicTask
+from tlsotp.services.daemon_services import DEFAULT_DRAIN_TIMEOUT, ConnectionDrain, ListeningService, PeriodicTask
 from tlsotp.services.enrollment import Credentials, RootPin, TTPEndpoint, fetch_crl, renew
 from tlsotp.services.events import BankEvents
 from tlsotp.services.listen import listen_endpoint
@@ -183,7 +183,7 @@ class BankServerService(service.MultiService):
         self.blocking_start = blocking_start
         self.data_dir = settings.data_dir
         self.factory: OTPServerFactory | None = None
-        self.connections: DrainingFactory | None = None
+        self.connections: ConnectionDrain | None = None
         self.authority: OTPStore | None = None
         self.listener: ListeningService | None = None
         #: The credentials in use (after start-up, and after each renewal).
@@ -295,6 +295,7 @@ class BankServerService(service.MultiService):
                 self, self.reactor, renew_before=s.renew_before, ttp_unreachable_after=s.ttp_unreachable_after
             )
         self.credentials = credentials
+        self.connections = ConnectionDrain(self.reactor)
         self.factory = OTPServerFactory(
             ServerIdentity(credentials.key, credentials.chain, credentials.root),
             self.authority,
@@ -307,13 +308,13 @@ class BankServerService(service.MultiService):
             max_connections=s.max_connections,
             max_per_address=s.max_per_address,
             events=events,
+            connections=self.connections,
         )
-        self.connections = DrainingFactory(self.factory, self.reactor)
         try:
             endpoint = listen_endpoint(self.reactor, s.listen)
         except ValueError as exc:
             raise StartupError(f"bad --listen endpoint {s.listen!r}: {exc}") from None
-        self.listener = ListeningService(endpoint, self.connections)
+        self.listener = ListeningService(endpoint, self.factory)
         self.listener.setServiceParent(self)  # type: ignore[no-untyped-call]
         try:
             port = await self.listener.listening

@@ -279,6 +279,14 @@ class SlotKeeper:
         self._log_counts(counts)
 
 
+class ConnectionTracker(Protocol):
+    """Hears of each connection a factory's protocols open and end (``daemon_services.ConnectionDrain``)."""
+
+    def opened(self, protocol: object) -> None: ...
+
+    def closed(self, protocol: object) -> None: ...
+
+
 #: A protocol with a ``busy`` flag and an ``evict`` method (an ``Occupant``).
 SP = TypeVar("SP", bound=TwistedProtocol)
 
@@ -290,6 +298,8 @@ class SlottedFactory(Factory, Generic[SP]):
 
     slots: SlotKeeper
     call_later: Any = None
+    #: Told of every connection opened and ended (for the drain at a stop), when given.
+    connections: ConnectionTracker | None = None
 
     def make_protocol(self) -> SP:
         raise NotImplementedError

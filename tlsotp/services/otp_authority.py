@@ -118,6 +118,9 @@ class OTPAuthority(OTPRules):
         return maybeDeferred(self.worker.startService)
 
     def _run(self, fn: Callable[..., R], **kwargs: object) -> "Deferred[R]":
+        if self.worker.running:  # the daemon's case: open() would fire at once, through one more Deferred
+            return self.worker.transact(fn, pepper=self._pepper, **kwargs)
+
         def run(_: None) -> "Deferred[R]":
             return self.worker.transact(fn, pepper=self._pepper, **kwargs)
 

@@ -24,15 +24,16 @@ the reactor waits for no SQL while stopping either.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections import deque
 from pathlib import Path
+from queue import SimpleQueue
 from typing import Any, Callable, Concatenate, Generic, ParamSpec, TypeVar
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
-from twisted.internet.threads import deferToThreadPool
-from twisted.python.threadpool import ThreadPool
+from twisted.python.failure import Failure
 
 from tlsotp import database_checks
 
@@ -41,13 +42,22 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 
+#: One queued call: the function, its arguments, and the Deferred its outcome fires.
+_Job = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], "Deferred[Any]"]
+
+
 class WorkerNotRunning(RuntimeError):
     """A call reached a database worker that is not started (or already stopped)."""
 
 
 class DatabaseWorker(service.Service, Generic[T]):
     """Runs ``fn(resource, ...)`` on the one worker thread; ``open_resource`` makes the resource
-    when the service starts (its exception stops the start), ``close_resource`` ends it."""
+    when the service starts (its exception stops the start), ``close_resource`` ends it.
+
+    The thread is one ``threading.Thread`` reading a ``queue.SimpleQueue`` (implemented in C:
+    no Python ``Condition`` per call) and answering through ``reactor.callFromThread``. That is
+    what Twisted's ``deferToThreadPool`` on a one-thread ``ThreadPool`` did for each call, minus
+    the pool's ``Team``/``LockWorker`` coordination, which a single thread does not need."""
 
     def __init__(
         self,
@@ -61,33 +71,40 @@ class DatabaseWorker(service.Service, Generic[T]):
         self._close_resource = close_resource
         self.thread_name = thread_name
         self._resource: T | None = None
-        self._pool: ThreadPool | None = None
+        self._calls: SimpleQueue[_Job | None] | None = None
+        self._thread: threading.Thread | None = None
 
     def startService(self) -> None:
         if self.running:
             return
         self._resource = self._open_resource()  # raises: not started, nothing to clean up
-        self._pool = ThreadPool(minthreads=1, maxthreads=1, name=self.thread_name)
-        self._pool.start()
+        calls: SimpleQueue[_Job | None] = SimpleQueue()
+        thread = threading.Thread(target=_work, args=(calls, self._reactor.callFromThread), name=self.thread_name)
+        thread.start()
+        self._calls, self._thread = calls, thread
         service.Service.startService(self)  # type: ignore[no-untyped-call]
 
     def run(self, fn: Callable[Concatenate[T, P], R], *args: P.args, **kwargs: P.kwargs) -> Deferred[R]:
         """Queue ``fn(resource, *args, **kwargs)``; calls run one at a time, in order."""
-        if self._pool is None or self._resource is None:
+        if self._calls is None or self._resource is None:
             return fail(WorkerNotRunning(f"the {self.thread_name} worker is not running"))
-        return deferToThreadPool(self._reactor, self._pool, fn, self._resource, *args, **kwargs)
+        d: Deferred[R] = Deferred()
+        self._calls.put((fn, (self._resource, *args), kwargs, d))
+        return d
 
     def stopService(self) -> Deferred[None]:
         service.Service.stopService(self)  # type: ignore[no-untyped-call]
-        pool, resource = self._pool, self._resource
-        self._pool = self._resource = None
-        if pool is None or resource is None:
+        calls, thread, resource = self._calls, self._thread, self._resource
+        self._calls = self._thread = self._resource = None
+        if calls is None or thread is None or resource is None:
             return succeed(None)
         # Queued after every call already queued: they finish (and commit) first.
-        closing: Deferred[None] = deferToThreadPool(self._reactor, pool, self._close_resource, resource)
+        closing: Deferred[None] = Deferred()
+        calls.put((self._close_resource, (resource,), {}, closing))
+        calls.put(None)  # then the thread ends
 
         def join(result: Any) -> Any:
-            pool.stop()  # the thread is idle now: this join is immediate
+            thread.join()  # it has answered the close: this join is immediate
             return result
 
         return closing.addBoth(join)
@@ -97,12 +114,32 @@ class DatabaseWorker(service.Service, Generic[T]):
         ``stopService`` hands the close back through the reactor, which would never run, and
         the worker thread would keep the process from exiting. Nothing may be queued."""
         service.Service.stopService(self)  # type: ignore[no-untyped-call]
-        pool, resource = self._pool, self._resource
-        self._pool = self._resource = None
-        if pool is not None:
-            pool.stop()  # joins the idle thread
+        calls, thread, resource = self._calls, self._thread, self._resource
+        self._calls = self._thread = self._resource = None
+        if calls is not None and thread is not None:
+            calls.put(None)
+            thread.join()  # the idle thread ends at once
         if resource is not None:
             self._close_resource(resource)
+
+
+def _work(calls: SimpleQueue[_Job | None], call_from_thread: Callable[..., Any]) -> None:
+    """The worker thread: each call in turn, its outcome handed to the reactor thread (a
+    ``Failure`` made here, on this thread, for an exception of any kind); ``None`` ends it."""
+    while True:
+        job = calls.get()
+        if job is None:
+            return
+        fn, args, kwargs, d = job
+        del job  # hold nothing of a finished call while waiting for the next one
+        try:
+            result: Any = fn(*args, **kwargs)
+        except BaseException:
+            call_from_thread(d.errback, Failure())  # type: ignore[no-untyped-call]
+        else:
+            call_from_thread(d.callback, result)
+        del fn, args, kwargs, d
+        result = None
 
 
 def open_sqlite(path: Path, configure: Callable[[sqlite3.Connection], None]) -> sqlite3.Connection:
@@ -143,8 +180,6 @@ def sqlite_transaction(
 
 #: The most calls one group transaction holds; more wait for the next (bounds a group's latency).
 MAX_GROUP = 256
-
-_Call = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], "Deferred[Any]"]
 
 
 def commit_group(
@@ -200,7 +235,7 @@ class SQLiteGroupWorker(DatabaseWorker[sqlite3.Connection]):
         # one hop and one fsync for all of them instead of one each.
         self._call_later = reactor.callLater if IReactorTime.providedBy(reactor) else None
         self.path = path
-        self._queue: deque[_Call] = deque()
+        self._queue: deque[_Job] = deque()
         self._in_flight = False
         self._idle: list[Deferred[None]] = []
         #: Group transactions committed (or attempted) since the start: for tests and benchmarks.

@@ -26,7 +26,13 @@ from twisted.python.failure import Failure
 
 from tlsotp.framing import Frame, FrameTooLong, FramingError, NetstringDecoder, encode
 from tlsotp.services.addresses import describe_address
-from tlsotp.services.connection_slots import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS, SlotKeeper, SlottedFactory
+from tlsotp.services.connection_slots import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_PER_ADDRESS,
+    ConnectionTracker,
+    SlotKeeper,
+    SlottedFactory,
+)
 from tlsotp.services.events import TTPEvents
 from tlsotp.ttp import wire
 from tlsotp.ttp.issuer import Outcome, refused
@@ -51,8 +57,10 @@ class EnrollmentServerProtocol(Protocol, TimeoutMixin):
     def __init__(
         self, handle: Handler, timeout: float | None, *, first_message_timeout: float | None = None,
         slots: SlotKeeper | None = None, events: TTPEvents | None = None,
+        connections: ConnectionTracker | None = None,
     ) -> None:
         self._handle = handle
+        self._connections = connections
         self._events = events or TTPEvents()
         self._request_type: int | None = None
         self._request_at = 0.0
@@ -68,6 +76,8 @@ class EnrollmentServerProtocol(Protocol, TimeoutMixin):
         self.busy = False
 
     def connectionMade(self) -> None:
+        if self._connections is not None:
+            self._connections.opened(self)
         self._peer = describe_address(cast(Any, self.transport).getPeer())
         if self.busy:
             self._send(refused(Refusal.internal_error, "the TTP is at its connection limit; try again shortly"), quiet=True)
@@ -153,6 +163,8 @@ class EnrollmentServerProtocol(Protocol, TimeoutMixin):
                 self._send(outcome, quiet=True)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._connections is not None:
+            self._connections.closed(self)  # first: a drain waiting for it goes on at once, as before
         # A decision under way still completes and is logged; only its reply goes nowhere.
         self._lost = True
         self._set_timeout(None)
@@ -166,7 +178,8 @@ class EnrollmentServerFactory(SlottedFactory[EnrollmentServerProtocol]):
     """Builds one protocol per connection; ``call_later`` lets tests drive the idle timeout.
 
     ``first_message_timeout`` (None: only ``timeout``) bounds the wait for the complete request;
-    ``max_connections`` and ``max_per_address`` are the slot caps.
+    ``max_connections`` and ``max_per_address`` are the slot caps; ``connections`` is told of
+    every connection opened and ended (the daemon's drain at a stop).
     """
 
     noisy = False  # the daemon logs its own line when it listens
@@ -181,9 +194,11 @@ class EnrollmentServerFactory(SlottedFactory[EnrollmentServerProtocol]):
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         max_per_address: int = DEFAULT_MAX_PER_ADDRESS,
         events: TTPEvents | None = None,
+        connections: ConnectionTracker | None = None,
     ) -> None:
         self.handle = handle
         self.events = events
+        self.connections = connections
         self.timeout = timeout
         self.call_later = call_later
         self.first_message_timeout = first_message_timeout
@@ -194,5 +209,5 @@ class EnrollmentServerFactory(SlottedFactory[EnrollmentServerProtocol]):
     def make_protocol(self) -> EnrollmentServerProtocol:
         return EnrollmentServerProtocol(
             self.handle, self.timeout, first_message_timeout=self.first_message_timeout, slots=self.slots,
-            events=self.events,
+            events=self.events, connections=self.connections,
         )

@@ -49,7 +49,7 @@ from tlsotp.database_url import PostgresTarget
 from tlsotp.services import shutdown
 from tlsotp.services.addresses import describe_address
 from tlsotp.services.connection_slots import DEFAULT_FIRST_MESSAGE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS
-from tlsotp.services.daemon_services import DEFAULT_DRAIN_TIMEOUT, DrainingFactory, ListeningService, PeriodicTask
+from tlsotp.services.daemon_services import DEFAULT_DRAIN_TIMEOUT, ConnectionDrain, ListeningService, PeriodicTask
 from tlsotp.services.listen import listen_endpoint
 from tlsotp.services.sqlite_worker import DatabaseWorker, WorkerNotRunning
 from tlsotp.services.ttp_server import DEFAULT_TIMEOUT, EnrollmentServerFactory
@@ -149,18 +149,19 @@ class TTPService(service.MultiService):
         self.reactor = reactor
         self.settings = settings
         self.on_fatal = on_fatal
+        self.connections = ConnectionDrain(reactor)
         self.factory = EnrollmentServerFactory(
             self._decide, timeout=settings.timeout, first_message_timeout=settings.first_message_timeout,
             max_connections=settings.max_connections, max_per_address=settings.max_per_address,
+            connections=self.connections,
         )
-        self.connections = DrainingFactory(self.factory, reactor)
         self.worker: DatabaseWorker[Issuer] = DatabaseWorker(reactor, self._open_issuer, _close_issuer, "tlsotp-ttp-issuer")
         self.worker.setServiceParent(self)  # type: ignore[no-untyped-call]
         try:
             endpoint = listen_endpoint(reactor, settings.listen)
         except ValueError as exc:
             shutdown.refuse_to_start(PROGRAM, f"bad --listen endpoint {settings.listen!r}: {exc}")
-        self.listener = ListeningService(endpoint, self.connections)
+        self.listener = ListeningService(endpoint, self.factory)
         self.listener.setServiceParent(self)  # type: ignore[no-untyped-call]
         self.metrics_service: MetricsService | None = None
         if settings.metrics is not None:

@@ -63,7 +63,7 @@ from tlsotp.pki.verify import check_crl_signature
 from tlsotp.services.bank_server import OTPServerFactory, ServerIdentity
 from tlsotp.services.bank_service import CRL_FILE, BankServerService, BankServerSettings
 from tlsotp.services.credentials import StartupError
-from tlsotp.services.daemon_services import DrainingFactory
+from tlsotp.services.daemon_services import ConnectionDrain
 from tlsotp.services.otp_authority import OTPAuthority, OTPPolicy
 
 __all__ = ["BankWorker", "RestartPolicy", "Restarter", "WorkerConfig", "WorkerLogWriter", "WorkerSupervisor"]
@@ -464,7 +464,7 @@ class BankWorker(service.Service):
         self.reactor = reactor
         self.listen_fd = listen_fd
         self.factory: OTPServerFactory | None = None
-        self.connections: DrainingFactory | None = None
+        self.connections: ConnectionDrain | None = None
         self.authority: OTPAuthority | None = None
         self.port: IListeningPort | None = None
         self.ready: Deferred[None] = Deferred()
@@ -493,6 +493,7 @@ class BankWorker(service.Service):
             raise StartupError("none of the configured suites can be authenticated by this key")
         self.authority = OTPAuthority(self.reactor, c.data_dir, c.otp_policy)
         await self.authority.open()
+        self.connections = ConnectionDrain(self.reactor)
         self.factory = OTPServerFactory(
             ServerIdentity(credentials.key, credentials.chain, credentials.root),
             self.authority,
@@ -503,10 +504,10 @@ class BankWorker(service.Service):
             first_message_timeout=c.first_message_timeout,
             max_connections=c.max_connections,
             max_per_address=c.max_per_address,
+            connections=self.connections,
         )
-        self.connections = DrainingFactory(self.factory, self.reactor)
         # adoptStreamPort duplicates the descriptor: close the inherited one.
-        self.port = self.reactor.adoptStreamPort(self.listen_fd, c.family, self.connections)
+        self.port = self.reactor.adoptStreamPort(self.listen_fd, c.family, self.factory)
         # One accept per wake-up, not Twisted's default of up to 100: every worker is woken on the
         # shared socket, so a burst is spread over them instead of drained by the first awake.
         cast(Any, self.port).numberAccepts = 1
