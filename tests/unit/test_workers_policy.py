@@ -78,7 +78,7 @@ class WorkerConfigTests(SynchronousTestCase):
         settings = BankServerSettings(
             data_dir=Path("/srv/bank"), name="bank.example", otp_policy=OTPPolicy(8, 120, 5),
             allowed_clients=["b.example", "a.example"], max_connections=7, max_per_address=3,
-            first_message_timeout=None, drain_timeout=4.5, workers=2,
+            first_message_timeout=None, drain_timeout=4.5, workers=2, log_transactions=True,
         )
         config = WorkerConfig.from_settings(settings, index=2, family=10)
         again = WorkerConfig.from_json(config.to_json())
@@ -86,6 +86,7 @@ class WorkerConfigTests(SynchronousTestCase):
         self.assertEqual(again.suite_list, tuple(settings.suites))
         self.assertEqual(again.otp_policy, settings.otp_policy)
         self.assertEqual(again.allowed_clients, ("a.example", "b.example"))
+        self.assertTrue(again.log_transactions)  # was dropped: workers never logged the text
 
     def test_workers_is_at_least_one(self) -> None:
         with self.assertRaises(ValueError):

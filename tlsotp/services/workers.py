@@ -144,6 +144,8 @@ class WorkerConfig:
     max_connections: int
     max_per_address: int
     drain_timeout: float
+    #: ``--log-transactions``: the worker's grant and confirmation lines carry the text.
+    log_transactions: bool = False
 
     @classmethod
     def from_settings(cls, settings: BankServerSettings, index: int, family: int) -> WorkerConfig:
@@ -155,7 +157,7 @@ class WorkerConfig:
             allowed_clients=None if settings.allowed_clients is None else tuple(sorted(settings.allowed_clients)),
             timeout=settings.timeout, first_message_timeout=settings.first_message_timeout,
             max_connections=settings.max_connections, max_per_address=settings.max_per_address,
-            drain_timeout=settings.drain_timeout,
+            drain_timeout=settings.drain_timeout, log_transactions=settings.log_transactions,
         )
 
     def to_json(self) -> str:
@@ -502,6 +504,7 @@ class BankWorker(service.Service):
             crl=crl,
             timeout_seconds=c.timeout,
             first_message_timeout=c.first_message_timeout,
+            log_transactions=c.log_transactions,
             max_connections=c.max_connections,
             max_per_address=c.max_per_address,
             connections=self.connections,
