@@ -17,6 +17,19 @@ from twisted.trial import unittest
 
 from tlsotp.alerts import Alert, AlertError
 from tlsotp.codec import Reader, Writer
+from tlsotp.handshake.frames import ContentType, split_frame
+from tlsotp.handshake.messages import (
+    Certificate,
+    CertificateVerify,
+    ClientHello,
+    Finished,
+    HandshakeType,
+    KeyShare,
+    KeyTransport,
+    ServerHello,
+    encode_handshake,
+    split_handshake,
+)
 
 READS = ("u8", "u16", "u24", "u32", "u64", "raw", "bytes8", "bytes16", "bytes24", "text16", "remaining", "done")
 
@@ -91,6 +104,89 @@ class WriterEquivalenceTests(unittest.SynchronousTestCase):
         for name, limit in (("bytes8", 0xFF), ("bytes16", 0xFFFF), ("bytes24", 0xFFFFFF)):
             data = bytes(limit + 1)
             self.assertEqual(outcome(lambda: getattr(Writer(), name)(data)), outcome(lambda: getattr(RefWriter(), name)(data)))
+
+
+def ref_split_handshake(data: bytes) -> tuple[HandshakeType, bytes]:
+    """messages.split_handshake as it was."""
+    r = RefReader(data)
+    code = r.u8()
+    body = r.bytes24()
+    r.done()
+    try:
+        return HandshakeType(code), body
+    except ValueError:
+        raise AlertError(Alert.unexpected_message, f"unknown handshake message type {code}") from None
+
+
+def ref_split_frame(frame: bytes) -> tuple[ContentType, bytes]:
+    """frames.split_frame's type decoding as it was (the size checks are unchanged)."""
+    if len(frame) > 16384:
+        raise AlertError(Alert.record_overflow, f"frame of {len(frame)} bytes exceeds 16384")
+    if not frame:
+        raise AlertError(Alert.decode_error, "empty frame")
+    try:
+        content_type = ContentType(frame[0])
+    except ValueError:
+        raise AlertError(Alert.unexpected_message, f"unknown content type {frame[0]}") from None
+    return content_type, bytes(frame[1:])
+
+
+def header(code: int, length: int) -> bytes:
+    return bytes([code]) + length.to_bytes(3, "big")
+
+
+handshake_bytes = st.one_of(
+    st.binary(max_size=12),
+    st.builds(lambda c, b: header(c, len(b)) + b, st.integers(0, 255), st.binary(max_size=40)),
+    st.builds(lambda c, b, d: header(c, max(0, len(b) + d)) + b, st.integers(0, 255), st.binary(max_size=40), st.integers(-3, 3)),
+    st.builds(lambda t, b: header(t, len(b)) + b, st.sampled_from(list(HandshakeType)), st.binary(max_size=40)),
+)
+
+handshake_messages = st.one_of(
+    st.builds(
+        ClientHello,
+        st.lists(st.integers(0, 0xFFFF), max_size=3).map(tuple),
+        st.binary(min_size=32, max_size=32),
+        st.lists(st.integers(0, 0xFFFF), max_size=5).map(tuple),
+        st.lists(st.builds(KeyShare, st.integers(0, 0xFFFF), st.binary(max_size=100)), max_size=3).map(tuple),
+    ),
+    st.builds(ServerHello, st.integers(0, 0xFFFF), st.binary(min_size=32, max_size=32), st.integers(0, 0xFFFF), st.binary(max_size=97)),
+    st.builds(Certificate, st.lists(st.binary(max_size=300), max_size=3).map(tuple)),
+    st.builds(CertificateVerify, st.integers(0, 0xFFFF), st.binary(max_size=100)),
+    st.builds(KeyTransport, st.binary(max_size=300)),
+    st.builds(Finished, st.binary(max_size=64)),
+)
+
+
+class HandshakeFramingEquivalenceTests(unittest.SynchronousTestCase):
+    """split_handshake decodes a well-formed header in place and looks types up in a dict;
+    split_frame likewise; encode_handshake writes the header as one integer."""
+
+    @given(data=handshake_bytes)
+    def test_split_handshake_as_before(self, data: bytes) -> None:
+        self.assertEqual(outcome(lambda: split_handshake(data)), outcome(lambda: ref_split_handshake(data)))
+
+    @given(
+        frame=st.one_of(
+            st.binary(max_size=20), st.builds(lambda t, n: bytes([t]) + bytes(n), st.integers(0, 255), st.integers(16380, 16390))
+        )
+    )
+    def test_split_frame_as_before(self, frame: bytes) -> None:
+        self.assertEqual(outcome(lambda: split_frame(frame)), outcome(lambda: ref_split_frame(frame)))
+
+    @given(message=handshake_messages)
+    def test_encode_handshake_as_before_and_round_trips(self, message: Any) -> None:
+        raw = encode_handshake(message)
+        self.assertEqual(raw, RefWriter().u8(message.TYPE).bytes24(message.encode_body()).getvalue())
+        self.assertEqual(split_handshake(raw), (message.TYPE, message.encode_body()))
+
+    def test_oversized_body_refused_as_before(self) -> None:
+        message = Finished(bytes(0x1000000))
+        self.assertEqual(
+            outcome(lambda: encode_handshake(message)),
+            outcome(lambda: RefWriter().u8(message.TYPE).bytes24(message.encode_body()).getvalue()),
+        )
+        self.assertEqual(outcome(lambda: encode_handshake(message))[0], "ValueError")
 
 
 # -- the reference: tlsotp/codec.py's Writer and Reader as they were ------------------------

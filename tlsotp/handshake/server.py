@@ -72,6 +72,10 @@ _EXPECTED: dict[ServerState, HandshakeType] = {
 }
 
 
+#: The known groups by wire code (a dict lookup rather than Group(code)'s Python calls).
+_GROUPS: dict[int, Group] = {g.value: g for g in Group}
+
+
 def choose_suite(server_order: tuple[Suite, ...], offered_codes: tuple[int, ...]) -> Suite:
     """The first suite in the server's order that the client offered (unknown codes ignored)."""
     offered = set(offered_codes)
@@ -145,9 +149,8 @@ class ServerConnection(ConnectionBase[ServerState]):
         offered_groups = {s.group for s in map(suite_for_code, hello.suites) if s is not None and s.group is not None}
         shares: dict[Group, bytes] = {}
         for share in hello.key_shares:
-            try:
-                group = Group(share.group)
-            except ValueError:
+            group = _GROUPS.get(share.group)
+            if group is None:
                 continue  # a group from a future version: ignore, like unknown suites
             if group in shares:
                 raise AlertError(Alert.illegal_parameter, f"two {group.name} key shares")
