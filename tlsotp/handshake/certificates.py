@@ -26,7 +26,7 @@ def parse_chain(chain_der: Sequence[bytes]) -> tuple[x509.Certificate, ...]:
     """The peer's DER chain as certificates; anything unparseable (including a version field
     cryptography refuses with ``InvalidVersion``) is bad_certificate."""
     try:
-        return tuple(der.load_certificate(entry) for entry in chain_der)
+        return der.ParsedChain.load(chain_der)  # keeps the DER: the verifier's cache key
     except der.MalformedDER as exc:
         raise AlertError(Alert.bad_certificate, str(exc)) from None
 
