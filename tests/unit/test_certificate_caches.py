@@ -15,7 +15,8 @@ from tests.credentials import test_ca
 from tlsotp.alerts import Alert, AlertError
 from tlsotp.handshake import certificates
 from tlsotp.handshake.certificates import leaf_key, parse_chain
-from tlsotp.pki.credentials import certified_name
+from tlsotp.pki import credentials
+from tlsotp.pki.credentials import certified_name, leaf_name
 from tlsotp.pki.roles import Role
 
 
@@ -56,6 +57,31 @@ class CertificateCacheTests(unittest.SynchronousTestCase):
                          alice.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
         self.assertNotEqual(leaf_key(parse_chain([bob_der]))[0], first[0])
         self.assertEqual(leaf_key(parse_chain([bob_der]))[0], bob.public_key())
+
+    def test_a_received_chain_finds_its_leaf_name_by_its_der(self) -> None:
+        ca = test_ca()
+        alice_der = ca.issue("alice.example", Role.CLIENT).certificate.public_bytes(serialization.Encoding.DER)
+        bob_der = ca.issue("bob.example", Role.CLIENT).certificate.public_bytes(serialization.Encoding.DER)
+        for _ in range(2):
+            self.assertEqual(leaf_name(parse_chain([alice_der])), "alice.example")
+            self.assertEqual(leaf_name(parse_chain([bob_der])), "bob.example")
+            self.assertEqual(leaf_name([x509.load_der_x509_certificate(bob_der)]), "bob.example")  # a plain list
+        self.assertEqual(credentials._names_by_der[alice_der], "alice.example")
+        two_names = self_signed(["a.example", "b.example"], ec.generate_private_key(ec.SECP256R1()))
+        two_der = two_names.public_bytes(serialization.Encoding.DER)
+        for _ in range(2):
+            with self.assertRaises(AlertError) as wire_refusal:
+                leaf_name(parse_chain([two_der]))
+            with self.assertRaises(AlertError) as refusal:
+                certified_name(reparsed(two_names))
+            wire, plain = wire_refusal.exception, refusal.exception
+            self.assertEqual((wire.alert, wire.detail), (plain.alert, plain.detail))
+        self.assertNotIn(two_der, credentials._names_by_der)
+        self.patch(credentials, "MAX_KNOWN_LEAF_NAMES", 1)
+        self.patch(credentials, "_names_by_der", {})
+        for wire in (alice_der, bob_der):
+            leaf_name(parse_chain([wire]))
+            self.assertEqual(list(credentials._names_by_der), [wire])
 
     def test_the_der_memo_is_bounded(self) -> None:
         self.patch(certificates, "MAX_KNOWN_LEAF_KEYS", 1)
