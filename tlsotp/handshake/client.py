@@ -56,6 +56,10 @@ from tlsotp.handshake.suites import Group, KeyExchange, Suite, groups_of, signat
 
 
 class ClientState(enum.Enum):
+    # Members are singletons that compare by identity; an identity hash (C) agrees with that and
+    # spares Enum.__hash__'s Python call on every dict and cache lookup keyed by a member.
+    __hash__ = object.__hash__
+
     START = "START"
     WAIT_SERVER_HELLO = "WAIT_SERVER_HELLO"
     WAIT_SERVER_CERTIFICATE = "WAIT_SERVER_CERTIFICATE"

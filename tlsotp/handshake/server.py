@@ -53,6 +53,10 @@ from tlsotp.handshake.suites import Group, SignatureKind, Suite, suite_for_code
 
 
 class ServerState(enum.Enum):
+    # Members are singletons that compare by identity; an identity hash (C) agrees with that and
+    # spares Enum.__hash__'s Python call on every dict and cache lookup keyed by a member.
+    __hash__ = object.__hash__
+
     WAIT_CLIENT_HELLO = "WAIT_CLIENT_HELLO"
     WAIT_KEY_TRANSPORT = "WAIT_KEY_TRANSPORT"
     WAIT_CLIENT_CERTIFICATE = "WAIT_CLIENT_CERTIFICATE"
