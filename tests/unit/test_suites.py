@@ -124,3 +124,16 @@ class IdentityHashTests(unittest.SynchronousTestCase):
                 self.assertIs(enum_class(member.value), member)
                 self.assertEqual(cached(member), member.name)
             self.assertEqual(len(set(members)), len(members))
+
+
+class ConfigSignatureKindTests(unittest.SynchronousTestCase):
+    def test_the_configured_key_s_signature_kind_is_asked_once_and_is_the_key_s(self) -> None:
+        from tests.vectors.harness import make_configs
+        from tlsotp.handshake.suites import signature_kind_for_key
+
+        for key_type, kind in (("ec-p256", SignatureKind.ECDSA), ("rsa-2048", SignatureKind.RSA_PSS)):
+            client, server = make_configs(ALL_SUITES[0], client_key=key_type)
+            self.assertIs(client.signature_kind, kind)
+            self.assertIs(client.signature_kind, signature_kind_for_key(client.private_key.public_key()))
+            self.assertIn("signature_kind", vars(client))  # computed once, kept on the configuration
+            self.assertIs(server.signature_kind, SignatureKind.ECDSA)
