@@ -45,14 +45,26 @@ class Writer:
         self._parts.append(bytes(data))
         return self
 
+    # The prefixed fields append their length and bytes directly (one call, not three):
+    # the same checks in the same order as u8/u16/u24(_checked_len(...)).raw(data).
+
     def bytes8(self, data: bytes) -> Writer:
-        return self.u8(_checked_len(data, 0xFF)).raw(data)
+        parts = self._parts
+        parts.append(_checked_len(data, 0xFF).to_bytes(1, "big"))
+        parts.append(bytes(data))
+        return self
 
     def bytes16(self, data: bytes) -> Writer:
-        return self.u16(_checked_len(data, 0xFFFF)).raw(data)
+        parts = self._parts
+        parts.append(_checked_len(data, 0xFFFF).to_bytes(2, "big"))
+        parts.append(bytes(data))
+        return self
 
     def bytes24(self, data: bytes) -> Writer:
-        return self.u24(_checked_len(data, 0xFFFFFF)).raw(data)
+        parts = self._parts
+        parts.append(_checked_len(data, 0xFFFFFF).to_bytes(3, "big"))
+        parts.append(bytes(data))
+        return self
 
     def text16(self, text: str) -> Writer:
         return self.bytes16(text.encode("utf-8"))
@@ -62,35 +74,57 @@ class Writer:
 
 
 def _checked_len(data: bytes, limit: int) -> int:
-    if len(data) > limit:
-        raise ValueError(f"field of {len(data)} bytes exceeds its {limit}-byte length prefix")
-    return len(data)
+    n = len(data)
+    if n > limit:
+        raise ValueError(f"field of {n} bytes exceeds its {limit}-byte length prefix")
+    return n
 
 
 class Reader:
-    """Consumes fields from a byte string; every overrun is a ``decode_error``."""
+    """Consumes fields from a byte string; every overrun is a ``decode_error``.
+
+    Each method reads its bytes in place (no call per field through a common helper: the
+    handshake decoders read dozens of fields per session), with the checks, their order and
+    their messages of ``_take`` and ``_bounded``."""
 
     def __init__(self, data: bytes) -> None:
         self._data = bytes(data)
         self._pos = 0
+        self._end = len(self._data)
+
+    def _truncated(self, n: int) -> AlertError:
+        return _decode_error(f"truncated: wanted {n} bytes at offset {self._pos}, have {self._end - self._pos}")
 
     def _take(self, n: int) -> bytes:
-        if n < 0 or self._pos + n > len(self._data):
-            raise _decode_error(
-                f"truncated: wanted {n} bytes at offset {self._pos}, have {len(self._data) - self._pos}"
-            )
-        chunk = self._data[self._pos : self._pos + n]
-        self._pos += n
-        return chunk
+        pos = self._pos
+        end = pos + n
+        if n < 0 or end > self._end:
+            raise self._truncated(n)
+        self._pos = end
+        return self._data[pos:end]
 
     def u8(self) -> int:
-        return self._take(1)[0]
+        pos = self._pos
+        if pos >= self._end:
+            raise self._truncated(1)
+        self._pos = pos + 1
+        return self._data[pos]
 
     def u16(self) -> int:
-        return int.from_bytes(self._take(2), "big")
+        pos = self._pos
+        if pos + 2 > self._end:
+            raise self._truncated(2)
+        self._pos = pos + 2
+        data = self._data
+        return (data[pos] << 8) | data[pos + 1]
 
     def u24(self) -> int:
-        return int.from_bytes(self._take(3), "big")
+        pos = self._pos
+        if pos + 3 > self._end:
+            raise self._truncated(3)
+        self._pos = pos + 3
+        data = self._data
+        return (data[pos] << 16) | (data[pos + 1] << 8) | data[pos + 2]
 
     def u32(self) -> int:
         return int.from_bytes(self._take(4), "big")
@@ -102,13 +136,40 @@ class Reader:
         return self._take(n)
 
     def bytes8(self, *, max_len: int = 0xFF, min_len: int = 0) -> bytes:
-        return self._bounded(self.u8(), min_len, max_len)
+        pos = self._pos
+        if pos >= self._end:
+            raise self._truncated(1)
+        n = self._data[pos]
+        self._pos = pos = pos + 1
+        return self._field(pos, n, min_len, max_len)
 
     def bytes16(self, *, max_len: int = 0xFFFF, min_len: int = 0) -> bytes:
-        return self._bounded(self.u16(), min_len, max_len)
+        pos = self._pos
+        if pos + 2 > self._end:
+            raise self._truncated(2)
+        data = self._data
+        n = (data[pos] << 8) | data[pos + 1]
+        self._pos = pos = pos + 2
+        return self._field(pos, n, min_len, max_len)
 
     def bytes24(self, *, max_len: int = 0xFFFFFF, min_len: int = 0) -> bytes:
-        return self._bounded(self.u24(), min_len, max_len)
+        pos = self._pos
+        if pos + 3 > self._end:
+            raise self._truncated(3)
+        data = self._data
+        n = (data[pos] << 16) | (data[pos + 1] << 8) | data[pos + 2]
+        self._pos = pos = pos + 3
+        return self._field(pos, n, min_len, max_len)
+
+    def _field(self, pos: int, n: int, min_len: int, max_len: int) -> bytes:
+        """The ``n`` bytes at ``pos`` (just after their length prefix), bounds first."""
+        if n < min_len or n > max_len:
+            raise _decode_error(f"field length {n} outside [{min_len}, {max_len}]")
+        end = pos + n
+        if end > self._end:
+            raise self._truncated(n)
+        self._pos = end
+        return self._data[pos:end]
 
     def text16(self, *, max_len: int = 0xFFFF) -> str:
         data = self.bytes16(max_len=max_len)
@@ -117,15 +178,10 @@ class Reader:
         except UnicodeDecodeError:
             raise _decode_error("text field is not valid UTF-8") from None
 
-    def _bounded(self, n: int, min_len: int, max_len: int) -> bytes:
-        if n < min_len or n > max_len:
-            raise _decode_error(f"field length {n} outside [{min_len}, {max_len}]")
-        return self._take(n)
-
     def remaining(self) -> int:
-        return len(self._data) - self._pos
+        return self._end - self._pos
 
     def done(self) -> None:
         """Insist the message was consumed exactly: trailing bytes are a decode error."""
-        if self._pos != len(self._data):
-            raise _decode_error(f"{len(self._data) - self._pos} trailing bytes")
+        if self._pos != self._end:
+            raise _decode_error(f"{self._end - self._pos} trailing bytes")

@@ -158,6 +158,22 @@ class FlowTests(unittest.SynchronousTestCase):
         received = b"".join(e.data for f in frames for e in pair.server.receive_frame(f) if isinstance(e, ApplicationData))
         self.assertEqual(received, data)
 
+    def test_each_record_of_a_split_write_is_traced_with_its_own_sequence_number(self) -> None:
+        """The trace fields are built lazily, per record: each binds its own sequence number."""
+        records: list[TraceRecord] = []
+        pair = connect(*make_configs(ALL_SUITES[0], client_observer=records.append))
+        del records[:]
+        pair.client.send_application_data(bytes(2 * MAX_PLAINTEXT + 100))
+        frames = pair.client.frames_to_send()
+        self.assertEqual(
+            [(r.kind, r.size, r.fields) for r in records],
+            [
+                ("ApplicationData", len(f), {"sequence_number": str(i), "ciphertext_length": str(len(f) - 1)})
+                for i, f in enumerate(frames)
+            ],
+        )
+        self.assertEqual([len(f) - 1 for f in frames], [MAX_PLAINTEXT + 16, MAX_PLAINTEXT + 16, 100 + 16])
+
     def test_record_limit_closes_before_a_nonce_could_repeat(self) -> None:
         pair = connect(*make_configs(ALL_SUITES[0]))
         sealer = pair.client._sealer

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.trial import unittest
 
 from tlsotp.alerts import Alert, AlertError
@@ -25,6 +27,15 @@ class NonceAndAadTests(unittest.SynchronousTestCase):
         self.assertEqual(record_nonce(IV, 1).hex(), "000102030405060708090a0a")
         self.assertEqual(record_nonce(IV, 0x0102030405060708).hex(), "00010203050705030d0f0d03")
         self.assertEqual(record_nonce(bytes(12), 2**64 - 1).hex(), "00000000ffffffffffffffff")
+
+    @given(iv=st.binary(min_size=12, max_size=12), seq=st.integers(min_value=0, max_value=2**64 - 1))
+    def test_nonce_is_the_bytewise_xor(self, iv: bytes, seq: int) -> None:
+        """The integer XOR gives exactly RFC 8446's byte-by-byte XOR with the padded sequence."""
+        self.assertEqual(record_nonce(iv, seq), bytes(a ^ b for a, b in zip(iv, seq.to_bytes(12, "big"))))
+
+    def test_nonce_refuses_other_iv_lengths(self) -> None:
+        for length in (0, 11, 13):
+            self.assertRaises(ValueError, record_nonce, bytes(length), 0)
 
     def test_nonce_refuses_sequences_beyond_64_bits(self) -> None:
         self.assertRaises(ValueError, record_nonce, IV, 2**64)

@@ -102,3 +102,38 @@ class DocumentationTests(unittest.SynchronousTestCase):
         doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.rst").read_text()
         rows = {line.split()[1]: line.split()[0] for line in doc.splitlines() if line.startswith("0x") and "TLSOTP_" in line}
         self.assertEqual(rows, {s.name: f"0x{s.code:04x}" for s in ALL_SUITES})
+
+
+class IdentityHashTests(unittest.SynchronousTestCase):
+    """The handshake's plain enums hash by identity (C), not by Enum.__hash__'s Python call:
+    consistent with their equality (identity), and every lookup keyed by a member still works."""
+
+    def test_members_hash_by_identity_and_still_key_dicts_and_caches(self) -> None:
+        import functools
+
+        from tlsotp.handshake.client import ClientState
+        from tlsotp.handshake.server import ServerState
+
+        for enum_class in (ClientState, ServerState, KeyExchange, SignatureKind, Aead, HashAlgorithm):
+            members = list(enum_class)
+            table = {m: i for i, m in enumerate(members)}
+            cached = functools.cache(lambda m: m.name)
+            for i, member in enumerate(members):
+                self.assertEqual(hash(member), object.__hash__(member))
+                self.assertEqual(table[member], i)
+                self.assertIs(enum_class(member.value), member)
+                self.assertEqual(cached(member), member.name)
+            self.assertEqual(len(set(members)), len(members))
+
+
+class ConfigSignatureKindTests(unittest.SynchronousTestCase):
+    def test_the_configured_key_s_signature_kind_is_asked_once_and_is_the_key_s(self) -> None:
+        from tests.vectors.harness import make_configs
+        from tlsotp.handshake.suites import signature_kind_for_key
+
+        for key_type, kind in (("ec-p256", SignatureKind.ECDSA), ("rsa-2048", SignatureKind.RSA_PSS)):
+            client, server = make_configs(ALL_SUITES[0], client_key=key_type)
+            self.assertIs(client.signature_kind, kind)
+            self.assertIs(client.signature_kind, signature_kind_for_key(client.private_key.public_key()))
+            self.assertIn("signature_kind", vars(client))  # computed once, kept on the configuration
+            self.assertIs(server.signature_kind, SignatureKind.ECDSA)

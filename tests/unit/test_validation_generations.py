@@ -23,8 +23,10 @@ from twisted.trial import unittest
 from tests.credentials import NOW, cached_key, test_ca
 from tlsotp.alerts import Alert, AlertError
 from tlsotp.handshake import ServerConfig
+from tlsotp.handshake.certificates import parse_chain
 from tlsotp.handshake.suites import HashAlgorithm
 from tlsotp.handshake.transcript import Transcript
+from tlsotp.pki import der, verify
 from tlsotp.pki.builders import Revocation, build_crl, build_root
 from tlsotp.pki.keys import KeyType
 from tlsotp.pki.roles import Role
@@ -175,6 +177,63 @@ class VerifierGenerationTests(unittest.SynchronousTestCase):
         # The exact DER is the key: a chain with one more certificate is validated on its own.
         self.assertIsNone(alert_of(self.verifier, [self.alice.certificate, self.ca.root]))
         self.assertEqual(self.verifier.path_validations, 7)
+
+    def test_a_received_chain_is_remembered_by_the_der_it_arrived_as(self) -> None:
+        """parse_chain keeps each certificate's wire bytes; the verifier keys its cache by them
+        (no re-encoding) and finds the same entry a chain of re-encoded certificates gets."""
+        wire = [self.alice.certificate.public_bytes(serialization.Encoding.DER), self.ca.root.public_bytes(serialization.Encoding.DER)]
+        chain = parse_chain(wire)
+        self.assertIsInstance(chain, der.ParsedChain)
+        assert isinstance(chain, der.ParsedChain)
+        self.assertEqual(chain.der, tuple(wire))
+        self.assertEqual(chain, (self.alice.certificate, self.ca.root))  # a tuple like any other
+        self.assertEqual(copy.deepcopy(chain).der, tuple(wire))
+        for _ in range(2):
+            self.assertIsNone(alert_of(self.verifier, list(parse_chain(wire[:1]))))  # a list: re-encoded
+            self.verifier.verify(parse_chain(wire[:1]))
+        self.assertEqual(self.verifier.path_validations, 1)
+        self.verifier.verify(chain)
+        self.assertEqual(self.verifier.path_validations, 2)  # another chain: validated on its own
+        # A refusal from the wire bytes is the same refusal.
+        stranger = test_ca("other").issue("mallory.example", Role.CLIENT)
+        stranger_wire = [stranger.certificate.public_bytes(serialization.Encoding.DER)]
+        for _ in range(2):
+            self.assertEqual(alert_of(self.verifier, list(parse_chain(stranger_wire))), Alert.unknown_ca)
+            with self.assertRaises(AlertError) as caught:
+                self.verifier.verify(parse_chain(stranger_wire))
+            self.assertEqual(caught.exception.alert, Alert.unknown_ca)
+
+    def test_revocation_is_looked_up_once_per_serial_and_generation(self) -> None:
+        self.verifier.crl = self.crl(self.bob.certificate, number=2)
+        for _ in range(3):
+            self.assertEqual(alert_of(self.verifier, [self.bob.certificate]), Alert.certificate_revoked)
+            self.assertIsNone(alert_of(self.verifier, [self.alice.certificate]))
+        self.assertEqual(self.verifier._revoked, {self.bob.certificate.serial_number: True, self.alice.certificate.serial_number: False})
+        # The next generation asks its own CRL: Alice revoked, Bob back.
+        self.verifier.crl = self.crl(self.alice.certificate, number=3)
+        self.assertEqual(self.verifier._revoked, {})
+        for _ in range(2):
+            self.assertEqual(alert_of(self.verifier, [self.alice.certificate]), Alert.certificate_revoked)
+            self.assertIsNone(alert_of(self.verifier, [self.bob.certificate]))
+
+    def test_the_revocation_memo_is_bounded(self) -> None:
+        self.patch(verify, "MAX_VALIDATED_CHAINS", 1)
+        self.verifier.crl = self.crl(self.bob.certificate, number=2)
+        for _ in range(2):
+            self.assertEqual(alert_of(self.verifier, [self.bob.certificate]), Alert.certificate_revoked)
+            self.assertIsNone(alert_of(self.verifier, [self.alice.certificate]))
+            self.assertEqual(len(self.verifier._revoked), 1)
+
+    def test_a_crl_dated_in_the_future_is_refused_until_its_time(self) -> None:
+        ahead = build_crl(self.ca.key, self.ca.root, [], now=NOW + datetime.timedelta(hours=1), next_update=DAY, crl_number=2)
+        self.verifier.crl = ahead
+        with self.assertRaises(AlertError) as caught:
+            self.verifier.verify([self.alice.certificate])
+        self.assertEqual((caught.exception.alert, caught.exception.detail), (Alert.certificate_unknown, "CRL is dated in the future"))
+        self.clock.now = ahead.last_update_utc - verify.CRL_CLOCK_SKEW
+        self.assertIsNone(alert_of(self.verifier, [self.alice.certificate]))  # inclusive bound
+        self.clock.now -= datetime.timedelta(seconds=1)
+        self.assertEqual(alert_of(self.verifier, [self.alice.certificate]), Alert.certificate_unknown)
 
     def test_a_remembered_chain_still_has_its_times_checked(self) -> None:
         # A root that expires before the leaf (the TTP never issues one; built by hand here).

@@ -26,7 +26,7 @@ def parse_chain(chain_der: Sequence[bytes]) -> tuple[x509.Certificate, ...]:
     """The peer's DER chain as certificates; anything unparseable (including a version field
     cryptography refuses with ``InvalidVersion``) is bad_certificate."""
     try:
-        return tuple(der.load_certificate(entry) for entry in chain_der)
+        return der.ParsedChain.load(chain_der)  # keeps the DER: the verifier's cache key
     except der.MalformedDER as exc:
         raise AlertError(Alert.bad_certificate, str(exc)) from None
 
@@ -42,16 +42,29 @@ def run_validator(validate: PeerValidator, chain: Sequence[x509.Certificate]) ->
         validate(chain)
 
 
+#: Leaf keys of received chains by the leaf's exact DER (bounded: emptied when full). A
+#: ``ParsedChain``'s DER is already hashed (the verifier's cache key), where hashing an
+#: ``x509.Certificate`` for ``_certificate_key``'s lru_cache walks the parsed certificate
+#: (about 4 us a lookup here).
+MAX_KNOWN_LEAF_KEYS = 1024
+_keys_by_der: dict[bytes, tuple[PeerKey, SignatureKind]] = {}
+
+
 def leaf_key(chain: Sequence[x509.Certificate]) -> tuple[PeerKey, SignatureKind]:
     """The leaf's public key and the signature it makes; unusable keys are unsupported_certificate."""
-    return _certificate_key(chain[0])
+    if not isinstance(chain, der.ParsedChain):
+        return _certificate_key(chain[0])
+    wire = chain.der[0]
+    known = _keys_by_der.get(wire)
+    if known is None:
+        known = _load_key(chain[0])  # a refusal raises and is not remembered
+        if len(_keys_by_der) >= MAX_KNOWN_LEAF_KEYS:
+            _keys_by_der.clear()
+        _keys_by_der[wire] = known
+    return known
 
 
-@functools.lru_cache(maxsize=1024)
-def _certificate_key(cert: x509.Certificate) -> tuple[PeerKey, SignatureKind]:
-    """Cached per certificate: equal certificates (``x509.Certificate`` hashes and compares its
-    DER) have the same key, so a returning client's key is loaded once, not per session. A
-    refusal raises and is not cached."""
+def _load_key(cert: x509.Certificate) -> tuple[PeerKey, SignatureKind]:
     with der.malformed_as(Alert.unsupported_certificate, "leaf certificate key cannot be loaded"):
         key = cert.public_key()
     kind = signature_kind_for_key(key)
@@ -61,3 +74,11 @@ def _certificate_key(cert: x509.Certificate) -> tuple[PeerKey, SignatureKind]:
             f"leaf certificate key {type(key).__name__} is not EC P-256/P-384 or RSA >= 2048",
         )
     return key, kind
+
+
+@functools.lru_cache(maxsize=1024)
+def _certificate_key(cert: x509.Certificate) -> tuple[PeerKey, SignatureKind]:
+    """Cached per certificate: equal certificates (``x509.Certificate`` hashes and compares its
+    DER) have the same key, so a returning client's key is loaded once, not per session. A
+    refusal raises and is not cached."""
+    return _load_key(cert)

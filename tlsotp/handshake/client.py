@@ -52,10 +52,14 @@ from tlsotp.handshake.messages import (
 )
 from tlsotp.handshake.record import RecordOpener, RecordSealer
 from tlsotp.handshake.signatures import CLIENT_CONTEXT, SERVER_CONTEXT, scheme_for, sign, signed_content, verify
-from tlsotp.handshake.suites import Group, KeyExchange, Suite, groups_of, signature_kind_for_key
+from tlsotp.handshake.suites import Group, KeyExchange, Suite, groups_of
 
 
 class ClientState(enum.Enum):
+    # Members are singletons that compare by identity; an identity hash (C) agrees with that and
+    # spares Enum.__hash__'s Python call on every dict and cache lookup keyed by a member.
+    __hash__ = object.__hash__
+
     START = "START"
     WAIT_SERVER_HELLO = "WAIT_SERVER_HELLO"
     WAIT_SERVER_CERTIFICATE = "WAIT_SERVER_CERTIFICATE"
@@ -180,7 +184,7 @@ class ClientConnection(ConnectionBase[ClientState]):
         chain = self.config.certificate_chain
         self._send_handshake(Certificate(self.config.encoded_chain))
         if chain:
-            kind = signature_kind_for_key(self.config.private_key.public_key())
+            kind = self.config.signature_kind
             assert kind is not None  # checked by ClientConfig
             content = signed_content(CLIENT_CONTEXT, self._transcript.digest(suite.hash))
             signature = sign(self.config.private_key, suite.hash, content)

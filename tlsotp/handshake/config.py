@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from tlsotp.handshake.events import TraceRecord
 from tlsotp.handshake.key_exchange import EphemeralKeyFactory, generate_ephemeral_key
 from tlsotp.handshake.limits import MAX_CHAIN, MAX_SUITES
-from tlsotp.handshake.suites import DEFAULT_SUITES, Suite, signature_kind_for_key, suites_for_key
+from tlsotp.handshake.suites import DEFAULT_SUITES, SignatureKind, Suite, signature_kind_for_key, suites_for_key
 from tlsotp.pki.keys import PrivateKey
 
 #: A certificate key tlsotp can sign with.
@@ -54,6 +54,11 @@ class _SideConfig:
     def encoded_chain(self) -> tuple[bytes, ...]:
         """The chain as the Certificate message carries it, DER-encoded once per configuration."""
         return tuple(cert.public_bytes(serialization.Encoding.DER) for cert in self.certificate_chain)
+
+    @functools.cached_property
+    def signature_kind(self) -> SignatureKind | None:
+        """The signature this side's private key makes (its key never changes: asked once)."""
+        return signature_kind_for_key(self.private_key.public_key())
 
     def _check_common(self, role: str) -> None:
         chain, private_key, suites = self.certificate_chain, self.private_key, self.suites

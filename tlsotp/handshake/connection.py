@@ -14,6 +14,7 @@ attacker can neither forge an alert nor truncate the conversation with a fake cl
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -37,6 +38,11 @@ from tlsotp.handshake.suites import Suite
 from tlsotp.handshake.transcript import Transcript
 
 StateT = TypeVar("StateT", bound=enum.Enum)
+
+
+def _record_fields(seq: int, ciphertext_length: int) -> dict[str, str]:
+    """A protected record's trace fields: built only when an observer asks for them."""
+    return {"sequence_number": str(seq), "ciphertext_length": str(ciphertext_length)}
 
 
 class ConnectionStateError(RuntimeError):
@@ -105,8 +111,11 @@ class ConnectionBase(Generic[StateT]):
             chunk = bytes(view[start : start + MAX_PLAINTEXT])
             seq = self._sealer.sequence_number
             ciphertext = self._sealer.seal(ContentType.application_data, chunk)
-            fields = {"sequence_number": str(seq), "ciphertext_length": str(len(ciphertext))}
-            self._queue(encode_frame(ContentType.application_data, ciphertext), "ApplicationData", lambda: fields)
+            self._queue(
+                encode_frame(ContentType.application_data, ciphertext),
+                "ApplicationData",
+                functools.partial(_record_fields, seq, len(ciphertext)),
+            )
 
     def close(self) -> None:
         """Queue close_notify and end the connection (a no-op once it is over)."""

@@ -21,6 +21,10 @@ class ContentType(enum.IntEnum):
     application_data = 23
 
 
+#: The known types by wire code: a dict lookup, where ContentType(code) is several Python calls.
+_CONTENT_TYPES: dict[int, ContentType] = {t.value: t for t in ContentType}
+
+
 def encode_frame(content_type: ContentType, body: bytes) -> bytes:
     frame = bytes([content_type]) + body
     if len(frame) > MAX_FRAME:
@@ -34,8 +38,7 @@ def split_frame(frame: bytes) -> tuple[ContentType, bytes]:
         raise AlertError(Alert.record_overflow, f"frame of {len(frame)} bytes exceeds {MAX_FRAME}")
     if not frame:
         raise AlertError(Alert.decode_error, "empty frame")
-    try:
-        content_type = ContentType(frame[0])
-    except ValueError:
-        raise AlertError(Alert.unexpected_message, f"unknown content type {frame[0]}") from None
+    content_type = _CONTENT_TYPES.get(frame[0])
+    if content_type is None:
+        raise AlertError(Alert.unexpected_message, f"unknown content type {frame[0]}")
     return content_type, bytes(frame[1:])

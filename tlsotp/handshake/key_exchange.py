@@ -11,6 +11,7 @@ then only shows up as a client Finished that does not verify, exactly like a tam
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TypeAlias
 
@@ -90,7 +91,9 @@ def ecdh_shared_secret(private_key: EphemeralPrivateKey, peer_share: EphemeralPu
         raise AlertError(Alert.illegal_parameter, "key exchange failed on the peer's key share") from None
 
 
+@functools.cache
 def _oaep() -> padding.OAEP:
+    """Built once: the padding is an immutable descriptor."""
     return padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
 
 

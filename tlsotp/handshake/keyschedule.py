@@ -55,21 +55,46 @@ def _label_info(label: str, context: bytes, length: int) -> bytes:
     return Writer().u16(length).bytes8(LABEL_PREFIX + label.encode("ascii")).bytes8(context).getvalue()
 
 
+@functools.lru_cache(maxsize=256)
+def _constant_block(label: str, context: bytes, length: int) -> bytes:
+    """HKDF-Expand's first HMAC input, info || 0x01, for a constant context (empty, or the
+    empty transcript's hash): built once per (label, context, length)."""
+    return _label_info(label, context, length) + b"\x01"
+
+
+@functools.lru_cache(maxsize=256)
+def _label_head(label: str, length: int) -> bytes:
+    """The HkdfLabel up to its context: u16 length || the prefixed label with its u8 length."""
+    return Writer().u16(length).bytes8(LABEL_PREFIX + label.encode("ascii")).getvalue()
+
+
+def _block(label: str, context: bytes, length: int) -> bytes:
+    """info || 0x01 for a context that changes per handshake (a transcript hash)."""
+    if len(context) > 0xFF:  # let the Writer refuse it, with its message
+        return Writer().raw(_label_head(label, length)).bytes8(context).u8(1).getvalue()
+    return _label_head(label, length) + bytes((len(context),)) + context + b"\x01"
+
+
+def _expand_keyed(mac: HMAC, block: bytes, length: int) -> bytes:
+    """T(1) = HMAC(secret, info || 0x01) truncated to ``length`` (at most the hash length), from
+    an HMAC already keyed with the secret (consumed here: pass a ``copy()`` to reuse the key)."""
+    mac.update(block)
+    return mac.finalize()[:length]
+
+
 def hkdf_expand_label(hash_: HashAlgorithm, secret: bytes, label: str, context: bytes, length: int) -> bytes:
     """HKDF-Expand with TLS 1.3's HkdfLabel structure and tlsotp's label prefix.
 
     For ``length`` up to the hash length (every key, IV and secret here), HKDF-Expand's output
     is exactly its first block, T(1) = HMAC(secret, info || 0x01) (RFC 5869 section 2.3), so it
     is computed as that one HMAC; longer outputs go through ``HKDFExpand``."""
+    if length <= hash_.digest_size:
+        block = _block(label, context, length) if context else _constant_block(label, b"", length)
+        return _expand_keyed(HMAC(secret, hash_.new()), block, length)
     if context:
         info = Writer().u16(length).bytes8(LABEL_PREFIX + label.encode("ascii")).bytes8(context).getvalue()
     else:
         info = _label_info(label, b"", length)
-    if length <= hash_.digest_size:
-        mac = HMAC(secret, hash_.new())
-        mac.update(info)
-        mac.update(b"\x01")
-        return mac.finalize()[:length]
     return HKDFExpand(algorithm=hash_.new(), length=length, info=info).derive(secret)
 
 
@@ -91,6 +116,14 @@ def _early_secrets(hash_: HashAlgorithm) -> tuple[bytes, bytes]:
     zeros = bytes(hash_.digest_size)
     early = hkdf_extract(hash_, zeros, zeros)
     return early, derive_secret(hash_, early, "derived", empty_hash(hash_))
+
+
+@functools.cache
+def _handshake_extract(hash_: HashAlgorithm) -> HMAC:
+    """An HMAC keyed with Derive-Secret(early_secret, "derived", ""), the handshake secret's
+    Extract salt (a constant per hash): each handshake takes a ``copy()`` and feeds it its
+    shared secret, so the constant key is not set up again per handshake. Never updated itself."""
+    return HMAC(_early_secrets(hash_)[1], hash_.new())
 
 
 def finished_mac(hash_: HashAlgorithm, finished_key: bytes, transcript_hash: bytes) -> bytes:
@@ -118,9 +151,17 @@ class TrafficKeys:
 
 
 def traffic_keys(suite: Suite, traffic_secret: bytes) -> TrafficKeys:
+    hash_, key_length = suite.hash, suite.aead.key_length
+    if key_length > hash_.digest_size:  # no suite has one; the general path stays exact
+        return TrafficKeys(
+            key=hkdf_expand_label(hash_, traffic_secret, "key", b"", key_length),
+            iv=hkdf_expand_label(hash_, traffic_secret, "iv", b"", IV_LENGTH),
+        )
+    # Both come from the same secret: key its HMAC once, expand a copy for the key.
+    keyed = HMAC(traffic_secret, hash_.new())
     return TrafficKeys(
-        key=hkdf_expand_label(suite.hash, traffic_secret, "key", b"", suite.aead.key_length),
-        iv=hkdf_expand_label(suite.hash, traffic_secret, "iv", b"", IV_LENGTH),
+        key=_expand_keyed(keyed.copy(), _constant_block("key", b"", key_length), key_length),
+        iv=_expand_keyed(keyed, _constant_block("iv", b"", IV_LENGTH), IV_LENGTH),
     )
 
 
@@ -143,23 +184,29 @@ class HandshakeSecrets:
 
 
 def derive_handshake_secrets(hash_: HashAlgorithm, shared_secret: bytes, hello_hash: bytes) -> HandshakeSecrets:
-    """``hello_hash`` is H(ClientHello..ServerHello)."""
-    zeros = bytes(hash_.digest_size)
+    """``hello_hash`` is H(ClientHello..ServerHello).
+
+    Each secret used for several expansions keys one HMAC, and each expansion but its last
+    runs on a ``copy()`` of it (the same HMAC state, without setting the key up again)."""
+    size = hash_.digest_size
     early, derived_early = _early_secrets(hash_)
-    handshake = hkdf_extract(hash_, derived_early, shared_secret)
-    c_hs = derive_secret(hash_, handshake, "c hs traffic", hello_hash)
-    s_hs = derive_secret(hash_, handshake, "s hs traffic", hello_hash)
-    derived_handshake = derive_secret(hash_, handshake, "derived", empty_hash(hash_))
+    extract = _handshake_extract(hash_).copy()
+    extract.update(shared_secret)
+    handshake = extract.finalize()
+    keyed = HMAC(handshake, hash_.new())
+    c_hs = _expand_keyed(keyed.copy(), _block("c hs traffic", hello_hash, size), size)
+    s_hs = _expand_keyed(keyed.copy(), _block("s hs traffic", hello_hash, size), size)
+    derived_handshake = _expand_keyed(keyed, _constant_block("derived", empty_hash(hash_), size), size)
     return HandshakeSecrets(
         early_secret=early,
         derived_early=derived_early,
         handshake_secret=handshake,
         client_handshake_traffic=c_hs,
         server_handshake_traffic=s_hs,
-        client_finished_key=hkdf_expand_label(hash_, c_hs, "finished", b"", hash_.digest_size),
-        server_finished_key=hkdf_expand_label(hash_, s_hs, "finished", b"", hash_.digest_size),
+        client_finished_key=_expand_keyed(HMAC(c_hs, hash_.new()), _constant_block("finished", b"", size), size),
+        server_finished_key=_expand_keyed(HMAC(s_hs, hash_.new()), _constant_block("finished", b"", size), size),
         derived_handshake=derived_handshake,
-        master_secret=hkdf_extract(hash_, derived_handshake, zeros),
+        master_secret=hkdf_extract(hash_, derived_handshake, bytes(size)),
     )
 
 
@@ -176,8 +223,10 @@ class ApplicationSecrets:
 
 def derive_application_secrets(suite: Suite, master_secret: bytes, client_finished_hash: bytes) -> ApplicationSecrets:
     """``client_finished_hash`` is H(ClientHello..client Finished)."""
-    c_ap = derive_secret(suite.hash, master_secret, "c ap traffic", client_finished_hash)
-    s_ap = derive_secret(suite.hash, master_secret, "s ap traffic", client_finished_hash)
+    size = suite.hash.digest_size
+    keyed = HMAC(master_secret, suite.hash.new())
+    c_ap = _expand_keyed(keyed.copy(), _block("c ap traffic", client_finished_hash, size), size)
+    s_ap = _expand_keyed(keyed, _block("s ap traffic", client_finished_hash, size), size)
     return ApplicationSecrets(
         client_application_traffic=c_ap,
         server_application_traffic=s_ap,

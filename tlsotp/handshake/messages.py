@@ -9,6 +9,7 @@ input is always ``decode_error`` and never an exception or a half-parsed object.
 from __future__ import annotations
 
 import enum
+import struct
 from dataclasses import dataclass
 from typing import ClassVar, TypeAlias
 
@@ -42,10 +43,14 @@ class HandshakeType(enum.IntEnum):
     finished = 20
 
 
+#: The known types by wire code: a dict lookup, where HandshakeType(code) is several Python calls.
+_HANDSHAKE_TYPES: dict[int, HandshakeType] = {t.value: t for t in HandshakeType}
+
+
 def _u16_list(data: bytes, what: str) -> tuple[int, ...]:
     if len(data) % 2:
         raise AlertError(Alert.decode_error, f"{what} list has an odd length")
-    return tuple(int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2))
+    return struct.unpack(f">{len(data) // 2}H", data)
 
 
 def suite_label(code: int) -> str:
@@ -256,16 +261,22 @@ HandshakeMessage: TypeAlias = ClientHello | ServerHello | Certificate | Certific
 
 def encode_handshake(message: HandshakeMessage) -> bytes:
     """The message with its header: the exact bytes the transcript hashes."""
-    return Writer().u8(message.TYPE).bytes24(message.encode_body()).getvalue()
+    body = message.encode_body()
+    if len(body) > 0xFFFFFF:  # the Writer refuses it, with its message
+        return Writer().u8(message.TYPE).bytes24(body).getvalue()
+    return ((message.TYPE << 24) | len(body)).to_bytes(4, "big") + body
 
 
 def split_handshake(data: bytes) -> tuple[HandshakeType, bytes]:
     """Header and body of one handshake message filling the whole frame body."""
-    r = Reader(data)
-    code = r.u8()
-    body = r.bytes24()
-    r.done()
-    try:
-        return HandshakeType(code), body
-    except ValueError:
-        raise AlertError(Alert.unexpected_message, f"unknown handshake message type {code}") from None
+    if len(data) >= 4 and ((data[1] << 16) | (data[2] << 8) | data[3]) == len(data) - 4:
+        code, body = data[0], bytes(data[4:])  # a well-formed header: what the Reader would read
+    else:  # the Reader refuses it, with its exact decode_error
+        r = Reader(data)
+        code = r.u8()
+        body = r.bytes24()
+        r.done()
+    msg_type = _HANDSHAKE_TYPES.get(code)
+    if msg_type is None:
+        raise AlertError(Alert.unexpected_message, f"unknown handshake message type {code}")
+    return msg_type, body

@@ -18,7 +18,6 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from tlsotp.alerts import Alert, AlertError
-from tlsotp.codec import Writer
 from tlsotp.handshake.frames import ContentType
 from tlsotp.handshake.keyschedule import IV_LENGTH, TrafficKeys
 from tlsotp.handshake.limits import AEAD_TAG_LENGTH, MAX_PLAINTEXT, RECORD_LIMIT
@@ -31,12 +30,14 @@ def record_nonce(iv: bytes, seq: int) -> bytes:
         raise ValueError(f"IV must be {IV_LENGTH} bytes")
     if not 0 <= seq < 2**64:
         raise ValueError("sequence number must fit in 64 bits")
-    padded = seq.to_bytes(IV_LENGTH, "big")
-    return bytes(a ^ b for a, b in zip(iv, padded))
+    # The IV as a 96-bit integer XOR the (zero-padded) sequence number: the same 12 bytes as a
+    # byte-by-byte XOR, in two C calls instead of a generator step per byte.
+    return (int.from_bytes(iv, "big") ^ seq).to_bytes(IV_LENGTH, "big")
 
 
 def record_aad(content_type: ContentType, ciphertext_length: int) -> bytes:
-    return Writer().u8(content_type).u16(ciphertext_length).getvalue()
+    """u8 content_type || u16 length, as Writer().u8().u16() writes them."""
+    return content_type.to_bytes(1, "big") + ciphertext_length.to_bytes(2, "big")
 
 
 def _cipher(aead: Aead, key: bytes) -> AESGCM | ChaCha20Poly1305:

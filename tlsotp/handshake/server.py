@@ -53,6 +53,10 @@ from tlsotp.handshake.suites import Group, SignatureKind, Suite, suite_for_code
 
 
 class ServerState(enum.Enum):
+    # Members are singletons that compare by identity; an identity hash (C) agrees with that and
+    # spares Enum.__hash__'s Python call on every dict and cache lookup keyed by a member.
+    __hash__ = object.__hash__
+
     WAIT_CLIENT_HELLO = "WAIT_CLIENT_HELLO"
     WAIT_KEY_TRANSPORT = "WAIT_KEY_TRANSPORT"
     WAIT_CLIENT_CERTIFICATE = "WAIT_CLIENT_CERTIFICATE"
@@ -70,6 +74,10 @@ _EXPECTED: dict[ServerState, HandshakeType] = {
     ServerState.WAIT_CLIENT_CERTIFICATE_VERIFY: HandshakeType.certificate_verify,
     ServerState.WAIT_CLIENT_FINISHED: HandshakeType.finished,
 }
+
+
+#: The known groups by wire code (a dict lookup rather than Group(code)'s Python calls).
+_GROUPS: dict[int, Group] = {g.value: g for g in Group}
 
 
 def choose_suite(server_order: tuple[Suite, ...], offered_codes: tuple[int, ...]) -> Suite:
@@ -145,9 +153,8 @@ class ServerConnection(ConnectionBase[ServerState]):
         offered_groups = {s.group for s in map(suite_for_code, hello.suites) if s is not None and s.group is not None}
         shares: dict[Group, bytes] = {}
         for share in hello.key_shares:
-            try:
-                group = Group(share.group)
-            except ValueError:
+            group = _GROUPS.get(share.group)
+            if group is None:
                 continue  # a group from a future version: ignore, like unknown suites
             if group in shares:
                 raise AlertError(Alert.illegal_parameter, f"two {group.name} key shares")

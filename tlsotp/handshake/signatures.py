@@ -13,6 +13,7 @@ the suite hash and a salt as long as the digest.
 from __future__ import annotations
 
 import enum
+import functools
 from typing import Final
 
 from cryptography.exceptions import InvalidSignature
@@ -51,13 +52,24 @@ def signed_content(context: bytes, transcript_hash: bytes) -> bytes:
     return b" " * 64 + context + b"\x00" + transcript_hash
 
 
+# The signature parameters are immutable descriptors: built once per hash and reused (an
+# ECDSA object asks the backend whether deterministic signing is supported each time it is
+# built). functools.cache does not keep a failure, so one would still surface at each use.
+
+
+@functools.cache
 def _pss(hash_: HashAlgorithm) -> padding.PSS:
     return padding.PSS(mgf=padding.MGF1(hash_.new()), salt_length=hash_.digest_size)
 
 
+@functools.cache
+def _ecdsa(hash_: HashAlgorithm, deterministic: bool) -> ec.ECDSA:
+    return ec.ECDSA(hash_.new(), deterministic_signing=deterministic)
+
+
 def sign(private_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, hash_: HashAlgorithm, content: bytes) -> bytes:
     if isinstance(private_key, ec.EllipticCurvePrivateKey):
-        return private_key.sign(content, ec.ECDSA(hash_.new(), deterministic_signing=True))
+        return private_key.sign(content, _ecdsa(hash_, True))
     return private_key.sign(content, _pss(hash_), hash_.new())
 
 
@@ -70,7 +82,7 @@ def verify(
 ) -> None:
     try:
         if isinstance(public_key, ec.EllipticCurvePublicKey):
-            public_key.verify(signature, content, ec.ECDSA(hash_.new()))
+            public_key.verify(signature, content, _ecdsa(hash_, False))
         else:
             public_key.verify(signature, content, _pss(hash_), hash_.new())
     except InvalidSignature:

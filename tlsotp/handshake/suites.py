@@ -25,6 +25,10 @@ from tlsotp.pki.keys import UnacceptableKey, check_public_key
 
 
 class KeyExchange(enum.Enum):
+    # Members are singletons that compare by identity; an identity hash (C) agrees with that and
+    # spares Enum.__hash__'s Python call on every dict and cache lookup keyed by a member.
+    __hash__ = object.__hash__
+
     ECDHE = "ECDHE"
     RSA_OAEP = "RSA_OAEP"
 
@@ -38,11 +42,19 @@ class Group(enum.IntEnum):
 
 
 class SignatureKind(enum.Enum):
+    # Members are singletons that compare by identity; an identity hash (C) agrees with that and
+    # spares Enum.__hash__'s Python call on every dict and cache lookup keyed by a member.
+    __hash__ = object.__hash__
+
     ECDSA = "ECDSA"
     RSA_PSS = "RSA_PSS"
 
 
 class Aead(enum.Enum):
+    # Members are singletons that compare by identity; an identity hash (C) agrees with that and
+    # spares Enum.__hash__'s Python call on every dict and cache lookup keyed by a member.
+    __hash__ = object.__hash__
+
     AES_128_GCM = "AES_128_GCM"
     AES_256_GCM = "AES_256_GCM"
     CHACHA20_POLY1305 = "CHACHA20_POLY1305"
@@ -53,6 +65,10 @@ class Aead(enum.Enum):
 
 
 class HashAlgorithm(enum.Enum):
+    # Members are singletons that compare by identity; an identity hash (C) agrees with that and
+    # spares Enum.__hash__'s Python call on every dict and cache lookup keyed by a member.
+    __hash__ = object.__hash__
+
     SHA256 = "SHA256"
     SHA384 = "SHA384"
 

@@ -3,8 +3,8 @@
 Signatures and Finished MACs cover its hash, so both sides must have seen byte-identical
 messages; any edit in flight (a stripped cipher suite, a swapped key share) makes them differ.
 The hash function is the chosen suite's, unknown until the ServerHello, so the bytes are kept;
-once a hash is asked for, a running hash of that algorithm is kept and each digest feeds it only
-the messages appended since, then finalizes a copy (incremental, never re-hashed from the start).
+once a hash is asked for, a running hash of that algorithm is started over the messages so far
+and fed each message as it is appended; a digest finalizes a copy (never re-hashed from the start).
 """
 
 from __future__ import annotations
@@ -17,25 +17,33 @@ from tlsotp.handshake.suites import HashAlgorithm
 class Transcript:
     def __init__(self) -> None:
         self._messages: list[bytes] = []
-        #: Per algorithm: a running hash and how many messages it has absorbed.
-        self._running: dict[HashAlgorithm, tuple[hashes.Hash, int]] = {}
+        #: The running hashes asked for so far (one per algorithm, normally just the suite's),
+        #: each fed every message: a short list searched by identity (enum members are
+        #: singletons), where a dict would call Enum.__hash__ in Python per lookup.
+        self._running: list[tuple[HashAlgorithm, hashes.Hash]] = []
 
     def __deepcopy__(self, memo: dict[int, object]) -> Transcript:
         """A copy that goes on independently (hash objects copy, they do not pickle)."""
         twin = Transcript()
         twin._messages = list(self._messages)
-        twin._running = {algorithm: (h.copy(), n) for algorithm, (h, n) in self._running.items()}
+        twin._running = [(algorithm, h.copy()) for algorithm, h in self._running]
         return twin
 
     def append(self, message: bytes) -> None:
-        self._messages.append(bytes(message))
+        message = bytes(message)
+        self._messages.append(message)
+        for _, h in self._running:
+            h.update(message)
 
     def digest(self, hash_: HashAlgorithm) -> bytes:
         """Transcript-Hash of everything appended so far."""
-        h, absorbed = self._running.get(hash_) or (hashes.Hash(hash_.new()), 0)
-        for message in self._messages[absorbed:]:
+        for algorithm, h in self._running:
+            if algorithm is hash_:
+                return h.copy().finalize()
+        h = hashes.Hash(hash_.new())
+        for message in self._messages:
             h.update(message)
-        self._running[hash_] = (h, len(self._messages))
+        self._running.append((hash_, h))
         return h.copy().finalize()
 
     @property

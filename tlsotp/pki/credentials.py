@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from tlsotp.alerts import Alert, AlertError
-from tlsotp.pki import pem
+from tlsotp.pki import der, pem
 from tlsotp.pki.fingerprint import PREFIX, fingerprint, matches_fingerprint, parse_fingerprint
 from tlsotp.pki.keys import PrivateKey
 from tlsotp.pki.names import check_peer_name
@@ -92,6 +93,31 @@ def certified_name(cert: x509.Certificate) -> str:
     """The one DNS name a TTP certificate is for. Cached per certificate (``x509.Certificate``
     hashes and compares its DER): the bank asks it for every session of a returning client; a
     refusal raises and is not cached."""
+    return _certified_name(cert)
+
+
+#: Leaf names of received chains by the leaf's exact DER (bounded: emptied when full).
+MAX_KNOWN_LEAF_NAMES = 1024
+_names_by_der: dict[bytes, str] = {}
+
+
+def leaf_name(chain: Sequence[x509.Certificate]) -> str:
+    """``certified_name`` of the chain's leaf. For a chain as the handshake parsed it (a
+    ``ParsedChain``), found by the leaf's wire DER, already hashed by the verifier, where the
+    lru_cache hashes the ``x509.Certificate`` (it walks the parsed certificate: ~4 us)."""
+    if not isinstance(chain, der.ParsedChain):
+        return certified_name(chain[0])
+    wire = chain.der[0]
+    name = _names_by_der.get(wire)
+    if name is None:
+        name = _certified_name(chain[0])  # a refusal raises and is not remembered
+        if len(_names_by_der) >= MAX_KNOWN_LEAF_NAMES:
+            _names_by_der.clear()
+        _names_by_der[wire] = name
+    return name
+
+
+def _certified_name(cert: x509.Certificate) -> str:
     try:
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
             x509.DNSName

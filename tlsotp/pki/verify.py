@@ -35,6 +35,9 @@ MAX_CHAIN_DEPTH = 2
 #: Chains remembered as path-validated, per verifier (emptied when full: a bound, not an LRU).
 MAX_VALIDATED_CHAINS = 4096
 
+#: How far in the future a CRL's lastUpdate may lie (clock skew between the TTP and us).
+CRL_CLOCK_SKEW = datetime.timedelta(minutes=10)
+
 
 def utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
@@ -48,9 +51,15 @@ def check_crl_signature(crl: x509.CertificateRevocationList, root: x509.Certific
 
 def check_crl_freshness(crl: x509.CertificateRevocationList, now: datetime.datetime) -> None:
     """Raise unless ``crl`` is current at ``now``: a stale CRL is no CRL (cheap: check per use)."""
-    if crl.next_update_utc is None or crl.next_update_utc < now:
+    _check_crl_window(crl.next_update_utc, crl.last_update_utc, now)
+
+
+def _check_crl_window(
+    next_update: datetime.datetime | None, last_update: datetime.datetime, now: datetime.datetime
+) -> None:
+    if next_update is None or next_update < now:
         raise AlertError(Alert.certificate_unknown, "CRL is out of date; fetch a fresh one")
-    if crl.last_update_utc > now + datetime.timedelta(minutes=10):
+    if last_update > now + CRL_CLOCK_SKEW:
         raise AlertError(Alert.certificate_unknown, "CRL is dated in the future")
 
 
@@ -108,6 +117,7 @@ class PeerVerifier:
         # Fixed for the verifier's life (read-only): the prebuilt policy and the remembered chains
         # hold for this root, role and names only. Another root means another verifier.
         self._root = root
+        self._root_not_before, self._root_not_after = root.not_valid_before_utc, root.not_valid_after_utc
         self._peer_role = peer_role
         # Checked like every name at the edge (full match, no control characters), then compared.
         self._expected_names = None if expected_names is None else frozenset(map(check_dns_name, expected_names))
@@ -142,12 +152,17 @@ class PeerVerifier:
         """A new CRL generation: its signature is checked here, once."""
         self._crl_refusal: AlertError | None = None
         self._validated: dict[tuple[bytes, ...], None] = {}
+        #: Per serial number, whether this CRL revokes it (a pure function of the CRL, whose
+        #: lookup scans its entries): asked once per generation, bounded like ``_validated``.
+        self._revoked: dict[int, bool] = {}
+        self._crl_window: tuple[datetime.datetime | None, datetime.datetime] | None = None
         if crl is not None:
             try:
                 # Lazily parsed fields of a damaged CRL raise whatever they raise: a refusal too.
                 with der.malformed_as(Alert.certificate_unknown, "the CRL is malformed"):
                     check_crl_signature(crl, self.root)
-                    _ = (crl.next_update_utc, crl.last_update_utc)  # parsed now, read per session
+                    # Parsed now, compared with the clock per session.
+                    self._crl_window = (crl.next_update_utc, crl.last_update_utc)
             except AlertError as exc:
                 self._crl_refusal = exc
         self._crl = crl
@@ -183,11 +198,16 @@ class PeerVerifier:
         now = self._clock()
         if now.tzinfo is None:
             raise ValueError("verification time must be timezone-aware UTC")
-        key = tuple(cert.public_bytes(serialization.Encoding.DER) for cert in chain)
+        if isinstance(chain, der.ParsedChain):
+            key = chain.der  # the exact DER the peer sent, as parsed: no re-encoding
+        else:
+            key = tuple(cert.public_bytes(serialization.Encoding.DER) for cert in chain)
         try:
             self._check_validity(leaf, now)
             if key in self._validated:
-                self._check_validity(self.root, now)  # the one other time-bound thing on the path
+                # The one other time-bound thing on the path (the root's times, read once).
+                if not self._root_not_before <= now <= self._root_not_after:
+                    self._check_validity(self.root, now)  # raises, with the usual message
             else:
                 self._check_leaf(leaf, intermediates, now)
                 if len(self._validated) >= MAX_VALIDATED_CHAINS:
@@ -206,9 +226,16 @@ class PeerVerifier:
         if crl is not None:
             if self._crl_refusal is not None:
                 raise AlertError(self._crl_refusal.alert, self._crl_refusal.detail)
-            check_crl_freshness(crl, now)
-            revoked = crl.get_revoked_certificate_by_serial_number(leaf.serial_number)
-            if revoked is not None:
+            assert self._crl_window is not None  # read when the CRL was set, or it was refused
+            _check_crl_window(*self._crl_window, now)
+            serial = leaf.serial_number
+            revoked = self._revoked.get(serial)
+            if revoked is None:
+                revoked = crl.get_revoked_certificate_by_serial_number(serial) is not None
+                if len(self._revoked) >= MAX_VALIDATED_CHAINS:
+                    self._revoked.clear()
+                self._revoked[serial] = revoked
+            if revoked:
                 raise AlertError(
                     Alert.certificate_revoked,
                     f"{leaf.subject.rfc4514_string()} (serial {leaf.serial_number:x}) is revoked",

@@ -25,7 +25,7 @@ from tlsotp.alerts import Alert, AlertError
 from tlsotp.handshake import DEFAULT_SUITES, HandshakeComplete, ServerConfig, ServerConnection, Suite, TraceRecord
 from tlsotp.otp import messages
 from tlsotp.otp.store import Confirmation, IssuedOTP
-from tlsotp.pki.credentials import certified_name
+from tlsotp.pki.credentials import leaf_name
 from tlsotp.pki.keys import PrivateKey
 from tlsotp.pki.names import check_dns_name
 from tlsotp.pki.roles import Role
@@ -205,7 +205,7 @@ class OTPServerProtocol(SecureChannelProtocol):
         if self.stats.handshake_seconds is not None:
             self.server.events.handshake_done(self.stats.handshake_seconds)
         try:
-            self.client_name = certified_name(event.peer_chain[0])
+            self.client_name = leaf_name(event.peer_chain)
         except AlertError as exc:
             self.abort(exc.alert, exc.detail)
             return
