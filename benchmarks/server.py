@@ -52,6 +52,7 @@ import re
 import selectors
 import shutil
 import socket
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -62,6 +63,8 @@ from typing import Any
 import psutil
 
 from benchmarks.daemon_vs_tls import SELF, TWISTD, free_port, load, percentile, spawn, stop, tlsotp, wait_listening
+from tlsotp.otp.store import CACHE_SIZE_KIB
+from tlsotp.services.otp_authority import DATABASE_FILE
 
 IDLE_CONNECTIONS = 500
 BURST = 500
@@ -365,19 +368,32 @@ def otp_store_us(path: Path, sizes: list[int], operations: int = 2000) -> list[t
 
 
 def soak(process: Any, port: int, work: Path, name: str, client: Path, suite: str | None, sessions: int,
-         samples: int = 10) -> tuple[list[tuple[int, int]], bool]:
-    """The server tree's RSS before and after each of ``samples`` equal chunks of ``sessions``
-    sessions at 50 concurrent; returns the samples and whether every session completed."""
+         store_file: Path, samples: int = 10) -> tuple[list[tuple[int, int, int]], bool]:
+    """The server tree's RSS and its OTP store's size (``store_file``'s pages) before
+    and after each of ``samples`` equal chunks of ``sessions`` sessions at 50 concurrent; returns
+    the samples and whether every session completed."""
     chunk = max(sessions // samples, 1)
-    points = [(0, tree_rss(process.pid))]
+
+    def store_bytes() -> int:
+        # The database's pages as a reader sees them (the WAL's newer pages included), read-only.
+        if not store_file.exists():
+            return 0
+        reader = sqlite3.connect(f"file:{store_file}?mode=ro", uri=True)
+        try:
+            return int(reader.execute("PRAGMA page_count").fetchone()[0]) * int(reader.execute("PRAGMA page_size").fetchone()[0])
+        finally:
+            reader.close()
+
+    points = [(0, tree_rss(process.pid), store_bytes())]
     ok = True
     for i in range(samples):
         result = load("tlsotp", work, port, name, 50, chunk, f"soak{i}", client=client, suite=suite)
         if result["failed"] or len(result["latencies"]) != chunk:
             ok = False
             print(f"soak chunk {i}: {result['failed']} failed: {result['failures']}", file=sys.stderr)
-        points.append(((i + 1) * chunk, tree_rss(process.pid)))
-        print(f"soak {points[-1][0]:>6} sessions  server RSS {points[-1][1] / 2**20:7.1f} MiB", flush=True)
+        points.append(((i + 1) * chunk, tree_rss(process.pid), store_bytes()))
+        print(f"soak {points[-1][0]:>6} sessions  server RSS {points[-1][1] / 2**20:7.1f} MiB  "
+              f"OTP store {points[-1][2] / 2**20:6.1f} MiB", flush=True)
     return points, ok
 
 
@@ -593,10 +609,11 @@ def run_daemons(args: argparse.Namespace, key_types: list[str], work: Path, star
                         print(f"run {rep} {key_type:<8} {level:>3} concurrent {kind:<6} {done:>5} sessions  server CPU "
                               f"{r['cpu_us']:6.0f} us/session  {r['rate']:6.1f}/s  p50 {r['p50']:7.1f} ms  "
                               f"p99 {r['p99']:7.1f} ms  load gen CPU {r['load_cpu_us']:6.0f} us/session", flush=True)
-        points: list[tuple[int, int]] = []
+        points: list[tuple[int, int, int]] = []
         if args.soak:
             process, port, name, client, suite = targets[(key_types[0], "tlsotp")]
-            points, ok = soak(process, port, work, name, client, suite, args.soak)
+            points, ok = soak(process, port, work, name, client, suite, args.soak,
+                              work / f"server-{key_types[0]}" / DATABASE_FILE)
             failed = failed or not ok
         print()
         print(render(rows, levels, extras, wire, negotiated, floors, args, time.perf_counter() - started))
@@ -626,17 +643,26 @@ def median_of(rows: list[dict[str, Any]], key_type: str, kind: str, level: int, 
     return statistics.median(r[field] for r in rows if r["key"] == key_type and r["kind"] == kind and r["level"] == level)
 
 
-def render_soak(points: list[tuple[int, int]], key_type: str) -> str:
+def render_soak(points: list[tuple[int, int, int]], key_type: str) -> str:
     """The soak's table, and the growth per 1,000 sessions after the first chunk (which fills
-    the caches and the allocator's pools) to the end, and over the whole run."""
-    (first_n, first_rss), (last_n, last_rss) = points[1], points[-1]
+    the caches and the allocator's pools) to the end, and over the whole run; beside it the bound
+    of what the OTP store's own page cache may add: SQLite keeps up to ``CACHE_SIZE_KIB`` of the
+    file's pages, so while the file (every session adds its row) is smaller than that, the cache
+    grows with it. A leak is what grows beyond that."""
+    cache = CACHE_SIZE_KIB * 1024
+    (first_n, first_rss, first_store), (last_n, last_rss, last_store) = points[1], points[-1]
     after_first = (last_rss - first_rss) / max(last_n - first_n, 1) * 1000 / 1024
     overall = (last_rss - points[0][1]) / max(last_n, 1) * 1000 / 1024
+    cache_fill = min(last_store, cache) - min(first_store, cache)
+    beyond = (last_rss - first_rss - cache_fill) / max(last_n - first_n, 1) * 1000 / 1024
     return "\n".join([
-        rst_table(("sessions", f"tlsotp-server RSS MiB ({KEY_TYPES[key_type][1]}, 50 concurrent)"),
-                  [(f"{n:,}", f"{rss / 2**20:.1f}") for n, rss in points]), "",
+        rst_table(("sessions", f"tlsotp-server RSS MiB ({KEY_TYPES[key_type][1]}, 50 concurrent)", "OTP store file MiB"),
+                  [(f"{n:,}", f"{rss / 2**20:.1f}", f"{size / 2**20:.1f}") for n, rss, size in points]), "",
         f"RSS growth per 1,000 sessions: {after_first:.1f} KiB from {first_n:,} to {last_n:,} sessions; "
         f"{overall:.1f} KiB from 0 (the first {first_n:,} fill caches and pools)",
+        f"the OTP store's page cache holds up to {CACHE_SIZE_KIB:,} KiB of its file, which grew from "
+        f"{first_store / 2**20:.1f} to {last_store / 2**20:.1f} MiB meanwhile: up to {cache_fill / 2**20:.1f} MiB of that "
+        f"growth is the cache filling; beyond it, {beyond:.1f} KiB per 1,000 sessions",
     ])
 
 
