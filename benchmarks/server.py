@@ -29,7 +29,9 @@ group, negotiated; RSS per idle connection (500 connections opened and left sile
 TTP's CPU per enrollment (``--enrollments`` sequential ones from a separate process) against its
 signing floor (CSR load + verify + sign, in one loop); and a memory soak: the first key type's
 tlsotp server's RSS every tenth of ``--soak`` sessions at 50 concurrent, with the growth per
-1,000 sessions. Tables are printed as RST, ready to paste into docs/performance.rst, and an SVG
+1,000 sessions, after ``--soak-fill`` rows were put into its OTP store (a day of traffic's worth
+of rows is a running bank's steady state; a store smaller than its page cache would grow the
+cache, and RSS, with every session's row). Tables are printed as RST, ready to paste into docs/performance.rst, and an SVG
 bar chart of CPU per session (tlsotp, TLS, floor) per configuration is written to ``--plot``
 (default docs/performance-cpu.svg) when matplotlib is installed. Exits 1 if any session,
 enrollment or soak chunk failed.
@@ -367,12 +369,39 @@ def otp_store_us(path: Path, sizes: list[int], operations: int = 2000) -> list[t
     return results
 
 
+def fill_store(store_file: Path, rows: int) -> None:
+    """Put ``rows`` settled OTP rows (used or superseded, of 5,000 clients, issued within the
+    last day, not yet past retention) into a running server's store through a second
+    connection (WAL: the server's own connection goes on; it re-reads the changed pages)."""
+    import os
+    import random
+
+    if rows <= 0:
+        return
+    rng = random.Random(7)
+    now = int(time.time())
+    connection = sqlite3.connect(store_file, timeout=30, isolation_level=None)
+    try:
+        for start in range(0, rows, 50_000):
+            batch = [(os.urandom(16), f"client{rng.randrange(5000)}.example", f"pay {rng.randrange(10**9)} EUR",
+                      os.urandom(32), now - rng.randrange(86400), now + 60, rng.choice(("used", "superseded")))
+                     for _ in range(min(50_000, rows - start))]
+            connection.execute("BEGIN IMMEDIATE")
+            connection.executemany("INSERT INTO otps (id, client, transaction_text, code_mac, issued_at, expires_at,"
+                                   " status) VALUES (?, ?, ?, ?, ?, ?, ?)", batch)
+            connection.execute("COMMIT")
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        connection.close()
+
+
 def soak(process: Any, port: int, work: Path, name: str, client: Path, suite: str | None, sessions: int,
-         store_file: Path, samples: int = 10) -> tuple[list[tuple[int, int, int]], bool]:
-    """The server tree's RSS and its OTP store's size (``store_file``'s pages) before
-    and after each of ``samples`` equal chunks of ``sessions`` sessions at 50 concurrent; returns
-    the samples and whether every session completed."""
+         store_file: Path, fill: int, samples: int = 10) -> tuple[list[tuple[int, int, int]], bool]:
+    """The server tree's RSS and its OTP store's size (``store_file``'s pages) before and after
+    each of ``samples`` equal chunks of ``sessions`` sessions at 50 concurrent, once ``fill``
+    rows were put into the store; returns the samples and whether every session completed."""
     chunk = max(sessions // samples, 1)
+    fill_store(store_file, fill)
 
     def store_bytes() -> int:
         # The database's pages as a reader sees them (the WAL's newer pages included), read-only.
@@ -449,6 +478,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--workers", type=int, default=None, help="passed to tlsotp-server as --workers N")
     parser.add_argument("--enrollments", type=int, default=50, help="sequential TTP enrollments timed")
     parser.add_argument("--soak", type=int, default=10_000, help="sessions of the memory soak (0: none)")
+    parser.add_argument("--soak-fill", type=int, default=100_000,
+                        help="rows put into the soaked server's OTP store first, so that its page cache can fill "
+                             "(a store smaller than the cache grows the cache with every session's row)")
     parser.add_argument("--plot", default=None, help="SVG of CPU per session (default docs/performance-cpu.svg; "
                                                      "--quick writes none unless given)")
     parser.add_argument("--otp-store", action="store_true",
@@ -461,6 +493,7 @@ def main(argv: list[str]) -> int:
     if args.quick:
         args.concurrency, args.rsa_concurrency, args.sessions, args.repetitions = "1,5", "5", 20, 1
         args.enrollments, args.soak, args.otp_store_rows, operations = 3, min(args.soak, 200), "1000,10000", 200
+        args.soak_fill = min(args.soak_fill, 1000)
     elif args.plot is None:
         args.plot = str(Path(__file__).resolve().parent.parent / "docs" / "performance-cpu.svg")
     key_types = args.key_type.split(",")
@@ -613,13 +646,13 @@ def run_daemons(args: argparse.Namespace, key_types: list[str], work: Path, star
         if args.soak:
             process, port, name, client, suite = targets[(key_types[0], "tlsotp")]
             points, ok = soak(process, port, work, name, client, suite, args.soak,
-                              work / f"server-{key_types[0]}" / DATABASE_FILE)
+                              work / f"server-{key_types[0]}" / DATABASE_FILE, args.soak_fill)
             failed = failed or not ok
         print()
         print(render(rows, levels, extras, wire, negotiated, floors, args, time.perf_counter() - started))
         if points:
             print()
-            print(render_soak(points, key_types[0]))
+            print(render_soak(points, key_types[0], args.soak_fill))
         print()
         print(rst_table(("TTP enrollment", "TTP CPU us/enrollment", "signing floor us", "ratio"), [(
             f"{args.enrollments} sequential, EC P-256", f"{enrollment[0]:.0f}", f"{enrollment_floor:.0f}",
@@ -643,26 +676,28 @@ def median_of(rows: list[dict[str, Any]], key_type: str, kind: str, level: int, 
     return statistics.median(r[field] for r in rows if r["key"] == key_type and r["kind"] == kind and r["level"] == level)
 
 
-def render_soak(points: list[tuple[int, int, int]], key_type: str) -> str:
+def render_soak(points: list[tuple[int, int, int]], key_type: str, fill: int) -> str:
     """The soak's table, and the growth per 1,000 sessions after the first chunk (which fills
-    the caches and the allocator's pools) to the end, and over the whole run; beside it the bound
-    of what the OTP store's own page cache may add: SQLite keeps up to ``CACHE_SIZE_KIB`` of the
-    file's pages, so while the file (every session adds its row) is smaller than that, the cache
-    grows with it. A leak is what grows beyond that."""
-    cache = CACHE_SIZE_KIB * 1024
-    (first_n, first_rss, first_store), (last_n, last_rss, last_store) = points[1], points[-1]
-    after_first = (last_rss - first_rss) / max(last_n - first_n, 1) * 1000 / 1024
-    overall = (last_rss - points[0][1]) / max(last_n, 1) * 1000 / 1024
-    cache_fill = min(last_store, cache) - min(first_store, cache)
-    beyond = (last_rss - first_rss - cache_fill) / max(last_n - first_n, 1) * 1000 / 1024
+    the caches and the allocator's pools) to the end, over the soak's second half, and over the
+    whole run; beside it the bound of what the OTP store's own page cache may add: SQLite keeps
+    up to ``CACHE_SIZE_KIB`` of the file's pages, filled as sessions touch them, so RSS may grow
+    by that much before it levels off. A leak is what goes on growing past it."""
+    (first_n, first_rss, _), (last_n, last_rss, last_store) = points[1], points[-1]
+    half_n, half_rss, _ = points[len(points) // 2]
+
+    def per_1000(rss: int, n: int, since_rss: int, since_n: int) -> float:
+        return (rss - since_rss) / max(n - since_n, 1) * 1000 / 1024
+
     return "\n".join([
+        f"the soak began once {fill:,} settled rows were put into the server's OTP store", "",
         rst_table(("sessions", f"tlsotp-server RSS MiB ({KEY_TYPES[key_type][1]}, 50 concurrent)", "OTP store file MiB"),
                   [(f"{n:,}", f"{rss / 2**20:.1f}", f"{size / 2**20:.1f}") for n, rss, size in points]), "",
-        f"RSS growth per 1,000 sessions: {after_first:.1f} KiB from {first_n:,} to {last_n:,} sessions; "
-        f"{overall:.1f} KiB from 0 (the first {first_n:,} fill caches and pools)",
-        f"the OTP store's page cache holds up to {CACHE_SIZE_KIB:,} KiB of its file, which grew from "
-        f"{first_store / 2**20:.1f} to {last_store / 2**20:.1f} MiB meanwhile: up to {cache_fill / 2**20:.1f} MiB of that "
-        f"growth is the cache filling; beyond it, {beyond:.1f} KiB per 1,000 sessions",
+        f"RSS growth per 1,000 sessions: {per_1000(last_rss, last_n, first_rss, first_n):.1f} KiB from {first_n:,} to "
+        f"{last_n:,} sessions; {per_1000(last_rss, last_n, half_rss, half_n):.1f} KiB from {half_n:,} to {last_n:,}; "
+        f"{per_1000(last_rss, last_n, points[0][1], 0):.1f} KiB from 0 (the first {first_n:,} fill caches and pools)",
+        f"bound beside it: the OTP store's page cache holds up to {CACHE_SIZE_KIB:,} KiB of its "
+        f"{last_store / 2**20:.1f} MiB file, filled as sessions touch its pages, so RSS may grow by up to that much "
+        f"before it levels off; it grew {(last_rss - points[0][1]) / 2**20:.1f} MiB in this soak",
     ])
 
 
