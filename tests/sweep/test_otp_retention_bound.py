@@ -71,8 +71,10 @@ class RetentionBoundTests(unittest.SynchronousTestCase):
         window = PER_SECOND * (TTL + RETENTION + PRUNE_EVERY)
         self.assertLess(max(rows), window + LOCKED_PAIRS)
         self.assertGreater(len(pages), 20)
-        # Steady state after the first windows: the second half of the run adds no pages.
+        # Steady state after the first windows: the second half of the run adds no pages but the
+        # odd one or two where random 16-byte ids split a B-tree leaf elsewhere (2% of the file;
+        # a file that did not reuse the pruned pages would grow with every row: tenfold here).
         settled = pages[len(pages) // 4: len(pages) // 2]
-        self.assertLessEqual(max(pages[len(pages) // 2:]), max(settled))
+        self.assertLessEqual(max(pages[len(pages) // 2:]), max(settled) * 1.02)
         # Against the unpruned file, which would hold every row.
         self.assertLess(max(rows), OTPS // 5)
