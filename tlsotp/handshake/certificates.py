@@ -42,10 +42,7 @@ def run_validator(validate: PeerValidator, chain: Sequence[x509.Certificate]) ->
         validate(chain)
 
 
-#: Leaf keys of received chains by the leaf's exact DER (bounded: emptied when full). A
-#: ``ParsedChain``'s DER is already hashed (the verifier's cache key), where hashing an
-#: ``x509.Certificate`` for ``_certificate_key``'s lru_cache walks the parsed certificate
-#: (about 4 us a lookup here).
+#: Leaf keys of received chains by the leaf's exact DER (``der.by_leaf_der``).
 MAX_KNOWN_LEAF_KEYS = 1024
 _keys_by_der: dict[bytes, tuple[PeerKey, SignatureKind]] = {}
 
@@ -54,14 +51,7 @@ def leaf_key(chain: Sequence[x509.Certificate]) -> tuple[PeerKey, SignatureKind]
     """The leaf's public key and the signature it makes; unusable keys are unsupported_certificate."""
     if not isinstance(chain, der.ParsedChain):
         return _certificate_key(chain[0])
-    wire = chain.der[0]
-    known = _keys_by_der.get(wire)
-    if known is None:
-        known = _load_key(chain[0])  # a refusal raises and is not remembered
-        if len(_keys_by_der) >= MAX_KNOWN_LEAF_KEYS:
-            _keys_by_der.clear()
-        _keys_by_der[wire] = known
-    return known
+    return der.by_leaf_der(_keys_by_der, MAX_KNOWN_LEAF_KEYS, chain, _load_key)
 
 
 def _load_key(cert: x509.Certificate) -> tuple[PeerKey, SignatureKind]:

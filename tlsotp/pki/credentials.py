@@ -96,25 +96,17 @@ def certified_name(cert: x509.Certificate) -> str:
     return _certified_name(cert)
 
 
-#: Leaf names of received chains by the leaf's exact DER (bounded: emptied when full).
+#: Leaf names of received chains by the leaf's exact DER (``der.by_leaf_der``).
 MAX_KNOWN_LEAF_NAMES = 1024
 _names_by_der: dict[bytes, str] = {}
 
 
 def leaf_name(chain: Sequence[x509.Certificate]) -> str:
-    """``certified_name`` of the chain's leaf. For a chain as the handshake parsed it (a
-    ``ParsedChain``), found by the leaf's wire DER, already hashed by the verifier, where the
-    lru_cache hashes the ``x509.Certificate`` (it walks the parsed certificate: ~4 us)."""
+    """``certified_name`` of the chain's leaf; for a chain as the handshake parsed it (a
+    ``ParsedChain``), found by the leaf's wire DER."""
     if not isinstance(chain, der.ParsedChain):
         return certified_name(chain[0])
-    wire = chain.der[0]
-    name = _names_by_der.get(wire)
-    if name is None:
-        name = _certified_name(chain[0])  # a refusal raises and is not remembered
-        if len(_names_by_der) >= MAX_KNOWN_LEAF_NAMES:
-            _names_by_der.clear()
-        _names_by_der[wire] = name
-    return name
+    return der.by_leaf_der(_names_by_der, MAX_KNOWN_LEAF_NAMES, chain, _certified_name)
 
 
 def _certified_name(cert: x509.Certificate) -> str:

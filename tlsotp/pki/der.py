@@ -12,12 +12,15 @@ refusal there.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TypeVar
 
 from cryptography import x509
 
 from tlsotp.alerts import Alert, AlertError
+
+T = TypeVar("T")
 
 
 class MalformedDER(ValueError):
@@ -57,6 +60,21 @@ class ParsedChain(tuple[x509.Certificate, ...]):
     def der(self) -> tuple[bytes, ...]:
         """The exact bytes each certificate was parsed from."""
         return self._der
+
+
+def by_leaf_der(memo: dict[bytes, T], bound: int, chain: ParsedChain, compute: Callable[[x509.Certificate], T]) -> T:
+    """``compute(chain[0])``, remembered in ``memo`` by the leaf's wire DER (already hashed: the
+    verifier's cache key), where an lru_cache on the ``x509.Certificate`` hashes the parsed
+    certificate (about 4 us a lookup). Bounded: emptied when it holds ``bound`` answers. A
+    ``compute`` that raises (a refusal) is not remembered."""
+    wire = chain.der[0]
+    known = memo.get(wire)
+    if known is None:
+        known = compute(chain[0])
+        if len(memo) >= bound:
+            memo.clear()
+        memo[wire] = known
+    return known
 
 
 def load_csr(der: bytes) -> x509.CertificateSigningRequest:
