@@ -50,6 +50,24 @@ class RetentionOptionTests(unittest.SynchronousTestCase):
 
 
 class BackgroundPruneTests(unittest.TestCase):
+    async def start_bank(self, base: Path, otp_retention: float) -> Any:
+        """A TTP and a bank server enrolled from it, started; both stopped at cleanup."""
+        ttp_dir = base / "ttp"
+        ca = init_ca(ttp_dir)
+        ttp = build_ttp(TTPSettings(data_dir=ttp_dir, ca=ca, listen="tcp:0:interface=127.0.0.1"), reactor)
+        ttp.startService()
+        self.addCleanup(ttp.stopService)
+        bank = build_bank(BankServerSettings(
+            data_dir=base / "bank", name="bank.example", listen="tcp:0:interface=127.0.0.1",
+            ttp=f"tcp:host=127.0.0.1:port={cast(Any, ttp.port).getHost().port}",
+            pin=RootPin.from_fingerprint(ca.fingerprint), token=str(mint_token(ttp_dir, "bank.example", Role.SERVER)),
+            otp_retention=otp_retention,
+        ), reactor)
+        bank.startService()
+        self.addCleanup(bank.stopService)
+        await bank.ready
+        return bank
+
     async def test_one_prune_goes_on_in_batches_until_none_is_left(self) -> None:
         base = Path(self.mktemp()).resolve()
         bank = await self.start_bank(base, otp_retention=3600.0)
@@ -75,39 +93,9 @@ class BackgroundPruneTests(unittest.TestCase):
         self.assertEqual([e["n"] for e in pruned], [count])
         await bank.stopService()
 
-    async def start_bank(self, base: Path, otp_retention: float) -> Any:
-        ttp_dir = base / "ttp"
-        ca = init_ca(ttp_dir)
-        ttp = build_ttp(TTPSettings(data_dir=ttp_dir, ca=ca, listen="tcp:0:interface=127.0.0.1"), reactor)
-        ttp.startService()
-        self.addCleanup(ttp.stopService)
-        bank = build_bank(BankServerSettings(
-            data_dir=base / "bank", name="bank.example", listen="tcp:0:interface=127.0.0.1",
-            ttp=f"tcp:host=127.0.0.1:port={cast(Any, ttp.port).getHost().port}",
-            pin=RootPin.from_fingerprint(ca.fingerprint), token=str(mint_token(ttp_dir, "bank.example", Role.SERVER)),
-            otp_retention=otp_retention,
-        ), reactor)
-        bank.startService()
-        self.addCleanup(bank.stopService)
-        await bank.ready
-        return bank
-
     async def test_the_timer_prunes_expired_rows_and_keeps_the_lock(self) -> None:
         base = Path(self.mktemp()).resolve()
-        ttp_dir = base / "ttp"
-        ca = init_ca(ttp_dir)
-        ttp = build_ttp(TTPSettings(data_dir=ttp_dir, ca=ca, listen="tcp:0:interface=127.0.0.1"), reactor)
-        ttp.startService()
-        self.addCleanup(ttp.stopService)
-        bank = build_bank(BankServerSettings(
-            data_dir=base / "bank", name="bank.example", listen="tcp:0:interface=127.0.0.1",
-            ttp=f"tcp:host=127.0.0.1:port={cast(Any, ttp.port).getHost().port}",
-            pin=RootPin.from_fingerprint(ca.fingerprint), token=str(mint_token(ttp_dir, "bank.example", Role.SERVER)),
-            otp_retention=0.2,
-        ), reactor)
-        bank.startService()
-        self.addCleanup(bank.stopService)
-        await bank.ready
+        bank = await self.start_bank(base, otp_retention=0.2)
         # Rows written by the store's own functions on a second connection (WAL: the daemon's
         # connection sees them), issued and settled a day ago, in one transaction: the prune
         # timer (every 0.2 s) then sees none of them or all of them, never a half-written pair.
