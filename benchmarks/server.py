@@ -60,7 +60,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import psutil
 
@@ -292,6 +292,27 @@ def enrollment_cpu_us(ttp_process: Any, ttp: str, fingerprint: str, work: Path, 
     return (after - before) / count * 1e6, failed
 
 
+def insert_rows(connection: sqlite3.Connection, rng: Any, now: int, count: int, statuses: Sequence[str],
+                hot_share: float | None = None) -> None:
+    """``count`` OTP rows in one transaction (the connection in autocommit mode), as traffic
+    leaves them: random ids and MACs, of 5,000 clients, issued within the last day, expiring in a
+    minute, each a status drawn from ``statuses``; with ``hot_share``, that share of rows goes
+    to one of 100 "hot" pairs of one client."""
+    import os
+
+    def pair() -> tuple[str, str]:
+        if hot_share is not None and rng.random() < hot_share:
+            return "client0.example", f"hot {rng.randrange(100)}"
+        return f"client{rng.randrange(5000)}.example", f"pay {rng.randrange(10**9)} EUR"
+
+    rows = [(os.urandom(16), *pair(), os.urandom(32), now - rng.randrange(86400), now + 60, rng.choice(statuses))
+            for _ in range(count)]
+    connection.execute("BEGIN IMMEDIATE")
+    connection.executemany("INSERT INTO otps (id, client, transaction_text, code_mac, issued_at, expires_at,"
+                           " status) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+    connection.execute("COMMIT")
+
+
 def otp_store_us(path: Path, sizes: list[int], operations: int = 2000) -> list[tuple[int, float, float, float, float, float]]:
     """Per table size: the store's own ``issue`` + ``confirm`` on a real SQLite file (opened
     through ``configure_connection``: WAL, synchronous=FULL, the daemon's schema and indexes),
@@ -321,14 +342,7 @@ def otp_store_us(path: Path, sizes: list[int], operations: int = 2000) -> list[t
             while filled < size:
                 batch = min(100_000, size - filled)
                 # One row in a hundred goes to one of 100 "hot" pairs, re-requested again and again.
-                rows = [(os.urandom(16), *(("client0.example", f"hot {rng.randrange(100)}") if rng.random() < 0.01 else
-                                           (f"client{rng.randrange(5000)}.example", f"pay {rng.randrange(10**9)} EUR")),
-                         os.urandom(32), now - rng.randrange(86400), now + 60, rng.choice(statuses))
-                        for _ in range(batch)]
-                connection.execute("BEGIN IMMEDIATE")
-                connection.executemany("INSERT INTO otps (id, client, transaction_text, code_mac, issued_at, expires_at,"
-                                       " status) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-                connection.execute("COMMIT")
+                insert_rows(connection, rng, now, batch, statuses, hot_share=0.01)
                 filled += batch
             # The fill's WAL is folded into the file first (the daemon's steady state checkpoints
             # as it goes), then a few unmeasured pairs warm the page cache.
@@ -373,7 +387,6 @@ def fill_store(store_file: Path, rows: int) -> None:
     """Put ``rows`` settled OTP rows (used or superseded, of 5,000 clients, issued within the
     last day, not yet past retention) into a running server's store through a second
     connection (WAL: the server's own connection goes on; it re-reads the changed pages)."""
-    import os
     import random
 
     if rows <= 0:
@@ -383,13 +396,7 @@ def fill_store(store_file: Path, rows: int) -> None:
     connection = sqlite3.connect(store_file, timeout=30, isolation_level=None)
     try:
         for start in range(0, rows, 50_000):
-            batch = [(os.urandom(16), f"client{rng.randrange(5000)}.example", f"pay {rng.randrange(10**9)} EUR",
-                      os.urandom(32), now - rng.randrange(86400), now + 60, rng.choice(("used", "superseded")))
-                     for _ in range(min(50_000, rows - start))]
-            connection.execute("BEGIN IMMEDIATE")
-            connection.executemany("INSERT INTO otps (id, client, transaction_text, code_mac, issued_at, expires_at,"
-                                   " status) VALUES (?, ?, ?, ?, ?, ?, ?)", batch)
-            connection.execute("COMMIT")
+            insert_rows(connection, rng, now, min(50_000, rows - start), ("used", "superseded"))
         connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         connection.close()
