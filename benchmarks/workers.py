@@ -2,7 +2,7 @@
 
     pip install -e '.[bench]'
     python benchmarks/workers.py [--workers 1,2] [--sessions 3000] [--repetitions 3] [--concurrency 50]
-                                 [--load-processes CORES]
+                                 [--load-processes CORES] [--paced 0.6]
 
 Starts a TTP and, for each N of ``--workers`` (a scan: ``--workers 1,2,4,8``), a freshly
 enrolled ``twistd -n tlsotp-server --workers N`` (EC P-256, default suites), all of them at
@@ -15,6 +15,11 @@ included), the supervisor's own part of it, the load generators' CPU per session
 sessions each worker served (from the per-session lines of the server's log), and the machine's
 bound: cores / (server CPU per session + load generator CPU per session), the rate the machine
 allows when server and load share its cores.
+
+Then (``--paced``, 0.6 by default) every worker count runs again, interleaved, at one and the
+same rate: that fraction of one worker's median saturating rate, so each does the same work
+per second and neither saturates. Last, the machine's own contention: a fixed piece of
+CPU-bound work timed in one process alone and in one process per core at once.
 
 The load generator cuts its own cost, never the server's: it verifies the server's certificate
 chain (path, CRL) once and then accepts that same chain by its DER, and it makes its ECDHE key
@@ -56,7 +61,8 @@ def load_main(argv: list[str]) -> None:
     """Prepare, say "ready", wait for "go" on stdin, run the sessions; one JSON line out."""
     from twisted.internet import defer, task
 
-    data_dir, port, server_name, concurrency, sessions, tag = argv
+    data_dir, port, server_name, concurrency, sessions, tag, rate = argv
+    per_second = float(rate)  # this process's sessions started per second; 0: as fast as it can
     settings = cheap_settings(Path(data_dir), server_name, int(sessions))
     endpoint = f"tcp:host=127.0.0.1:port={port}"
 
@@ -65,10 +71,15 @@ def load_main(argv: list[str]) -> None:
 
         failures: list[str] = []
         done = [0]
+        began = [0.0]
         indices = iter(range(int(sessions)))
 
         async def one_at_a_time() -> None:
             for i in indices:
+                if per_second:  # paced: session i starts no earlier than i / rate after the go
+                    wait = began[0] + i / per_second - time.perf_counter()
+                    if wait > 0:
+                        await task.deferLater(reactor, wait, lambda: None)
                 try:
                     await request_otp(reactor, endpoint, settings, f"bench-{tag}-{i}")
                 except Exception as exc:  # noqa: BLE001 - counted and reported, the run goes on
@@ -78,9 +89,10 @@ def load_main(argv: list[str]) -> None:
 
         print("ready", flush=True)
         sys.stdin.readline()
-        cpu, start = time.process_time(), time.perf_counter()
+        began[0] = time.perf_counter()
+        cpu = time.process_time()
         await defer.gatherResults([defer.Deferred.fromCoroutine(one_at_a_time()) for _ in range(int(concurrency))])
-        print(json.dumps({"elapsed": time.perf_counter() - start, "done": done[0], "failed": len(failures),
+        print(json.dumps({"elapsed": time.perf_counter() - began[0], "done": done[0], "failed": len(failures),
                           "failures": failures[:5], "cpu": time.process_time() - cpu}), flush=True)
 
     task.react(lambda reactor: defer.Deferred.fromCoroutine(body(reactor)))
@@ -176,12 +188,13 @@ def start_server(work: Path, ttp: str, fingerprint: str, workers: int, args: arg
     return target
 
 
-def run_one(work: Path, target: dict[str, Any], args: argparse.Namespace, tag: str) -> dict[str, Any]:
-    """One measured run of ``--sessions`` sessions against a started server."""
+def run_one(work: Path, target: dict[str, Any], args: argparse.Namespace, tag: str, rate: float = 0.0) -> dict[str, Any]:
+    """One measured run of ``--sessions`` sessions against a started server (``rate``: paced at
+    that many sessions/s in all; 0: as fast as the load generators go)."""
     server, port, log_path, name, workers = target["process"], target["port"], target["log"], target["name"], target["workers"]
     log_before = len(whole_log(log_path))
     cpu_before, own_before = tree_cpu(server.pid)
-    result = drive(work, port, name, args.concurrency, args.sessions, args.load_processes, f"w{workers}-{tag}")
+    result = drive(work, port, name, args.concurrency, args.sessions, args.load_processes, f"w{workers}-{tag}", rate)
     cpu_after, own_after = tree_cpu(server.pid)
     done = result["done"]
     poll_for(lambda: sum(served_by(whole_log(log_path)[log_before:]).values()) >= done, 30)
@@ -221,13 +234,16 @@ def median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
-def drive(work: Path, port: int, name: str, concurrency: int, sessions: int, processes: int, tag: str) -> dict[str, Any]:
-    """``processes`` load generators started together; their results summed (elapsed: the longest)."""
+def drive(work: Path, port: int, name: str, concurrency: int, sessions: int, processes: int, tag: str,
+          rate: float = 0.0) -> dict[str, Any]:
+    """``processes`` load generators started together; their results summed (elapsed: the longest).
+    ``rate`` (sessions/s in all, split evenly) paces them; 0 lets them run flat out."""
     share = [sessions // processes + (1 if i < sessions % processes else 0) for i in range(processes)]
     each = [max(1, concurrency // processes + (1 if i < concurrency % processes else 0)) for i in range(processes)]
     loads = [
         subprocess.Popen(
-            [*SELF, "--load", str(work / "client"), str(port), name, str(each[i]), str(share[i]), f"{tag}-{i}"],
+            [*SELF, "--load", str(work / "client"), str(port), name, str(each[i]), str(share[i]), f"{tag}-{i}",
+             str(rate * share[i] / sessions)],
             cwd=REPO, env=env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for i in range(processes)
@@ -261,6 +277,57 @@ def drive(work: Path, port: int, name: str, concurrency: int, sessions: int, pro
     }
 
 
+def report(counts: list[int], runs: dict[int, list[dict[str, Any]]]) -> None:
+    """The medians per worker count, and each count's ratios to the first (one worker)."""
+    rows = [median_row(runs[n]) for n in counts]
+    for row in rows:
+        print(render(row), flush=True)
+    if len(rows) > 1 and rows[0]["workers"] == 1:
+        one = rows[0]
+        for row in rows[1:]:
+            n = row["workers"]
+            per_rep = [r["server_us"] / o["server_us"] for r, o in zip(runs[n], runs[1])]
+            print(f"--workers {n} vs 1: server CPU per session {row['server_us'] / one['server_us']:.2f}x (per repetition "
+                  f"{', '.join(f'{x:.2f}x' for x in per_rep)}), sessions/s {row['rate'] / one['rate']:.2f}x (the load "
+                  f"generator's unchanged work: {row['load_us'] / one['load_us']:.2f}x CPU per session; the cores "
+                  f"busy {one['rate'] / one['bound']:.0%} and {row['rate'] / row['bound']:.0%} of the time)", flush=True)
+
+
+def corun_work(out: Any) -> None:
+    """A fixed amount of CPU-bound work (C and Python); its CPU time on ``out``."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    table: dict[str, int] = {}
+    began = time.process_time()
+    for i in range(1500):
+        key.sign(b"x" * 100, ec.ECDSA(hashes.SHA256()))
+        for j in range(200):
+            table[str(j * i)] = j
+        table.clear()
+    out.put(time.process_time() - began)
+
+
+def corun_cpu(rounds: int = 3) -> tuple[float, float]:
+    """(median CPU of ``corun_work`` alone, median CPU of each copy when one runs per core)."""
+    import multiprocessing
+
+    cores = os.cpu_count() or 1
+    alone: list[float] = []
+    together: list[float] = []
+    for _ in range(rounds):
+        for n, into in ((1, alone), (cores, together)):
+            results: Any = multiprocessing.Queue()
+            copies = [multiprocessing.Process(target=corun_work, args=(results,)) for _ in range(n)]
+            for copy in copies:
+                copy.start()
+            into.extend(results.get(timeout=120) for _ in copies)
+            for copy in copies:
+                copy.join()
+    return statistics.median(alone), statistics.median(together)
+
+
 def poll_for(condition: Any, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while not condition() and time.monotonic() < deadline:
@@ -287,6 +354,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="where the data dirs go (default: the system's temporary directory); a tmpfs "
                              "such as /dev/shm takes the OTP store's fsync out of the measurement")
+    parser.add_argument("--paced", type=float, default=0.6,
+                        help="then run every worker count again at this fraction of one worker's saturating "
+                             "rate, the same rate for all (0: skip)")
     args = parser.parse_args(argv)
     counts = [int(n) for n in args.workers.split(",")]
     work = Path(tempfile.mkdtemp(prefix="tlsotp-workers-bench-", dir=args.work_dir))
@@ -326,23 +396,36 @@ def main(argv: list[str]) -> int:
                         print(f"--workers {row['workers']} run {rep}: {row['failed']} sessions failed: {row['failures']}",
                               file=sys.stderr)
                     print(f"run {rep} {render(row)}", flush=True)
+            paced: dict[int, list[dict[str, Any]]] = {n: [] for n in counts}
+            pace = args.paced * statistics.median(r["rate"] for r in runs[counts[0]]) if args.paced else 0.0
+            for rep in range(1, args.repetitions + 1 if pace else 1):  # the same rate for every worker count
+                for target in targets:
+                    row = run_one(work, target, args, f"paced{rep}", pace)
+                    paced[target["workers"]].append(row)
+                    if row["failed"] or row["sessions"] != args.sessions:
+                        failed = True
+                        print(f"--workers {row['workers']} paced run {rep}: {row['failed']} sessions failed: "
+                              f"{row['failures']}", file=sys.stderr)
+                    print(f"paced run {rep} {render(row)}", flush=True)
         finally:
             for target in targets:
                 stop(target["process"])
         print()
-        print(f"medians of {args.repetitions} interleaved repetition(s):")
-        rows = [median_row(runs[n]) for n in counts]
-        for row in rows:
-            print(render(row), flush=True)
-        if len(rows) > 1 and rows[0]["workers"] == 1:
-            one = rows[0]
-            for row in rows[1:]:
-                n = row["workers"]
-                per_rep = [r["server_us"] / o["server_us"] for r, o in zip(runs[n], runs[1])]
-                print(f"--workers {n} vs 1: server CPU per session {row['server_us'] / one['server_us']:.2f}x (per repetition "
-                      f"{', '.join(f'{x:.2f}x' for x in per_rep)}), sessions/s {row['rate'] / one['rate']:.2f}x (the load "
-                      f"generator's unchanged work: {row['load_us'] / one['load_us']:.2f}x CPU per session, the machine's "
-                      f"own contention)", flush=True)
+        print(f"medians of {args.repetitions} interleaved repetition(s), saturating load:")
+        report(counts, runs)
+        if pace:
+            print()
+            print(f"medians of {args.repetitions} interleaved repetition(s), every worker count paced at {pace:.0f} "
+                  f"sessions/s ({args.paced:.0%} of {counts[0]} worker(s)' saturating rate), below what either "
+                  f"reaches flat out, the same work for each; what differs is what splitting it over processes adds:")
+            report(counts, paced)
+        alone, together = corun_cpu()
+        print()
+        print(f"the machine's own contention: the same CPU-bound work (ECDSA signatures and dict churn) took "
+              f"{alone * 1e3:.0f} ms of CPU in one process alone and {together * 1e3:.0f} ms in each of "
+              f"{os.cpu_count() or 1} at once, {together / alone:.2f}x: the cores slow each other down when both are busy "
+              f"(shared caches, memory bandwidth, a virtual machine's host), which a busier machine pays on every "
+              f"process, server and load generator alike", flush=True)
         return 1 if failed else 0
     finally:
         for process in reversed(processes):
