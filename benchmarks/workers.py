@@ -6,7 +6,8 @@
 
 Starts a TTP and, for each N of ``--workers`` (a scan: ``--workers 1,2,4,8``), a freshly
 enrolled ``twistd -n tlsotp-server --workers N`` (EC P-256, default suites), all of them at
-once. For each of ``--repetitions`` rounds, each server in turn (interleaved: 1, 2, 1, 2, ...),
+once. For each of ``--repetitions`` rounds, each server in turn (interleaved, the order reversed every
+other round: 1, 2, 2, 1, 1, 2, ...),
 ``--load-processes`` load generators (one per core by default) run ``--sessions`` sessions in
 all, ``--concurrency`` at a time in all, each a fresh connection: handshake + OTP request +
 grant, committed by the server. Printed per run, then as medians over the repetitions, per N:
@@ -50,6 +51,7 @@ SELF = [sys.executable, str(Path(__file__).resolve())]
 #: What the server logs once per session served (the transaction itself is never logged).
 ISSUED = re.compile(r"^.*issued an OTP to .*$", re.M)
 WORKER = re.compile(r"worker (\d+) \(pid \d+\): ")
+SWITCHES = re.compile(r"^(?:non)?voluntary_ctxt_switches:\s+(\d+)$", re.M)
 CHEAPER = ("load generator: the server's chain is verified once, then trusted by its DER; ECDHE key shares "
            "are made before the clock starts; every session is a full, fresh handshake for the server")
 
@@ -138,19 +140,38 @@ def cheap_settings(data_dir: Path, server_name: str, sessions: int) -> Any:
 # -- the orchestration ------------------------------------------------------------------------
 
 
-def tree_cpu(pid: int) -> tuple[float, float]:
-    """(CPU seconds of the process and its live descendants, of the process alone)."""
+def tree_cpu(pid: int) -> tuple[float, float, int]:
+    """(CPU seconds of the process and its live descendants, of the process alone, context
+    switches of every thread of them all)."""
     import psutil
 
     root = psutil.Process(pid)
     own = sum(root.cpu_times()[:2])
-    total = own
+    total, switches = own, thread_switches(pid)
     for child in root.children(recursive=True):
         try:
             total += sum(child.cpu_times()[:2])
+            switches += thread_switches(child.pid)
         except psutil.NoSuchProcess:
             pass
-    return total, own
+    return total, own, switches
+
+
+def thread_switches(pid: int) -> int:
+    """Voluntary and involuntary context switches of every thread of a process, from
+    ``/proc/PID/task/*/status`` (psutil's count is the main thread's alone); -1 where there is
+    no ``/proc``. Each voluntary one is a sleep and a wake-up, which the CPU figures pay for."""
+    tasks = Path(f"/proc/{pid}/task")
+    if not tasks.is_dir():
+        return -1
+    count = 0
+    for status in tasks.glob("*/status"):
+        try:
+            text = status.read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        count += sum(int(n) for n in SWITCHES.findall(text))
+    return count
 
 
 def served_by(log: str) -> dict[str, int]:
@@ -193,9 +214,9 @@ def run_one(work: Path, target: dict[str, Any], args: argparse.Namespace, tag: s
     that many sessions/s in all; 0: as fast as the load generators go)."""
     server, port, log_path, name, workers = target["process"], target["port"], target["log"], target["name"], target["workers"]
     log_before = len(whole_log(log_path))
-    cpu_before, own_before = tree_cpu(server.pid)
+    cpu_before, own_before, switches_before = tree_cpu(server.pid)
     result = drive(work, port, name, args.concurrency, args.sessions, args.load_processes, f"w{workers}-{tag}", rate)
-    cpu_after, own_after = tree_cpu(server.pid)
+    cpu_after, own_after, switches_after = tree_cpu(server.pid)
     done = result["done"]
     poll_for(lambda: sum(served_by(whole_log(log_path)[log_before:]).values()) >= done, 30)
     shares = served_by(whole_log(log_path)[log_before:])
@@ -208,6 +229,7 @@ def run_one(work: Path, target: dict[str, Any], args: argparse.Namespace, tag: s
         "rate": done / result["elapsed"], "server_us": server_us,
         "supervisor_us": (own_after - own_before) / max(done, 1) * 1e6 if workers > 1 else float("nan"),
         "load_us": load_us, "bound": bound, "cores": cores,
+        "switches": (switches_after - switches_before) / max(done, 1) if switches_before >= 0 else float("nan"),
         "shares": {k: v / max(1, sum(shares.values())) for k, v in sorted(shares.items())},
     }
 
@@ -223,7 +245,7 @@ def whole_log(path: Path) -> str:
 def median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Each figure's median over the repetitions (shares: the repetitions' sessions pooled)."""
     row = dict(rows[0])
-    for key in ("rate", "server_us", "supervisor_us", "load_us", "bound"):
+    for key in ("rate", "server_us", "supervisor_us", "load_us", "bound", "switches"):
         row[key] = statistics.median(r[key] for r in rows)
     row["sessions"], row["failed"] = sum(r["sessions"] for r in rows), sum(r["failed"] for r in rows)
     pooled: dict[str, float] = {}
@@ -287,10 +309,12 @@ def report(counts: list[int], runs: dict[int, list[dict[str, Any]]]) -> None:
         for row in rows[1:]:
             n = row["workers"]
             per_rep = [r["server_us"] / o["server_us"] for r, o in zip(runs[n], runs[1])]
-            print(f"--workers {n} vs 1: server CPU per session {row['server_us'] / one['server_us']:.2f}x (per repetition "
-                  f"{', '.join(f'{x:.2f}x' for x in per_rep)}), sessions/s {row['rate'] / one['rate']:.2f}x (the load "
+            print(f"--workers {n} vs 1: server CPU per session {row['server_us'] / one['server_us']:.2f}x (the medians' "
+                  f"ratio; per repetition {', '.join(f'{x:.2f}x' for x in per_rep)}, their median "
+                  f"{statistics.median(per_rep):.2f}x), sessions/s {row['rate'] / one['rate']:.2f}x (the load "
                   f"generator's unchanged work: {row['load_us'] / one['load_us']:.2f}x CPU per session; the cores "
-                  f"busy {one['rate'] / one['bound']:.0%} and {row['rate'] / row['bound']:.0%} of the time)", flush=True)
+                  f"busy {one['rate'] / one['bound']:.0%} and {row['rate'] / row['bound']:.0%} of the time), context "
+                  f"switches per session {one['switches']:.1f} -> {row['switches']:.1f}", flush=True)
 
 
 def corun_work(out: Any) -> None:
@@ -338,7 +362,8 @@ def render(row: dict[str, Any]) -> str:
     shares = ", ".join(f"{'worker ' + k if k != '-' else 'one process'} {v:.0%}" for k, v in row["shares"].items())
     supervisor = f" (supervisor {row['supervisor_us']:.0f})" if row["workers"] > 1 else ""
     return (f"--workers {row['workers']}: {row['sessions']} sessions, {row['rate']:.1f} sessions/s; server CPU "
-            f"{row['server_us']:.0f} us/session{supervisor}; load generator CPU {row['load_us']:.0f} us/session; "
+            f"{row['server_us']:.0f} us/session{supervisor}, {row['switches']:.1f} context switches/session; "
+            f"load generator CPU {row['load_us']:.0f} us/session; "
             f"machine's bound {row['bound']:.1f} sessions/s ({row['cores']} cores), reached "
             f"{row['rate'] / row['bound']:.0%}; served: {shares}")
 
@@ -387,8 +412,8 @@ def main(argv: list[str]) -> int:
             for n in counts:
                 targets.append(start_server(work, ttp, fingerprint, n, args))
             runs: dict[int, list[dict[str, Any]]] = {n: [] for n in counts}
-            for rep in range(1, args.repetitions + 1):  # interleaved: 1, 2, 1, 2, ...
-                for target in targets:
+            for rep in range(1, args.repetitions + 1):  # interleaved, every other round reversed: 1, 2, 2, 1, ...
+                for target in targets if rep % 2 else targets[::-1]:
                     row = run_one(work, target, args, str(rep))
                     runs[target["workers"]].append(row)
                     if row["failed"] or row["sessions"] != args.sessions:
@@ -399,7 +424,7 @@ def main(argv: list[str]) -> int:
             paced: dict[int, list[dict[str, Any]]] = {n: [] for n in counts}
             pace = args.paced * statistics.median(r["rate"] for r in runs[counts[0]]) if args.paced else 0.0
             for rep in range(1, args.repetitions + 1 if pace else 1):  # the same rate for every worker count
-                for target in targets:
+                for target in targets if rep % 2 else targets[::-1]:
                     row = run_one(work, target, args, f"paced{rep}", pace)
                     paced[target["workers"]].append(row)
                     if row["failed"] or row["sessions"] != args.sessions:
