@@ -313,73 +313,100 @@ def insert_rows(connection: sqlite3.Connection, rng: Any, now: int, count: int, 
     connection.execute("COMMIT")
 
 
-def otp_store_us(path: Path, sizes: list[int], operations: int = 2000) -> list[tuple[int, float, float, float, float, float]]:
+def otp_store_us(work: Path, sizes: list[int], operations: int = 2000,
+                 repetitions: int = 3) -> list[tuple[int, float, float, float, float, float, list[float]]]:
     """Per table size: the store's own ``issue`` + ``confirm`` on a real SQLite file (opened
     through ``configure_connection``: WAL, synchronous=FULL, the daemon's schema and indexes),
     one BEGIN IMMEDIATE ... COMMIT per pair as the daemon's group worker runs them; returns
     (rows, wall us per pair without the COMMIT, CPU us per pair without it, the same CPU for new
-    pairs and for re-requests of hot pairs alone, wall us with the COMMIT's fsync). The table is
-    filled between sizes with rows of many (client, transaction) pairs in big transactions, most
-    used or superseded, as months of traffic would leave it; one row in a hundred belongs to one
-    of 100 "hot" pairs (about rows/10,000 earlier rows each). Half the timed pairs are new
-    (client, transaction) pairs, half re-requests of a hot pair."""
+    pairs and for re-requests of hot pairs alone, wall us with the COMMIT's fsync, CPU us per
+    repetition). Each size has a file of its own, filled first with rows of many (client,
+    transaction) pairs in big transactions, most used or superseded, as months of traffic would
+    leave it; one row in a hundred belongs to one of 100 "hot" pairs (about rows/10,000 earlier
+    rows each). Half the timed pairs are new (client, transaction) pairs, half re-requests of a
+    hot pair. The ``operations`` pairs per size are timed in ``repetitions`` slices, the sizes
+    interleaved and their order reversed every other repetition (10k, 100k, 1M, then 1M, 100k,
+    10k, ...), so a machine that speeds up or slows down during the run weighs on every size
+    alike instead of on the last one timed."""
     import os
     import random
     import sqlite3
 
     from tlsotp.otp import store
 
-    connection = sqlite3.connect(path, isolation_level=None)
-    store.configure_connection(connection)
     pepper = os.urandom(32)
-    rng = random.Random(12)
     now = int(time.time())
     statuses = ("used",) * 6 + ("superseded",) * 3 + ("pending",)
-    results = []
-    filled = 0
+    connections: dict[int, sqlite3.Connection] = {}
+    rngs: dict[int, random.Random] = {}
+    totals = {size: [0.0, 0.0, 0.0, 0.0, 0.0] for size in sizes}  # wall, CPU, new CPU, re-request CPU, with COMMIT
+    per_rep: dict[int, list[float]] = {size: [] for size in sizes}
+    timed = {size: 0 for size in sizes}
+    counter = 0
+
+    def pairs(size: int, count: int, measured: bool) -> None:
+        nonlocal counter
+        connection, rng = connections[size], rngs[size]
+        cursor = connection.cursor()
+        wall = cpu = 0.0
+        kinds = [0.0, 0.0]
+        began = time.perf_counter()
+        for _ in range(count):
+            counter += 1
+            if counter % 2:
+                client, transaction = "client0.example", f"hot {counter % 100}"
+            else:
+                client, transaction = f"client{rng.randrange(5000)}.example", f"bench {size} {counter}"
+            t0, c0 = time.perf_counter(), time.process_time()
+            connection.execute("BEGIN IMMEDIATE")
+            issued = store.issue(cursor, pepper=pepper, client=client, transaction=transaction, digits=6,
+                                 ttl_seconds=60, now=now)
+            result = store.confirm(cursor, pepper=pepper, client=client, transaction=transaction, code=issued.code,
+                                   max_attempts=3, now=now)
+            wall += time.perf_counter() - t0
+            cpu += time.process_time() - c0
+            kinds[counter % 2] += time.process_time() - c0
+            connection.execute("COMMIT")
+            if result.status.name != "accepted":
+                raise SystemExit(f"OTP store benchmark: confirmation answered {result.status.name}")
+        if measured:
+            total = totals[size]
+            total[0] += wall
+            total[1] += cpu
+            total[2] += kinds[0]
+            total[3] += kinds[1]
+            total[4] += time.perf_counter() - began
+            timed[size] += count
+            per_rep[size].append(cpu / count * 1e6)
+
     try:
         for size in sizes:
-            while filled < size:
-                batch = min(100_000, size - filled)
+            connection = connections[size] = sqlite3.connect(work / f"otp-{size}.sqlite3", isolation_level=None)
+            store.configure_connection(connection)
+            rng = rngs[size] = random.Random(12)
+            for filled in range(0, size, 100_000):
                 # One row in a hundred goes to one of 100 "hot" pairs, re-requested again and again.
-                insert_rows(connection, rng, now, batch, statuses, hot_share=0.01)
-                filled += batch
+                insert_rows(connection, rng, now, min(100_000, size - filled), statuses, hot_share=0.01)
             # The fill's WAL is folded into the file first (the daemon's steady state checkpoints
             # as it goes), then a few unmeasured pairs warm the page cache.
             connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            cursor = connection.cursor()
-            sql_wall = sql_cpu = 0.0
-            kind_cpu = [0.0, 0.0]  # new pairs, re-requests
-            for i in range(-100, operations):
-                if i == 0:
-                    sql_wall = sql_cpu = 0.0
-                    kind_cpu = [0.0, 0.0]
-                    wall_start = time.perf_counter()
-                if i % 2:
-                    client, transaction = "client0.example", f"hot {i % 100}"
-                else:
-                    client, transaction = f"client{rng.randrange(5000)}.example", f"bench {size} {i}"
-                t0, c0 = time.perf_counter(), time.process_time()
-                connection.execute("BEGIN IMMEDIATE")
-                issued = store.issue(cursor, pepper=pepper, client=client, transaction=transaction, digits=6,
-                                     ttl_seconds=60, now=now)
-                result = store.confirm(cursor, pepper=pepper, client=client, transaction=transaction, code=issued.code,
-                                       max_attempts=3, now=now)
-                sql_wall += time.perf_counter() - t0
-                sql_cpu += time.process_time() - c0
-                kind_cpu[i % 2] += time.process_time() - c0
-                connection.execute("COMMIT")
-                if result.status.name != "accepted":
-                    raise SystemExit(f"OTP store benchmark: confirmation answered {result.status.name}")
-            filled += operations + 100
-            half = operations / 2
-            results.append((size, sql_wall / operations * 1e6, sql_cpu / operations * 1e6, kind_cpu[0] / half * 1e6,
-                            kind_cpu[1] / half * 1e6, (time.perf_counter() - wall_start) / operations * 1e6))
-            print(f"OTP store at {size:>9,} rows: issue+confirm {results[-1][1]:6.0f} us wall, {results[-1][2]:6.0f} us CPU "
-                  f"(new pairs {results[-1][3]:.0f}, re-requests {results[-1][4]:.0f}); with COMMIT {results[-1][5]:6.0f} us",
-                  flush=True)
+            pairs(size, 100, measured=False)
+        for rep in range(repetitions):
+            share = operations // repetitions + (1 if rep < operations % repetitions else 0)
+            for size in (sizes if rep % 2 == 0 else sizes[::-1]):
+                pairs(size, share, measured=True)
     finally:
-        connection.close()
+        for connection in connections.values():
+            connection.close()
+    results = []
+    for size in sizes:
+        n, total = timed[size], totals[size]
+        results.append((size, total[0] / n * 1e6, total[1] / n * 1e6, total[2] / (n / 2) * 1e6, total[3] / (n / 2) * 1e6,
+                        total[4] / n * 1e6, per_rep[size]))
+        row = results[-1]
+        print(f"OTP store at {size:>9,} rows: issue+confirm {row[1]:6.0f} us wall, {row[2]:6.0f} us CPU "
+              f"(new pairs {row[3]:.0f}, re-requests {row[4]:.0f}; per repetition "
+              f"{', '.join(f'{x:.0f}' for x in row[6])}); with COMMIT {row[5]:6.0f} us", flush=True)
     return results
 
 
@@ -512,19 +539,24 @@ def main(argv: list[str]) -> int:
     try:
         if args.otp_store:
             sizes = [int(n) for n in args.otp_store_rows.split(",")]
-            results = otp_store_us(work / "otp.sqlite3", sizes, operations)
+            results = otp_store_us(work, sizes, operations, args.repetitions)
             print()
             print(f"{operations} issue+confirm pairs per size, one transaction each, half on new (client, transaction) "
-                  f"pairs, half re-requests of 100 pairs with about rows/10,000 earlier rows each; {psutil.cpu_count()} CPUs, "
+                  f"pairs, half re-requests of 100 pairs with about rows/10,000 earlier rows each; each size its own "
+                  f"file, timed in {args.repetitions} interleaved slices, the order reversed every other one; "
+                  f"{psutil.cpu_count()} CPUs, "
                   f"load average {', '.join(f'{x:.1f}' for x in psutil.getloadavg())}; "
                   f"run took {time.perf_counter() - started:.0f} s")
             print()
             print(rst_table(("rows", "issue+confirm us (wall)", "us (CPU)", "new pair us (CPU)", "re-request us (CPU)",
                              "with COMMIT us (wall)"),
-                            [(f"{n:,}", f"{w:.0f}", f"{c:.0f}", f"{a:.0f}", f"{b:.0f}", f"{f:.0f}") for n, w, c, a, b, f in results]))
+                            [(f"{n:,}", f"{w:.0f}", f"{c:.0f}", f"{a:.0f}", f"{b:.0f}", f"{f:.0f}")
+                             for n, w, c, a, b, f, _ in results]))
             first, last = results[0], results[-1]
+            slices = ", ".join(f"{b / a:.2f}x" for a, b in zip(first[6], last[6]))
             print()
-            print(f"issue+confirm at {last[0]:,} rows / at {first[0]:,} rows: {last[2] / first[2]:.2f}x (CPU)")
+            print(f"issue+confirm at {last[0]:,} rows / at {first[0]:,} rows: {last[2] / first[2]:.2f}x (CPU; per "
+                  f"repetition {slices})")
             return 0
         return run_daemons(args, key_types, work, started)
     finally:
