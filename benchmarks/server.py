@@ -314,17 +314,19 @@ def insert_rows(connection: sqlite3.Connection, rng: Any, now: int, count: int, 
 
 
 def otp_store_us(work: Path, sizes: list[int], operations: int = 2000,
-                 repetitions: int = 3) -> list[tuple[int, float, float, float, float, float, list[float]]]:
+                 repetitions: int = 3) -> list[tuple[int, float, float, float, float, float, list[float], float]]:
     """Per table size: the store's own ``issue`` + ``confirm`` on a real SQLite file (opened
     through ``configure_connection``: WAL, synchronous=FULL, the daemon's schema and indexes),
     one BEGIN IMMEDIATE ... COMMIT per pair as the daemon's group worker runs them; returns
     (rows, wall us per pair without the COMMIT, CPU us per pair without it, the same CPU for new
     pairs and for re-requests of hot pairs alone, wall us with the COMMIT's fsync, CPU us per
-    repetition). Each size has a file of its own, filled first with rows of many (client,
-    transaction) pairs in big transactions, most used or superseded, as months of traffic would
-    leave it; one row in a hundred belongs to one of 100 "hot" pairs (about rows/10,000 earlier
-    rows each). Half the timed pairs are new (client, transaction) pairs, half re-requests of a
-    hot pair. The ``operations`` pairs per size are timed in ``repetitions`` slices, the sizes
+    repetition, and the bound's CPU us: a bare INSERT of one row and an UPDATE of it by rowid,
+    timed in the same slices on the same file, the least a store with these indexes does).
+    Each size has a file of its own, filled first with rows of many (client, transaction) pairs
+    in big transactions, most used or superseded, as months of traffic would leave it; one row
+    in a hundred belongs to one of 100 "hot" pairs (about rows/10,000 earlier rows each). Half
+    the timed pairs are new (client, transaction) pairs, half re-requests of a hot pair. The
+    ``operations`` pairs per size are timed in ``repetitions`` slices, the sizes
     interleaved and their order reversed every other repetition (10k, 100k, 1M, then 1M, 100k,
     10k, ...), so a machine that speeds up or slows down during the run weighs on every size
     alike instead of on the last one timed."""
@@ -342,6 +344,7 @@ def otp_store_us(work: Path, sizes: list[int], operations: int = 2000,
     totals = {size: [0.0, 0.0, 0.0, 0.0, 0.0] for size in sizes}  # wall, CPU, new CPU, re-request CPU, with COMMIT
     per_rep: dict[int, list[float]] = {size: [] for size in sizes}
     timed = {size: 0 for size in sizes}
+    bare = {size: 0.0 for size in sizes}
     counter = 0
 
     def pairs(size: int, count: int, measured: bool) -> None:
@@ -378,6 +381,23 @@ def otp_store_us(work: Path, sizes: list[int], operations: int = 2000,
             total[4] += time.perf_counter() - began
             timed[size] += count
             per_rep[size].append(cpu / count * 1e6)
+            bare[size] += bare_pairs(connection, rng, count)
+
+    def bare_pairs(connection: sqlite3.Connection, rng: random.Random, count: int) -> float:
+        # The bound: the least any store with this table and these indexes does per OTP, with
+        # none of the rules' reads: insert one pending row at random keys, mark it used by rowid.
+        cpu = 0.0
+        for _ in range(count):
+            row = (os.urandom(16), f"client{rng.randrange(5000)}.example", f"bare {rng.randrange(10**9)}",
+                   os.urandom(32), now, now + 60)
+            c0 = time.process_time()
+            connection.execute("BEGIN IMMEDIATE")
+            cursor = connection.execute("INSERT INTO otps (id, client, transaction_text, code_mac, issued_at, "
+                                        "expires_at, status) VALUES (?, ?, ?, ?, ?, ?, 'pending')", row)
+            connection.execute("UPDATE otps SET status = 'used' WHERE rowid = ?", (cursor.lastrowid,))
+            cpu += time.process_time() - c0
+            connection.execute("COMMIT")
+        return cpu
 
     try:
         for size in sizes:
@@ -402,11 +422,12 @@ def otp_store_us(work: Path, sizes: list[int], operations: int = 2000,
     for size in sizes:
         n, total = timed[size], totals[size]
         results.append((size, total[0] / n * 1e6, total[1] / n * 1e6, total[2] / (n / 2) * 1e6, total[3] / (n / 2) * 1e6,
-                        total[4] / n * 1e6, per_rep[size]))
+                        total[4] / n * 1e6, per_rep[size], bare[size] / n * 1e6))
         row = results[-1]
         print(f"OTP store at {size:>9,} rows: issue+confirm {row[1]:6.0f} us wall, {row[2]:6.0f} us CPU "
               f"(new pairs {row[3]:.0f}, re-requests {row[4]:.0f}; per repetition "
-              f"{', '.join(f'{x:.0f}' for x in row[6])}); with COMMIT {row[5]:6.0f} us", flush=True)
+              f"{', '.join(f'{x:.0f}' for x in row[6])}); with COMMIT {row[5]:6.0f} us; bare INSERT+UPDATE "
+              f"{row[7]:.0f} us CPU", flush=True)
     return results
 
 
@@ -549,14 +570,16 @@ def main(argv: list[str]) -> int:
                   f"run took {time.perf_counter() - started:.0f} s")
             print()
             print(rst_table(("rows", "issue+confirm us (wall)", "us (CPU)", "new pair us (CPU)", "re-request us (CPU)",
-                             "with COMMIT us (wall)"),
-                            [(f"{n:,}", f"{w:.0f}", f"{c:.0f}", f"{a:.0f}", f"{b:.0f}", f"{f:.0f}")
-                             for n, w, c, a, b, f, _ in results]))
+                             "with COMMIT us (wall)", "bare INSERT+UPDATE us (CPU)"),
+                            [(f"{n:,}", f"{w:.0f}", f"{c:.0f}", f"{a:.0f}", f"{b:.0f}", f"{f:.0f}", f"{bound:.0f}")
+                             for n, w, c, a, b, f, _, bound in results]))
             first, last = results[0], results[-1]
             slices = ", ".join(f"{b / a:.2f}x" for a, b in zip(first[6], last[6]))
             print()
             print(f"issue+confirm at {last[0]:,} rows / at {first[0]:,} rows: {last[2] / first[2]:.2f}x (CPU; per "
-                  f"repetition {slices})")
+                  f"repetition {slices}); the bound beside it, a bare INSERT + UPDATE by rowid of one row in the same "
+                  f"files: {last[7] / first[7]:.2f}x ({first[7]:.0f} -> {last[7]:.0f} us): what the B-trees' growth "
+                  f"costs any store with these indexes on this machine")
             return 0
         return run_daemons(args, key_types, work, started)
     finally:
