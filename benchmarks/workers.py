@@ -315,6 +315,13 @@ def report(counts: list[int], runs: dict[int, list[dict[str, Any]]]) -> None:
                   f"generator's unchanged work: {row['load_us'] / one['load_us']:.2f}x CPU per session; the cores "
                   f"busy {one['rate'] / one['bound']:.0%} and {row['rate'] / row['bound']:.0%} of the time), context "
                   f"switches per session {one['switches']:.1f} -> {row['switches']:.1f}", flush=True)
+            # The load generators are the control: their work per session is the same for every
+            # worker count, so what their CPU per session does is what the machine does to any
+            # process once the server runs N workers on the same cores.
+            server, control = row["server_us"] / one["server_us"], row["load_us"] / one["load_us"]
+            print(f"  the machine's share of it: the load generators' unchanged work ran {control:.2f}x as long beside "
+                  f"{n} workers as beside one; the server's {server:.2f}x divided by that is {server / control:.2f}x, "
+                  f"what {n} workers add beyond what the machine adds to every process", flush=True)
 
 
 def corun_work(out: Any) -> None:
