@@ -6,16 +6,15 @@
 
 Starts a TTP and, for each N of ``--workers`` (a scan: ``--workers 1,2,4,8``), a freshly
 enrolled ``twistd -n tlsotp-server --workers N`` (EC P-256, default suites), all of them at
-once. For each of ``--repetitions`` rounds, each server in turn (interleaved, the order reversed every
-other round: 1, 2, 2, 1, 1, 2, ...),
-``--load-processes`` load generators (one per core by default) run ``--sessions`` sessions in
-all, ``--concurrency`` at a time in all, each a fresh connection: handshake + OTP request +
-grant, committed by the server. Printed per run, then as medians over the repetitions, per N:
-sessions/s, server CPU per session (psutil over the supervisor's whole process tree, workers
-included), the supervisor's own part of it, the load generators' CPU per session, the share of
-sessions each worker served (from the per-session lines of the server's log), and the machine's
-bound: cores / (server CPU per session + load generator CPU per session), the rate the machine
-allows when server and load share its cores.
+once. For each of ``--repetitions`` rounds, each server in turn (interleaved, the order reversed
+every other round: 1, 2, 2, 1, 1, 2, ...), ``--load-processes`` load generators (one per core by
+default) run ``--sessions`` sessions in all, ``--concurrency`` at a time in all, each a fresh
+connection: handshake + OTP request + grant, committed by the server. Printed per run, then as
+medians over the repetitions, per N: sessions/s, server CPU per session (psutil over the
+supervisor's whole process tree, workers included), the supervisor's own part of it, the load
+generators' CPU per session, the share of sessions each worker served (from the per-session
+lines of the server's log), and the machine's bound: cores / (server CPU per session + load
+generator CPU per session), the rate the machine allows when server and load share its cores.
 
 Then (``--paced``, 0.6 by default) every worker count runs again, interleaved, at one and the
 same rate: that fraction of one worker's median saturating rate, so each does the same work
