@@ -19,7 +19,10 @@ generator CPU per session), the rate the machine allows when server and load sha
 Then (``--paced``, 0.6 by default) every worker count runs again, interleaved, at one and the
 same rate: that fraction of one worker's median saturating rate, so each does the same work
 per second and neither saturates. Last, the machine's own contention: a fixed piece of
-CPU-bound work timed in one process alone and in one process per core at once.
+CPU-bound work timed in one process alone and in one process per core at once. Each row also
+gives the server's context switches per session (a sleep and a wake-up each), and each ratio to
+one worker a control: the load generators' unchanged work per session, whose own ratio is what
+the machine adds to every process.
 
 The load generator cuts its own cost, never the server's: it verifies the server's certificate
 chain (path, CRL) once and then accepts that same chain by its DER, and it makes its ECDHE key
