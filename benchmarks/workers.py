@@ -236,6 +236,26 @@ def run_one(work: Path, target: dict[str, Any], args: argparse.Namespace, tag: s
     }
 
 
+def run_rounds(work: Path, targets: list[dict[str, Any]], args: argparse.Namespace, label: str,
+               rate: float) -> tuple[dict[int, list[dict[str, Any]]], bool]:
+    """``--repetitions`` rounds of ``run_one`` over every server, interleaved with the order
+    reversed every other round (1, 2, 2, 1, ...), so a machine whose speed drifts during the run
+    weighs on every server alike; each run printed as it ends. Returns the runs per worker count
+    and whether any session failed."""
+    runs: dict[int, list[dict[str, Any]]] = {target["workers"]: [] for target in targets}
+    failed = False
+    for rep in range(1, args.repetitions + 1):
+        for target in targets if rep % 2 else targets[::-1]:
+            row = run_one(work, target, args, f"{label.strip()}{rep}", rate)
+            runs[target["workers"]].append(row)
+            if row["failed"] or row["sessions"] != args.sessions:
+                failed = True
+                print(f"--workers {row['workers']} {label}run {rep}: {row['failed']} sessions failed: "
+                      f"{row['failures']}", file=sys.stderr)
+            print(f"{label}run {rep} {render(row)}", flush=True)
+    return runs, failed
+
+
 def whole_log(path: Path) -> str:
     """The server's log from its start: twistd's ``--logfile`` rotates at 1 MB (``server.log.1``
     is the newest rotated part, higher numbers older), so a run's lines may span several files."""
@@ -420,27 +440,11 @@ def main(argv: list[str]) -> int:
         try:
             for n in counts:
                 targets.append(start_server(work, ttp, fingerprint, n, args))
-            runs: dict[int, list[dict[str, Any]]] = {n: [] for n in counts}
-            for rep in range(1, args.repetitions + 1):  # interleaved, every other round reversed: 1, 2, 2, 1, ...
-                for target in targets if rep % 2 else targets[::-1]:
-                    row = run_one(work, target, args, str(rep))
-                    runs[target["workers"]].append(row)
-                    if row["failed"] or row["sessions"] != args.sessions:
-                        failed = True
-                        print(f"--workers {row['workers']} run {rep}: {row['failed']} sessions failed: {row['failures']}",
-                              file=sys.stderr)
-                    print(f"run {rep} {render(row)}", flush=True)
-            paced: dict[int, list[dict[str, Any]]] = {n: [] for n in counts}
+            runs, failed_saturating = run_rounds(work, targets, args, "", 0.0)
             pace = args.paced * statistics.median(r["rate"] for r in runs[counts[0]]) if args.paced else 0.0
-            for rep in range(1, args.repetitions + 1 if pace else 1):  # the same rate for every worker count
-                for target in targets if rep % 2 else targets[::-1]:
-                    row = run_one(work, target, args, f"paced{rep}", pace)
-                    paced[target["workers"]].append(row)
-                    if row["failed"] or row["sessions"] != args.sessions:
-                        failed = True
-                        print(f"--workers {row['workers']} paced run {rep}: {row['failed']} sessions failed: "
-                              f"{row['failures']}", file=sys.stderr)
-                    print(f"paced run {rep} {render(row)}", flush=True)
+            # The same rate for every worker count.
+            paced, failed_paced = run_rounds(work, targets, args, "paced ", pace) if pace else ({}, False)
+            failed = failed_saturating or failed_paced
         finally:
             for target in targets:
                 stop(target["process"])
