@@ -153,7 +153,9 @@ def crypto_floor_us(
     ``chain_check=False`` leaves out the root's signature on the client's certificate: what the
     tlsotp server must do for a returning client, whose exact certificate its validated-chain
     cache already checked (the load generator reuses one certificate, so every session after
-    the first is one); a TLS server checks it on every handshake."""
+    the first is one); a TLS server checks it on every handshake. NaN for a suite that cannot run
+    with ``key_type`` (an RSA key-transport suite with an EC certificate): its sessions fail, and
+    the run with them."""
     import hashlib
     import hmac
     import os
@@ -166,6 +168,8 @@ def crypto_floor_us(
 
     transport = suite_named(suite).key_exchange is KeyExchange.RSA_OAEP
     rsa_keys = key_type.startswith("rsa")
+    if transport and not rsa_keys:
+        return float("nan")  # no such session: RSA key transport needs an RSA certificate
     bits = int(key_type.split("-")[1]) if rsa_keys else 0
     pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
     oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
@@ -637,13 +641,11 @@ def run_daemons(args: argparse.Namespace, key_types: list[str], work: Path, star
             targets[(key_type, "tls")] = (tls, tls_port, tls_name, client, None)
         # tlsotp/floor uses the returning client's floor (one verify), which is what the server
         # must do for the load generator's sessions; the first-contact floor is printed beside it.
-        floors = {k: crypto_floor_us(k, args.suite or KEY_TYPES[k][0] or DEFAULT_EC_SUITE, 100 if k.startswith("rsa") else 300,
-                                     chain_check=False)
-                  for k in key_types}
-        args.first_contact_floors = {
-            k: crypto_floor_us(k, args.suite or KEY_TYPES[k][0] or DEFAULT_EC_SUITE, 100 if k.startswith("rsa") else 300)
-            for k in key_types
-        }
+        floors, args.first_contact_floors = {}, {}
+        for k in key_types:
+            floor_suite, rounds = args.suite or KEY_TYPES[k][0] or DEFAULT_EC_SUITE, 100 if k.startswith("rsa") else 300
+            floors[k] = crypto_floor_us(k, floor_suite, rounds, chain_check=False)
+            args.first_contact_floors[k] = crypto_floor_us(k, floor_suite, rounds)
         # What a bare Twisted server spends per connection (accept, one netstring in, one reply out,
         # close): with the floor, the least any server on Twisted spends per session, printed beside it.
         from benchmarks.ttp_enrollment import tcp_bound_us
