@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import re
 import shutil
 import socket
@@ -191,7 +192,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--enrollments", type=int, default=200, help="sequential enrollments per repetition")
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--profile", type=Path, default=None, help="py-spy the last repetition into this directory")
+    parser.add_argument("--gil", action="store_true",
+                        help="with --profile: sample only the thread holding the GIL (Python's own CPU, not waits)")
     args = parser.parse_args(argv)
+    py_spy = None
+    if args.profile is not None:
+        # The venv's own bin first: py-spy installed beside this interpreter need not be on PATH.
+        py_spy = shutil.which("py-spy", path=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+        if py_spy is None:
+            print("--profile needs py-spy (pip install py-spy); not found beside this Python or on PATH",
+                  file=sys.stderr)
+            return 2
     work = Path(tempfile.mkdtemp(prefix="tlsotp-ttp-bench-"))
     ttp_process = None
     try:
@@ -213,7 +224,7 @@ def main(argv: list[str]) -> int:
             if args.profile is not None and repetition == args.repetitions - 1:
                 args.profile.mkdir(parents=True, exist_ok=True)
                 profiler = subprocess.Popen(
-                    ["py-spy", "record", "--pid", str(ttp_process.pid), "--rate", "500", "--format", "raw",
+                    [py_spy, "record", *(["--gil"] if args.gil else []), "--pid", str(ttp_process.pid), "--rate", "500", "--format", "raw",
                      "-o", str(args.profile / "ttp.raw")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(1.0)  # attached before the batch starts
             figures.append(enroll_batch(ttp_process.pid, ttp, fingerprint, tokens, work / f"r{repetition}"))
