@@ -218,36 +218,47 @@ def commit_group(
     return outcomes
 
 
-class SQLiteGroupWorker(DatabaseWorker[sqlite3.Connection]):
-    """A ``DatabaseWorker`` owning one SQLite connection, with group commit (``transact``)."""
+Item = TypeVar("Item")
+
+
+class GroupWorker(DatabaseWorker[T], Generic[T, Item]):
+    """A ``DatabaseWorker`` that hands its thread work in groups: ``submit(item)`` queues one
+    item, and every item queued while the thread is busy, or during the reactor iteration that
+    found it idle, goes to one ``run_group(resource, items)`` call on the thread (at most
+    ``max_group`` of them). ``run_group`` returns ``(ok, value or exception)`` per item, in
+    order, and must have made every item's effect durable before it returns: each item's
+    Deferred fires only then, so no answer leaves before the commit that made it true."""
 
     def __init__(
         self,
         reactor: IReactorFromThreads,
-        path: Path,
-        open_resource: Callable[[], sqlite3.Connection],
+        open_resource: Callable[[], T],
+        close_resource: Callable[[T], None],
+        run_group: Callable[[T, list[Item]], list[tuple[bool, Any]]],
         thread_name: str = "database",
+        max_group: int = 256,
     ) -> None:
-        super().__init__(reactor, open_resource, sqlite3.Connection.close, thread_name)
+        super().__init__(reactor, open_resource, close_resource, thread_name)
         # An idle worker starts its next group at the end of the reactor iteration that queued the
-        # group's first call (a zero-delay timed call runs once the I/O events of that iteration
-        # have been handled), so the calls other connections make in that same iteration join it:
-        # one hop and one fsync for all of them instead of one each.
+        # group's first item (a zero-delay timed call runs once the I/O events of that iteration
+        # have been handled), so the items other connections submit in that same iteration join
+        # it: one hop and one fsync for all of them instead of one each.
         self._call_later = reactor.callLater if IReactorTime.providedBy(reactor) else None
-        self.path = path
-        self._queue: deque[_Job] = deque()
+        self._run_group = run_group
+        self.max_group = max_group
+        self._queue: deque[tuple[Item, Deferred[Any]]] = deque()
         self._in_flight = False
         self._idle: list[Deferred[None]] = []
-        #: Group transactions committed (or attempted) since the start: for tests and benchmarks.
+        #: Groups run (committed or attempted) since the start: for tests and benchmarks.
         self.groups = 0
 
-    def transact(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Deferred[R]:
-        """Queue ``fn(cursor, *args, **kwargs)`` for the next group transaction; fires with its
-        result once that transaction is committed, or fails with what it raised (rolled back)."""
+    def submit(self, item: Item) -> Deferred[Any]:
+        """Queue ``item`` for the next group; fires with its value once the group has returned
+        (committed), or fails with its exception."""
         if not self.running or self._resource is None:
             return fail(WorkerNotRunning(f"the {self.thread_name} worker is not running"))
-        d: Deferred[R] = Deferred()
-        self._queue.append((fn, args, kwargs, d))
+        d: Deferred[Any] = Deferred()
+        self._queue.append((item, d))
         if not self._in_flight:
             self._in_flight = True  # a group is coming: stopService waits for it
             if self._call_later is None:
@@ -264,28 +275,54 @@ class SQLiteGroupWorker(DatabaseWorker[sqlite3.Connection]):
                 d.callback(None)
             return
         self._in_flight = True
-        group = [self._queue.popleft() for _ in range(min(len(self._queue), MAX_GROUP))]
+        group = [self._queue.popleft() for _ in range(min(len(self._queue), self.max_group))]
         self.groups += 1
-        running = self.run(commit_group, self.path, [(fn, args, kwargs) for fn, args, kwargs, _ in group])
+        running = self.run(self._run_group, [item for item, _ in group])
 
         def answer(outcomes: list[tuple[bool, Any]]) -> None:
-            for (_, _, _, d), (ok, value) in zip(group, outcomes):
+            for (_, d), (ok, value) in zip(group, outcomes):
                 if ok:
                     d.callback(value)
                 else:
                     d.errback(value)
 
         def lost(failure: Any) -> None:  # the worker itself failed (not an SQL error)
-            for _, _, _, d in group:
+            for _, d in group:
                 d.errback(failure)
 
         running.addCallbacks(answer, lost).addBoth(lambda _: self._next_group())
 
     def stopService(self) -> Deferred[None]:
-        """Refuse new calls, commit the queued ones, then close the connection."""
+        """Refuse new items, run the queued ones, then close the resource."""
         if not self._in_flight:
             return super().stopService()
         service.Service.stopService(self)  # type: ignore[no-untyped-call]
         idle: Deferred[None] = Deferred()
         self._idle.append(idle)
-        return idle.addCallback(lambda _: super(SQLiteGroupWorker, self).stopService())
+        return idle.addCallback(lambda _: super(GroupWorker, self).stopService())
+
+
+#: One call of a group transaction: ``fn(cursor, *args, **kwargs)``.
+_Call = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
+
+class SQLiteGroupWorker(GroupWorker[sqlite3.Connection, _Call]):
+    """A ``GroupWorker`` owning one SQLite connection: group commit (``transact``, ``commit_group``)."""
+
+    def __init__(
+        self,
+        reactor: IReactorFromThreads,
+        path: Path,
+        open_resource: Callable[[], sqlite3.Connection],
+        thread_name: str = "database",
+    ) -> None:
+        super().__init__(
+            reactor, open_resource, sqlite3.Connection.close,
+            lambda connection, calls: commit_group(connection, path, calls), thread_name, MAX_GROUP,
+        )
+        self.path = path
+
+    def transact(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Deferred[R]:
+        """Queue ``fn(cursor, *args, **kwargs)`` for the next group transaction; fires with its
+        result once that transaction is committed, or fails with what it raised (rolled back)."""
+        return self.submit((fn, args, kwargs))
