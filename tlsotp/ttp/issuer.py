@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime
 import sqlite3
 from dataclasses import dataclass
+from typing import Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -119,6 +120,30 @@ class Issuer:
         except Exception as exc:  # a bug must cost one connection, not the daemon
             outcome = refused(Refusal.internal_error, "the TTP failed to handle the request")
             return Outcome(outcome.reply, f"{outcome.summary} ({type(exc).__name__}: {exc})")
+
+    def handle_group(self, payloads: Sequence[bytes]) -> list[tuple[bool, Outcome]]:
+        """``handle`` for each request in turn, in one group transaction (``Store.group``): one
+        commit and one fsync for all of them. Returns ``(True, outcome)`` per request (the
+        shape ``GroupWorker`` takes); never raises. Nothing of the group is durable before the
+        group's COMMIT, so if that fails (or SQLite rolls the group back on its own) every
+        request is refused ``internal_error``, whatever it had decided, and the log line says
+        what was undone: a requester whose enrollment was undone simply tries again."""
+        decided: list[Outcome] = []
+        try:
+            with self.store.group():
+                for payload in payloads:
+                    decided.append(self.handle(payload))
+                    if not self.store.group_intact():
+                        break  # the group is gone: nothing after it may run outside it
+        except Exception as exc:  # noqa: BLE001 - the commit's failure refuses the group, never escapes
+            if isinstance(exc, sqlite3.Error):
+                cause, detail = f"the TTP's database {self.store.database_problem(exc)}", str(exc)
+            else:
+                cause, detail = "the TTP's database failed to commit", f"{type(exc).__name__}: {exc}"
+            outcome = refused(Refusal.internal_error, f"{cause}; nothing of this request was kept")
+            undone = [f"; undone: {d.summary}" for d in decided] + [""] * (len(payloads) - len(decided))
+            return [(True, Outcome(outcome.reply, f"{outcome.summary} ({detail}){u}")) for u in undone]
+        return [(True, outcome) for outcome in decided]
 
     # Enrollment: token proof, token state, names, CSR; then spend and record in one transaction.
 

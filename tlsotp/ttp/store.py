@@ -1,10 +1,12 @@
 """The TTP's state: one SQLite file holding tokens, issued certificates, revocations and the CRL.
 
 Durability and atomicity come from SQLite: WAL journal, ``synchronous=FULL`` and one
-``BEGIN IMMEDIATE`` transaction per decision. Spending a token and recording the certificate it
-bought commit together, before the requester hears anything, so a crash (even ``kill -9``)
-loses no certificate a requester received and never lets a spent token be spent again. Serials
-are the primary key, so one can never be reused.
+``BEGIN IMMEDIATE`` transaction per decision, or, for the daemon's requests that arrive
+together, one per group of decisions (``group``: each decision in its own savepoint, one COMMIT
+for all). Spending a token and recording the certificate it bought commit together, before the
+requester hears anything, so a crash (even ``kill -9``) loses no certificate a requester
+received and never lets a spent token be spent again. Serials are the primary key, so one can
+never be reused.
 
 The daemon uses one ``Store`` from one worker thread; the operator's commands open their own
 ``Store`` on the same file while it runs, and SQLite's locks (with a busy timeout) serialise
@@ -322,6 +324,8 @@ class Store:
         self.path = path
         #: What messages name: the file, or the database's URL (which holds no password).
         self.where = where if where is not None else str(path)
+        #: Inside ``group``: each decision's transaction is a savepoint of the group's.
+        self._grouped = False
 
     @classmethod
     def create(cls, path: Path) -> Store:
@@ -406,7 +410,18 @@ class Store:
     @contextmanager
     def _transaction(self) -> Iterator[None]:
         """One decision: every read, check and write inside runs under the write lock, which is
-        taken before the first read, and commits whole or not at all."""
+        taken before the first read, and commits whole or not at all. Inside ``group`` it is a
+        SAVEPOINT of the group's transaction: undone alone if it raises, committed with the group."""
+        if self._grouped:
+            self._db.execute("SAVEPOINT decision")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK TO decision")
+                self._db.execute("RELEASE decision")
+                raise
+            self._db.execute("RELEASE decision")
+            return
         # IMMEDIATE takes the write lock up front: read-check-write sequences cannot interleave.
         self._db.execute("BEGIN IMMEDIATE")
         try:
@@ -415,6 +430,32 @@ class Store:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+    @contextmanager
+    def group(self) -> Iterator[None]:
+        """Group commit: the decisions made inside share one transaction (one ``BEGIN
+        IMMEDIATE``, one COMMIT, one fsync), each in its own savepoint; nothing inside is
+        durable, so nothing may be answered, before this returns. If the transaction cannot be
+        begun or committed, or SQLite ends it early (it may roll a whole transaction back on a
+        full disk or an I/O error), it raises: the caller must then refuse every decision of
+        the group, whatever each decided."""
+        self._db.execute("BEGIN IMMEDIATE")
+        self._grouped = True
+        try:
+            yield
+            if not self.group_intact():
+                raise sqlite3.OperationalError("the group's transaction was rolled back by SQLite")
+            self._grouped = False
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._grouped = False
+            if cast(sqlite3.Connection, self._db).in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+
+    def group_intact(self) -> bool:
+        """Still inside the group's transaction (SQLite has not rolled it back on its own)."""
+        return cast(sqlite3.Connection, self._db).in_transaction
 
     # Tokens
 
