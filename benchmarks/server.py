@@ -248,7 +248,7 @@ def signing_floor_us(rounds: int = 200, gap: float = 0.0) -> float:
     return spent / rounds * 1e6
 
 
-def prepared_requests(tokens: list[str]) -> list[Any]:
+def prepared_requests(tokens: list[str], first: int = 0) -> list[Any]:
     """One enrollment request per token, made before the clock starts (a fresh P-256 key, its
     CSR, a nonce and the token's proof each): to the TTP each is a full, new enrollment; only the
     load process's own key generation, reply check and file writes are left out of the run."""
@@ -263,7 +263,7 @@ def prepared_requests(tokens: list[str]) -> list[Any]:
     from tlsotp.ttp import wire
 
     made = []
-    for i, text in enumerate(tokens):
+    for i, text in enumerate(tokens, first):  # the i-th token was minted for c{i}.example
         token, name = token_proofs.Token.parse(text), f"c{i}.example"
         csr = build_csr(ec.generate_private_key(ec.SECP256R1()), name).public_bytes(serialization.Encoding.DER)
         nonce = secrets.token_bytes(wire.NONCE_BYTES)
