@@ -31,9 +31,12 @@ signing floor (CSR load + verify + sign, in one loop); and a memory soak: the fi
 tlsotp server's RSS every tenth of ``--soak`` sessions at 50 concurrent, with the growth per
 1,000 sessions, after ``--soak-fill`` rows were put into its OTP store (a day of traffic's worth
 of rows is a running bank's steady state; a store smaller than its page cache would grow the
-cache, and RSS, with every session's row). Tables are printed as RST, ready to paste into docs/performance.rst, and an SVG
-bar chart of CPU per session (tlsotp, TLS, floor) per configuration is written to ``--plot``
-(default docs/performance-cpu.svg) when matplotlib is installed. Exits 1 if any session,
+cache, and RSS, with every session's row) and ``--soak-warmup`` sessions were run and sampled
+the same way (they fill the store's 8 MiB page cache, which a running bank's is: the growth is
+given over the soak after them, and over the whole run beside it). Tables are printed as RST,
+ready to paste into docs/performance.rst, and an SVG bar chart of CPU per session (tlsotp, TLS,
+floor) per configuration is written to ``--plot`` (default docs/performance-cpu.svg) when
+matplotlib is installed. Exits 1 if any session,
 enrollment or soak chunk failed.
 
 ``--otp-store`` runs only the store benchmark: ``tlsotp.otp.store`` issue + confirm on a real
@@ -509,11 +512,13 @@ def fill_store(store_file: Path, rows: int) -> None:
 
 
 def soak(process: Any, port: int, work: Path, name: str, client: Path, suite: str | None, sessions: int,
-         store_file: Path, fill: int, samples: int = 10) -> tuple[list[tuple[int, int, int]], bool]:
+         store_file: Path, fill: int, warmup: int = 0, samples: int = 10) -> tuple[list[tuple[int, int, int]], bool]:
     """The server tree's RSS and its OTP store's size (``store_file``'s pages) before and after
-    each of ``samples`` equal chunks of ``sessions`` sessions at 50 concurrent, once ``fill``
-    rows were put into the store; returns the samples and whether every session completed."""
+    each chunk of ``sessions // samples`` sessions at 50 concurrent, over ``warmup`` sessions and
+    then ``sessions``, once ``fill`` rows were put into the store; returns the samples and whether
+    every session completed."""
     chunk = max(sessions // samples, 1)
+    samples += -(-warmup // chunk)  # the warm-up's chunks come first, sampled the same way
     fill_store(store_file, fill)
 
     def store_bytes() -> int:
@@ -591,6 +596,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--workers", type=int, default=None, help="passed to tlsotp-server as --workers N")
     parser.add_argument("--enrollments", type=int, default=50, help="sequential TTP enrollments timed")
     parser.add_argument("--soak", type=int, default=10_000, help="sessions of the memory soak (0: none)")
+    parser.add_argument("--soak-warmup", type=int, default=20_000,
+                        help="sessions run (and sampled) before the soak, which fill the store's page cache")
     parser.add_argument("--soak-fill", type=int, default=100_000,
                         help="rows put into the soaked server's OTP store first, so that its page cache can fill "
                              "(a store smaller than the cache grows the cache with every session's row)")
@@ -606,7 +613,7 @@ def main(argv: list[str]) -> int:
     if args.quick:
         args.concurrency, args.rsa_concurrency, args.sessions, args.repetitions = "1,5", "5", 20, 1
         args.enrollments, args.soak, args.otp_store_rows, operations = 3, min(args.soak, 200), "1000,10000", 200
-        args.soak_fill = min(args.soak_fill, 1000)
+        args.soak_fill, args.soak_warmup = min(args.soak_fill, 1000), min(args.soak_warmup, 200)
     elif args.plot is None:
         args.plot = str(Path(__file__).resolve().parent.parent / "docs" / "performance-cpu.svg")
     key_types = args.key_type.split(",")
@@ -764,13 +771,13 @@ def run_daemons(args: argparse.Namespace, key_types: list[str], work: Path, star
         if args.soak:
             process, port, name, client, suite = targets[(key_types[0], "tlsotp")]
             points, ok = soak(process, port, work, name, client, suite, args.soak,
-                              work / f"server-{key_types[0]}" / DATABASE_FILE, args.soak_fill)
+                              work / f"server-{key_types[0]}" / DATABASE_FILE, args.soak_fill, args.soak_warmup)
             failed = failed or not ok
         print()
         print(render(rows, levels, extras, wire, negotiated, floors, args, time.perf_counter() - started))
         if points:
             print()
-            print(render_soak(points, key_types[0], args.soak_fill))
+            print(render_soak(points, key_types[0], args.soak_fill, args.soak_warmup))
         print()
         print(rst_table(("TTP enrollment", "TTP CPU us/enrollment", "signing floor us", "ratio"), [(
             f"{args.enrollments} sequential, EC P-256", f"{enrollment[0]:.0f}", f"{enrollment_floor:.0f}",
@@ -794,19 +801,23 @@ def median_of(rows: list[dict[str, Any]], key_type: str, kind: str, level: int, 
     return statistics.median(r[field] for r in rows if r["key"] == key_type and r["kind"] == kind and r["level"] == level)
 
 
-def render_soak(points: list[tuple[int, int, int]], key_type: str, fill: int) -> str:
-    """The soak's table, and the growth per 1,000 sessions after the first chunk (which fills
-    the caches and the allocator's pools) to the end, over the soak's second half, and over the
-    whole run; beside it the bound of what the OTP store's own page cache may add: SQLite keeps
-    up to ``CACHE_SIZE_KIB`` of the file's pages, filled as sessions touch them, so RSS may grow
-    by that much before it levels off. A leak is what goes on growing past it."""
-    (first_n, first_rss, _), (last_n, last_rss, last_store) = points[1], points[-1]
-    half_n, half_rss, _ = points[len(points) // 2]
+def render_soak(points: list[tuple[int, int, int]], key_type: str, fill: int, warmup: int = 0) -> str:
+    """The soak's table, and the growth per 1,000 sessions from the end of the warm-up (or of the
+    first chunk, which fills the caches and the allocator's pools) to the end, over the soak's
+    second half, and over the whole run; beside it the bound of what the OTP store's own page
+    cache may add: SQLite keeps up to ``CACHE_SIZE_KIB`` of the file's pages, filled as sessions
+    touch them, so RSS may grow by that much before it levels off. A leak is what goes on growing
+    past it."""
+    start = next((i for i, (n, _, _) in enumerate(points) if n >= warmup), 0) if warmup else 1
+    (first_n, first_rss, _), (last_n, last_rss, last_store) = points[start], points[-1]
+    half_n, half_rss, _ = points[(start + len(points) - 1) // 2]
 
     def per_1000(rss: int, n: int, since_rss: int, since_n: int) -> float:
         return (rss - since_rss) / max(n - since_n, 1) * 1000 / 1024
 
     return "\n".join([
+        f"the soak began once {fill:,} settled rows were put into the server's OTP store; its first {warmup:,} "
+        "sessions are the warm-up that fills the store's page cache" if warmup else
         f"the soak began once {fill:,} settled rows were put into the server's OTP store", "",
         rst_table(("sessions", f"tlsotp-server RSS MiB ({KEY_TYPES[key_type][1]}, 50 concurrent)", "OTP store file MiB"),
                   [(f"{n:,}", f"{rss / 2**20:.1f}", f"{size / 2**20:.1f}") for n, rss, size in points]), "",
