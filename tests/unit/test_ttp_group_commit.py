@@ -5,12 +5,17 @@ every request in it and keeps nothing."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import gatherResults
 from twisted.trial import unittest
 
@@ -21,6 +26,7 @@ from tlsotp.ttp import wire
 from tlsotp.ttp.ca import TTPPaths
 from tlsotp.ttp.issuer import Outcome
 from tlsotp.ttp.store import Store
+from tlsotp.ttp.tokens import Token
 from tlsotp.ttp.wire import Refusal
 
 
@@ -190,3 +196,91 @@ class DaemonGroupTests(unittest.TestCase):
         await gatherResults(decided)
         self.assertEqual(service.worker.groups - groups, 1)
         self.assertEqual(committed, [True] * len(names))
+
+
+# Requests a group may hold: a valid enrollment, its retry with the same key, the same token with
+# another key, a broken proof, a name the token is not for, and bytes that are no request at all.
+_KINDS = ("valid", "bad_proof", "wrong_name", "garbage")
+
+
+class GroupEquivalenceTests(unittest.SynchronousTestCase):
+    """Group commit decides exactly what one transaction per request decides: the same replies
+    (codes, which requests get the same certificate) and the same store afterwards."""
+
+    def setUp(self) -> None:
+        base = Path(self.mktemp())
+        self.grouped = TTPFixture(base / "grouped")
+        self.alone = TTPFixture(base / "alone")
+        for fixture in (self.grouped, self.alone):
+            self.addCleanup(fixture.close)
+        self.keys = [cached_key(KeyType.EC_P256, f"group-equivalence-{i}") for i in range(3)]
+        self.round = 0
+
+    @given(
+        st.lists(st.tuples(st.integers(0, 3), st.integers(0, 2), st.sampled_from(_KINDS)), min_size=1, max_size=10),
+        st.sets(st.integers(1, 9), max_size=3),
+    )
+    @settings(max_examples=25, deadline=None)
+    def test_a_group_decides_what_one_transaction_each_decides(
+        self, actions: list[tuple[int, int, str]], cuts: set[int]
+    ) -> None:
+        self.round += 1
+        names = [f"r{self.round}t{i}.example" for i in range(4)]
+        tokens = [Token.generate() for _ in names]
+        for fixture in (self.grouped, self.alone):  # the same tokens in both stores
+            for token, name in zip(tokens, names):
+                fixture.store.add_token(token.token_id, token.mac_key(), name, Role.CLIENT, now=fixture.clock.now,
+                                        expires_at=fixture.clock.now + datetime.timedelta(hours=1))
+        payloads = []
+        for token_index, key_index, kind in actions:
+            token, name = tokens[token_index], names[token_index]
+            if kind == "garbage":
+                payloads.append(bytes([token_index, key_index]) * 3)
+                continue
+            request = enroll_request(token, name, Role.CLIENT, self.keys[key_index])
+            if kind == "bad_proof":
+                request = dataclasses.replace(request, proof=bytes(len(request.proof)))
+            elif kind == "wrong_name":
+                request = enroll_request(token, names[(token_index + 1) % 4], Role.CLIENT, self.keys[key_index])
+            payloads.append(wire.encode(request))
+        grouped: list[Outcome] = []
+        bounds = [0, *sorted(c for c in cuts if c < len(payloads)), len(payloads)]
+        for start, end in zip(bounds, bounds[1:]):  # several groups, as the daemon's queue makes them
+            grouped += [outcome for _, outcome in self.grouped.issuer.handle_group(payloads[start:end])]
+        alone = [self.alone.issuer.handle(payload) for payload in payloads]
+        self.assertEqual(self.shape(grouped), self.shape(alone))
+        for fixture in (self.grouped, self.alone):
+            fixture.store.close()
+            fixture.store = fixture.open_store()  # what was committed, from a fresh connection
+            fixture.issuer.store = fixture.store
+        self.assertEqual(self.state(self.grouped, tokens), self.state(self.alone, tokens))
+
+    def shape(self, outcomes: list[Outcome]) -> list[tuple[str, object]]:
+        """Each reply's kind and code; for a certificate, its key and name and the index of the
+        first request that got the same certificate (serials are random, the pattern is not)."""
+        first: dict[bytes, int] = {}
+        shaped: list[tuple[str, object]] = []
+        for i, outcome in enumerate(outcomes):
+            if isinstance(outcome.reply, wire.Issued):
+                cert = x509.load_der_x509_certificate(outcome.reply.cert_der)
+                key = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+                name = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+                shaped.append(("issued", (key, tuple(name), first.setdefault(outcome.reply.cert_der, i))))
+            else:
+                assert isinstance(outcome.reply, wire.Refused), outcome.reply
+                shaped.append(("refused", outcome.reply.code))
+        return shaped
+
+    def state(self, fixture: TTPFixture, tokens: list[Token]) -> list[tuple[bool, bytes | None]]:
+        """Per token: spent or not, and the key of the certificate it bought."""
+        certificates = {record.serial: record for record in fixture.store.list_certificates()}
+        state = []
+        for token in tokens:
+            record = fixture.store.get_token(token.token_id)
+            assert record is not None
+            bought = None
+            if record.spent_serial is not None:
+                cert = certificates[record.spent_serial].certificate()
+                bought = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+            state.append((record.spent_at is not None, bought))
+        return state
