@@ -13,7 +13,8 @@ from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from tests.test_ttp_fixtures import reactor
-from tlsotp.services.sqlite_worker import SQLiteGroupWorker, WorkerNotRunning, open_sqlite
+from tlsotp.database_checks import Cause, DatabaseUnusable
+from tlsotp.services.sqlite_worker import SQLiteGroupWorker, WorkerNotRunning, commit_group, open_sqlite
 
 
 def configure(connection: sqlite3.Connection) -> None:
@@ -104,3 +105,33 @@ class GroupCommitTests(unittest.TestCase):
         await stopped
         self.assertEqual(await gatherResults(calls), list(range(10)))
         self.assertEqual(self.committed(), set(range(10)))
+
+
+def insert_blob(cursor: sqlite3.Cursor, size: int) -> int:
+    cursor.execute("CREATE TABLE IF NOT EXISTS blobs (b BLOB)")
+    cursor.execute("INSERT INTO blobs (b) VALUES (zeroblob(?))", (size,))
+    return size
+
+
+class WholeGroupRolledBackTests(unittest.SynchronousTestCase):
+    def test_a_group_sqlite_rolls_back_on_its_own_fails_every_call_with_the_real_cause(self) -> None:
+        # A full database: SQLite answers SQLITE_FULL and rolls the whole transaction back, so the
+        # calls before it are gone too. Every call must fail, with that cause (not the "no such
+        # savepoint" of undoing the failed call alone), and nothing may be kept.
+        path = Path(self.mktemp()).resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        connection = open_sqlite(path, configure)
+        self.addCleanup(connection.close)
+        commit_group(connection, path, [(insert_blob, (10,), {})])  # the table exists, committed
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        pages = connection.execute("PRAGMA page_count").fetchone()[0]
+        connection.execute(f"PRAGMA max_page_count = {pages + 1}")
+        outcomes = commit_group(connection, path, [(insert, (1,), {}), (insert_blob, (200_000,), {}), (insert, (2,), {})])
+        self.assertEqual([ok for ok, _ in outcomes], [False, False, False])
+        for _, error in outcomes:
+            self.assertIsInstance(error, DatabaseUnusable)
+            self.assertIs(error.cause, Cause.disk_full)
+        self.assertFalse(connection.in_transaction)
+        self.assertEqual(connection.execute("SELECT count(*) FROM t").fetchone()[0], 0)
+        connection.execute("PRAGMA max_page_count = 1073741823")
+        self.assertEqual(commit_group(connection, path, [(insert, (3,), {})]), [(True, 3)])

@@ -187,8 +187,9 @@ def commit_group(
 ) -> list[tuple[bool, Any]]:
     """Run each ``fn(cursor, *args, **kwargs)`` in its own SAVEPOINT of one transaction, then
     commit once; returns ``(ok, value or exception)`` per call, in order. A call that raises is
-    rolled back alone; if the transaction itself fails (BEGIN, a rollback, the COMMIT), every
-    call fails with that (a ``DatabaseUnusable`` saying which file and what to do)."""
+    rolled back alone; if the transaction itself fails (BEGIN, a rollback, the COMMIT), or SQLite
+    rolls it back on its own under a call (a full disk), every call fails with that (a
+    ``DatabaseUnusable`` saying which file and what to do), and none runs after it."""
     outcomes: list[tuple[bool, Any]] = []
     try:
         connection.execute("BEGIN IMMEDIATE")
@@ -199,6 +200,10 @@ def commit_group(
                 try:
                     value = fn(cursor, *args, **kwargs)
                 except Exception as exc:
+                    if not connection.in_transaction:
+                        # SQLite rolled the whole group back (a full disk, an I/O error): every
+                        # call of it is undone, so every call fails, with this cause.
+                        raise
                     cursor.execute("ROLLBACK TO call")
                     cursor.execute("RELEASE call")
                     if isinstance(exc, sqlite3.Error):
