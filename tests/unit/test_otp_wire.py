@@ -160,7 +160,6 @@ class BoundsTests(unittest.SynchronousTestCase):
         verdict for each of the 1,114,112 code points (surrogates included)."""
         differ = [hex(n) for n in range(0x110000) if spec_char_ok(chr(n)) != chr(n).isprintable()]
         self.assertEqual(differ, [])
-        self.assertTrue(all(messages.is_printable_char(chr(n)) == spec_char_ok(chr(n)) for n in range(0, 0x110000, 97)))
 
     @given(st.text(st.characters(codec="utf-8"), max_size=14) | st.from_regex(r"[0-9]{0,14}", fullmatch=True))
     @example("1")

@@ -75,15 +75,10 @@ class ConfirmResult:
 AppMessage = Union[OTPRequest, OTPGrant, ConfirmRequest, ConfirmResult]
 
 
-def is_printable_char(char: str) -> bool:
-    """The one character rule: no general category C* (controls, format characters, surrogates,
-    private use, unassigned) and no Z* (separators) except U+0020 SPACE."""
-    category = unicodedata.category(char)
-    return char == " " or category[0] not in "CZ"
-
-
 def check_text(text: str, max_chars: int, what: str) -> str:
-    """1 to ``max_chars`` code points, each printable (``is_printable_char``).
+    """1 to ``max_chars`` code points, each printable: the one character rule is no general
+    category C* (controls, format characters, surrogates, private use, unassigned) and no Z*
+    (separators) except U+0020 SPACE.
 
     ``str.isprintable`` is that same rule (CPython's printable flag is every category but C* and
     Z*, plus U+0020, from the same Unicode database as ``unicodedata``; a test compares the two
