@@ -328,38 +328,14 @@ def enrollment_cpu_us(ttp_process: Any, ttp: str, fingerprint: str, work: Path, 
     """The TTP tree's CPU us per enrollment over ``count`` enrollments, ``concurrency`` at a time
     (real ones, or with ``prepared`` requests made before the clock: ``prepared_requests``), and
     the failures."""
-    import datetime
-    import json
-    import subprocess
+    from benchmarks.ttp_enrollment import mint, run_enroll_load  # CPU per thread, exact: psutil ticks in 10 ms
 
-    from benchmarks.daemon_vs_tls import REPO, env
-    from tlsotp.pki.roles import Role
-    from tlsotp.ttp.ca import TTPPaths
-    from tlsotp.ttp.store import Store
-
-    store = Store.open(TTPPaths(work / "ttp").db)
-    try:
-        now = datetime.datetime.now(datetime.timezone.utc)
-        tokens = [str(store.mint_token(f"c{i}.example", Role.CLIENT, ttl=datetime.timedelta(hours=1), now=now))
-                  for i in range(count)]
-    finally:
-        store.close()
-    from benchmarks.ttp_enrollment import thread_cpu_ns  # exact per thread: psutil ticks in 10 ms
-
-    def cpu_seconds() -> float:
-        return sum(thread_cpu_ns(ttp_process.pid).values()) / 1e9
-
-    before = cpu_seconds()
-    out = subprocess.run([sys.executable, "-m", "benchmarks.server", "--enroll-load", ttp, fingerprint,
-                          str(work / f"enrolled-{concurrency}-{prepared}"), json.dumps(tokens), str(concurrency),
-                          "prepared" if prepared else "real"],
-                         cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
-    after = cpu_seconds()
-    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
-    failed = json.loads(lines[-1])["failed"] if lines else count
-    if out.returncode or failed:
-        print(out.stderr[-2000:], file=sys.stderr)
-    return (after - before) / count * 1e6, failed
+    tokens = mint(work / "ttp", "c", count)
+    spent, failed, _, stderr = run_enroll_load(ttp_process.pid, ttp, fingerprint, tokens,
+                                               work / f"enrolled-{concurrency}-{prepared}", concurrency, prepared)
+    if failed:
+        print(stderr, file=sys.stderr)
+    return sum(spent.values()) / count / 1e3, failed
 
 
 def insert_rows(connection: sqlite3.Connection, rng: Any, now: int, count: int, statuses: Sequence[str],

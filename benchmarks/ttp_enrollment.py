@@ -71,11 +71,12 @@ def thread_cpu_ns(pid: int) -> dict[int, int]:
     return times
 
 
-def enroll_batch(
+def run_enroll_load(
     pid: int, ttp: str, fingerprint: str, tokens: list[str], base: Path, concurrency: int = 1, prepared: bool = False
-) -> tuple[float, float, float]:
-    """The daemon's CPU us per enrollment over one batch, in all and on its reactor (main)
-    thread, and the batch's wall-clock ms per enrollment; exits if any enrollment failed."""
+) -> tuple[dict[int, int], int, float, str]:
+    """One run of the load process (``benchmarks.server --enroll-load``) over ``tokens``: the
+    nanoseconds each thread of ``pid`` spent meanwhile, the failed enrollments (all of them if it
+    printed no result), the load process's own seconds (its start-up left out) and its stderr."""
     # The load process names each client c{i}.example: the tokens were minted for those names.
     before = thread_cpu_ns(pid)
     out = subprocess.run([sys.executable, "-m", "benchmarks.server", "--enroll-load", ttp, fingerprint, str(base),
@@ -83,10 +84,20 @@ def enroll_batch(
                          cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
     after = thread_cpu_ns(pid)
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
-    if out.returncode or not lines or json.loads(lines[-1])["failed"]:
-        raise SystemExit(f"enrollments failed:\n{out.stderr[-2000:]}")
-    wall = float(json.loads(lines[-1])["seconds"])  # the load process's own clock: its start-up left out
+    result = json.loads(lines[-1]) if lines else {"failed": len(tokens), "seconds": 0.0}
+    failed = int(result["failed"]) if out.returncode == 0 else max(int(result["failed"]), 1)
     spent = {tid: ns - before.get(tid, 0) for tid, ns in after.items()}
+    return spent, failed, float(result["seconds"]), out.stderr[-2000:]
+
+
+def enroll_batch(
+    pid: int, ttp: str, fingerprint: str, tokens: list[str], base: Path, concurrency: int = 1, prepared: bool = False
+) -> tuple[float, float, float]:
+    """The daemon's CPU us per enrollment over one batch, in all and on its reactor (main)
+    thread, and the batch's wall-clock ms per enrollment; exits if any enrollment failed."""
+    spent, failed, wall, stderr = run_enroll_load(pid, ttp, fingerprint, tokens, base, concurrency, prepared)
+    if failed:
+        raise SystemExit(f"enrollments failed:\n{stderr}")
     count = len(tokens)
     return sum(spent.values()) / count / 1e3, spent.get(pid, 0) / count / 1e3, wall / count * 1e3
 
