@@ -3,7 +3,8 @@
     pip install -e '.[bench]'
     python -m benchmarks.server [--concurrency 1,50,200] [--key-type ec-p256,rsa-2048] [--rsa-concurrency 50]
                                 [--suite NAME] [--sessions 1000] [--repetitions 3] [--soak 10000] [--plot FILE]
-                                [--workers N] [--quick]
+                                [--workers N] [--workers-scan 1,2] [--workers-sessions 3000]
+                                [--skip workers,otp-store,cross-worker-test] [--quick]
     python -m benchmarks.server --otp-store [--otp-store-rows 10000,100000,1000000]
 
 Starts a TTP and, per ``--key-type`` (certificates of that type for server and client, from the
@@ -40,6 +41,12 @@ floor) per configuration is written to ``--plot`` (default docs/performance-cpu.
 matplotlib is installed. Exits 1 if any session,
 enrollment or soak chunk failed.
 
+Then, in the same run, unless ``--skip`` names them: the workers mode (``benchmarks.workers``'
+saturating rounds for ``--workers-scan``, interleaved, ``--workers-sessions`` sessions each, with
+only the TTP left running), the OTP store benchmark below at ``--otp-store-rows``, and the
+suite's cross-worker single-use test (``CROSS_WORKER_TEST``, run by trial). Last, issue 12's
+"Done means" line by line (``benchmarks.verdict``): asked, printed, reached or not.
+
 ``--otp-store`` runs only the store benchmark: ``tlsotp.otp.store`` issue + confirm on a real
 SQLite file (``configure_connection``) filled to each of ``--otp-store-rows`` rows (1M rows: about
 half a minute to fill on the development machine).
@@ -74,6 +81,11 @@ from tlsotp.services.otp_authority import DATABASE_FILE
 
 IDLE_CONNECTIONS = 500
 BURST = 500
+#: The parts of the whole run after the daemons' tables that ``--skip`` can leave out.
+SECTIONS = ("workers", "otp-store", "cross-worker-test")
+#: The cross-worker single-use test (issue 12's Done means), run by the whole run as it is in the suite.
+CROSS_WORKER_TEST = ("tests.process.test_workers.WorkersTests."
+                     "test_twenty_parallel_confirmations_of_one_code_over_two_workers_accept_exactly_one")
 COLUMNS = ("concurrent", "server", "server CPU us/session", "sessions/s", "p50 ms", "p99 ms", "load gen CPU us/session")
 
 
@@ -330,6 +342,8 @@ def enrollment_cpu_us(ttp_process: Any, ttp: str, fingerprint: str, work: Path, 
     the failures."""
     from benchmarks.ttp_enrollment import mint, run_enroll_load  # CPU per thread, exact: psutil ticks in 10 ms
 
+    if count <= 0:  # --enrollments 0: the TTP's row is left out
+        return float("nan"), 0
     tokens = mint(work / "ttp", "c", count)
     spent, failed, _, stderr = run_enroll_load(ttp_process.pid, ttp, fingerprint, tokens,
                                                work / f"enrolled-{concurrency}-{prepared}", concurrency, prepared)
@@ -478,6 +492,43 @@ def otp_store_us(work: Path, sizes: list[int], operations: int = 2000,
     return results
 
 
+def print_otp_store(results: list[tuple[int, float, float, float, float, float, list[float], float]], operations: int,
+                    repetitions: int) -> None:
+    print()
+    print(f"{operations} issue+confirm pairs per size, one transaction each, half on new (client, transaction) "
+          f"pairs, half re-requests of 100 pairs with about rows/10,000 earlier rows each; each size its own "
+          f"file, timed in {repetitions} interleaved slices, the order reversed every other one; "
+          f"{psutil.cpu_count()} CPUs, load average {', '.join(f'{x:.1f}' for x in psutil.getloadavg())}")
+    print()
+    print(rst_table(("rows", "issue+confirm us (wall)", "us (CPU)", "new pair us (CPU)", "re-request us (CPU)",
+                     "with COMMIT us (wall)", "bare INSERT+UPDATE us (CPU)"),
+                    [(f"{n:,}", f"{w:.0f}", f"{c:.0f}", f"{a:.0f}", f"{b:.0f}", f"{f:.0f}", f"{bound:.0f}")
+                     for n, w, c, a, b, f, _, bound in results]))
+    first, last = results[0], results[-1]
+    slices = ", ".join(f"{b / a:.2f}x" for a, b in zip(first[6], last[6]))
+    print()
+    print(f"issue+confirm at {last[0]:,} rows / at {first[0]:,} rows: {last[2] / first[2]:.2f}x (CPU; per "
+          f"repetition {slices}); the bound beside it, a bare INSERT + UPDATE by rowid of one row in the same "
+          f"files: {last[7] / first[7]:.2f}x ({first[7]:.0f} -> {last[7]:.0f} us): what the B-trees' growth "
+          f"costs any store with these indexes on this machine", flush=True)
+
+
+def cross_worker_test() -> bool:
+    """Run the suite's cross-worker single-use test (two real workers, 20 parallel confirmations
+    of one code, exactly one accepted) as trial runs it; whether it passed."""
+    import subprocess
+
+    from benchmarks.daemon_vs_tls import REPO, env
+
+    print(f"cross-worker single-use test: python -m twisted.trial {CROSS_WORKER_TEST}", flush=True)
+    result = subprocess.run([sys.executable, "-m", "twisted.trial", CROSS_WORKER_TEST], cwd=REPO, env=env(),
+                            capture_output=True, text=True, timeout=300)
+    print("\n".join(result.stdout.strip().splitlines()[-3:]), flush=True)
+    if result.returncode != 0:
+        print(result.stdout[-4000:], result.stderr[-2000:], file=sys.stderr)
+    return result.returncode == 0
+
+
 def fill_store(store_file: Path, rows: int) -> None:
     """Put ``rows`` settled OTP rows (used or superseded, of 5,000 clients, issued within the
     last day, not yet past retention) into a running server's store through a second
@@ -592,6 +643,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--otp-store", action="store_true",
                         help="only the OTP store benchmark: issue+confirm at --otp-store-rows rows")
     parser.add_argument("--otp-store-rows", default="10000,100000,1000000")
+    parser.add_argument("--workers-scan", default="1,2",
+                        help="the workers mode (benchmarks.workers) after the daemons: these --workers counts, "
+                             "interleaved, under a saturating load")
+    parser.add_argument("--workers-sessions", type=int, default=3000, help="sessions per workers-mode run")
+    parser.add_argument("--skip", default="",
+                        help=f"comma-separated parts of the whole run to leave out: {', '.join(SECTIONS)}")
     parser.add_argument("--quick", action="store_true", help="1 and 5 concurrent, 20 sessions, 1 repetition")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
@@ -600,39 +657,47 @@ def main(argv: list[str]) -> int:
         args.concurrency, args.rsa_concurrency, args.sessions, args.repetitions = "1,5", "5", 20, 1
         args.enrollments, args.soak, args.otp_store_rows, operations = 3, min(args.soak, 200), "1000,10000", 200
         args.soak_fill, args.soak_warmup = min(args.soak_fill, 1000), min(args.soak_warmup, 200)
+        args.workers_sessions = min(args.workers_sessions, 100)
     elif args.plot is None:
         args.plot = str(Path(__file__).resolve().parent.parent / "docs" / "performance-cpu.svg")
     key_types = args.key_type.split(",")
     unknown = [k for k in key_types if k not in KEY_TYPES]
     if unknown:
         parser.error(f"unknown --key-type {', '.join(unknown)}: one of {', '.join(KEY_TYPES)}")
+    args.skip = {part for part in args.skip.split(",") if part}
+    if args.skip - set(SECTIONS):
+        parser.error(f"unknown --skip {', '.join(sorted(args.skip - set(SECTIONS)))}: of {', '.join(SECTIONS)}")
     work = Path(tempfile.mkdtemp(prefix="tlsotp-bench-"))
+    otp_sizes = [int(n) for n in args.otp_store_rows.split(",")]
     started = time.perf_counter()
     try:
         if args.otp_store:
-            sizes = [int(n) for n in args.otp_store_rows.split(",")]
-            results = otp_store_us(work, sizes, operations, args.repetitions)
-            print()
-            print(f"{operations} issue+confirm pairs per size, one transaction each, half on new (client, transaction) "
-                  f"pairs, half re-requests of 100 pairs with about rows/10,000 earlier rows each; each size its own "
-                  f"file, timed in {args.repetitions} interleaved slices, the order reversed every other one; "
-                  f"{psutil.cpu_count()} CPUs, "
-                  f"load average {', '.join(f'{x:.1f}' for x in psutil.getloadavg())}; "
-                  f"run took {time.perf_counter() - started:.0f} s")
-            print()
-            print(rst_table(("rows", "issue+confirm us (wall)", "us (CPU)", "new pair us (CPU)", "re-request us (CPU)",
-                             "with COMMIT us (wall)", "bare INSERT+UPDATE us (CPU)"),
-                            [(f"{n:,}", f"{w:.0f}", f"{c:.0f}", f"{a:.0f}", f"{b:.0f}", f"{f:.0f}", f"{bound:.0f}")
-                             for n, w, c, a, b, f, _, bound in results]))
-            first, last = results[0], results[-1]
-            slices = ", ".join(f"{b / a:.2f}x" for a, b in zip(first[6], last[6]))
-            print()
-            print(f"issue+confirm at {last[0]:,} rows / at {first[0]:,} rows: {last[2] / first[2]:.2f}x (CPU; per "
-                  f"repetition {slices}); the bound beside it, a bare INSERT + UPDATE by rowid of one row in the same "
-                  f"files: {last[7] / first[7]:.2f}x ({first[7]:.0f} -> {last[7]:.0f} us): what the B-trees' growth "
-                  f"costs any store with these indexes on this machine")
+            print_otp_store(otp_store_us(work, otp_sizes, operations, args.repetitions), operations, args.repetitions)
+            print(f"run took {time.perf_counter() - started:.0f} s")
             return 0
-        return run_daemons(args, key_types, work, started)
+        figures: dict[str, Any] = {}
+        failed = run_daemons(args, key_types, work, started, figures)
+        if "otp-store" not in args.skip:
+            print()
+            figures["otp_store"] = otp_store_us(work, otp_sizes, operations, args.repetitions)
+            print_otp_store(figures["otp_store"], operations, args.repetitions)
+        if "cross-worker-test" not in args.skip:
+            print()
+            figures["cross_worker_test"] = cross_worker_test()
+        elapsed = time.perf_counter() - started
+        from benchmarks.verdict import done_means
+
+        lines = done_means(figures, args, elapsed, failed)
+        print()
+        print("Issue 12's Done means, from this run (what was asked, what this run printed, and the bound the "
+              "machine sets where there is one; benchmarks/verdict.py says how \"flat\" is read):")
+        print()
+        print(rst_table(("Done means", "asked", "this run", "verdict"), lines))
+        print()
+        print(f"{sum(1 for *_, v in lines if v == 'reached')} of {len(lines)} lines reached in this run")
+        print()
+        print(f"benchmark took {elapsed:.0f} s; exit status {1 if failed else 0}")
+        return 1 if failed else 0
     finally:
         if args.keep:
             print(f"work directory kept: {work}", file=sys.stderr)
@@ -640,7 +705,11 @@ def main(argv: list[str]) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def run_daemons(args: argparse.Namespace, key_types: list[str], work: Path, started: float) -> int:
+def run_daemons(args: argparse.Namespace, key_types: list[str], work: Path, started: float,
+                figures: dict[str, Any]) -> bool:
+    """Everything that needs the TTP: the daemons beside TLS, the memory soak, the TTP's
+    enrollment and the workers mode; their tables printed, their figures put into ``figures``
+    (for ``benchmarks.verdict``). Whether any of it failed."""
     processes: list[Any] = []
     failed = False
     try:
@@ -783,11 +852,39 @@ def run_daemons(args: argparse.Namespace, key_types: list[str], work: Path, star
                                                   f"repetition(s), one run of benchmarks.server"))
         else:
             print("plot skipped: --quick without --plot")
-        print(f"benchmark took {time.perf_counter() - started:.0f} s; exit status {1 if failed else 0}")
-        return 1 if failed else 0
+        figures.update(rows=rows, levels=levels, floors=floors, extras=extras, points=points,
+                       ttp=[(f"{args.enrollments} sequential", enrollment[0]), (f"{concurrent_enrollments} at 16 "
+                            "concurrent, prepared", concurrent[0])], ttp_floor=enrollment_floor)
+        if "workers" not in args.skip:
+            for process in processes[1:]:  # only the TTP goes on: a quiet machine for the workers
+                stop(process)
+            figures["workers"], lost = run_workers_mode(work / "workers", work / "ttp", ttp, fingerprint, args)
+            failed = failed or lost
+        return failed
     finally:
         for process in reversed(processes):
             stop(process)
+
+
+def run_workers_mode(work: Path, ttp_dir: Path, ttp: str, fingerprint: str, args: argparse.Namespace
+                     ) -> tuple[dict[int, list[dict[str, Any]]], bool]:
+    """``benchmarks.workers``' saturating rounds (no paced ones) for ``--workers-scan``, printed
+    with its medians; the runs per worker count and whether any session failed."""
+    import os
+
+    from benchmarks.workers import report, workers_mode
+
+    work.mkdir()
+    print()
+    print(f"workers mode (benchmarks.workers): --workers {args.workers_scan}, interleaved, saturating load")
+    options = argparse.Namespace(workers=args.workers_scan, sessions=args.workers_sessions,
+                                 repetitions=args.repetitions, concurrency=50, load_processes=os.cpu_count() or 1,
+                                 paced=0.0)
+    runs, _, _, failed = workers_mode(work, ttp_dir, ttp, fingerprint, options)
+    print()
+    print(f"medians of {args.repetitions} interleaved repetition(s), saturating load:")
+    report([int(n) for n in args.workers_scan.split(",")], runs)
+    return runs, failed
 
 
 def median_of(rows: list[dict[str, Any]], key_type: str, kind: str, level: int, field: str = "cpu_us") -> float:

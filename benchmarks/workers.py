@@ -1,7 +1,7 @@
 """``twistd -n tlsotp-server --workers N`` under a load that saturates the machine.
 
     pip install -e '.[bench]'
-    python benchmarks/workers.py [--workers 1,2] [--sessions 3000] [--repetitions 3] [--concurrency 50]
+    python -m benchmarks.workers [--workers 1,2] [--sessions 3000] [--repetitions 3] [--concurrency 50]
                                  [--load-processes CORES] [--paced 0.6]
 
 Starts a TTP and, for each N of ``--workers`` (a scan: ``--workers 1,2,4,8``), a freshly
@@ -47,7 +47,10 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.serialization import Encoding
-from daemon_vs_tls import REPO, TWISTD, env, free_port, spawn, stop, tlsotp, wait_listening
+
+if __package__ in (None, ""):  # run as a script (python benchmarks/workers.py): the checkout is not on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.daemon_vs_tls import REPO, TWISTD, env, free_port, spawn, stop, tlsotp, wait_listening  # noqa: E402
 
 SELF = [sys.executable, str(Path(__file__).resolve())]
 #: What the server logs once per session served (the transaction itself is never logged).
@@ -186,10 +189,11 @@ def served_by(log: str) -> dict[str, int]:
     return counts
 
 
-def start_server(work: Path, ttp: str, fingerprint: str, workers: int, args: argparse.Namespace) -> dict[str, Any]:
+def start_server(work: Path, ttp_dir: Path, ttp: str, fingerprint: str, workers: int,
+                 args: argparse.Namespace) -> dict[str, Any]:
     """A freshly enrolled ``twistd -n tlsotp-server --workers N``, listening and warmed up."""
     name = "bank.example"
-    token = tlsotp("ttp", "token", "--data-dir", str(work / "ttp"), "--name", name, "--role", "server").strip().splitlines()[-1]
+    token = tlsotp("ttp", "token", "--data-dir", str(ttp_dir), "--name", name, "--role", "server").strip().splitlines()[-1]
     port = free_port()
     log_path = work / f"server-{workers}.log"
     server = spawn([
@@ -397,6 +401,36 @@ def render(row: dict[str, Any]) -> str:
             f"{row['rate'] / row['bound']:.0%}; served: {shares}")
 
 
+def workers_mode(work: Path, ttp_dir: Path, ttp: str, fingerprint: str, args: argparse.Namespace
+                 ) -> tuple[dict[int, list[dict[str, Any]]], dict[int, list[dict[str, Any]]], float, bool]:
+    """The whole measurement against a running TTP (``ttp_dir`` its data dir, for tokens): a
+    client enrolled into ``work``, a server per worker count of ``args.workers``, the saturating
+    rounds, then (``args.paced``) the paced ones. Returns (saturating runs, paced runs, the
+    pace in sessions/s or 0, whether any session failed). ``benchmarks.server`` runs it too."""
+    counts = [int(n) for n in args.workers.split(",")]
+    client_token = tlsotp("ttp", "token", "--data-dir", str(ttp_dir), "--name", "alice.example",
+                          "--role", "client").strip().splitlines()[-1]
+    tlsotp("enroll", "--data-dir", str(work / "client"), "--ttp", ttp, "--ca-fingerprint", fingerprint,
+           "--token", client_token, "--name", "alice.example", "--role", "client", "--key-type", "ec-p256")
+    tlsotp("crl", "--data-dir", str(work / "client"), "--ttp", ttp)
+    print(f"{args.sessions} sessions per configuration, {args.concurrency} concurrent over "
+          f"{args.load_processes} load generator process(es); EC P-256, default suites; data dirs in {work}",
+          flush=True)
+    print(CHEAPER, flush=True)
+    targets = []
+    try:
+        for n in counts:
+            targets.append(start_server(work, ttp_dir, ttp, fingerprint, n, args))
+        runs, failed_saturating = run_rounds(work, targets, args, "", 0.0)
+        pace = args.paced * statistics.median(r["rate"] for r in runs[counts[0]]) if args.paced else 0.0
+        # The same rate for every worker count.
+        paced, failed_paced = run_rounds(work, targets, args, "paced ", pace) if pace else ({}, False)
+    finally:
+        for target in targets:
+            stop(target["process"])
+    return runs, paced, pace, failed_saturating or failed_paced
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts to run (a scan)")
@@ -415,7 +449,6 @@ def main(argv: list[str]) -> int:
     counts = [int(n) for n in args.workers.split(",")]
     work = Path(tempfile.mkdtemp(prefix="tlsotp-workers-bench-", dir=args.work_dir))
     processes: list[subprocess.Popen[bytes]] = []
-    failed = False
     try:
         init = tlsotp("ttp", "init", "--data-dir", str(work / "ttp"))
         match = re.search(r"sha256:[0-9a-f]{64}", init)
@@ -427,27 +460,7 @@ def main(argv: list[str]) -> int:
                                 "--data-dir", str(work / "ttp"), "--listen", f"tcp:{ttp_port}:interface=127.0.0.1"],
                                work / "ttp.out"))
         wait_listening(processes[-1], ttp_port, "the TTP")
-        client_token = tlsotp("ttp", "token", "--data-dir", str(work / "ttp"), "--name", "alice.example",
-                              "--role", "client").strip().splitlines()[-1]
-        tlsotp("enroll", "--data-dir", str(work / "client"), "--ttp", ttp, "--ca-fingerprint", fingerprint,
-               "--token", client_token, "--name", "alice.example", "--role", "client", "--key-type", "ec-p256")
-        tlsotp("crl", "--data-dir", str(work / "client"), "--ttp", ttp)
-        print(f"{args.sessions} sessions per configuration, {args.concurrency} concurrent over "
-              f"{args.load_processes} load generator process(es); EC P-256, default suites; data dirs in {work}",
-              flush=True)
-        print(CHEAPER, flush=True)
-        targets = []
-        try:
-            for n in counts:
-                targets.append(start_server(work, ttp, fingerprint, n, args))
-            runs, failed_saturating = run_rounds(work, targets, args, "", 0.0)
-            pace = args.paced * statistics.median(r["rate"] for r in runs[counts[0]]) if args.paced else 0.0
-            # The same rate for every worker count.
-            paced, failed_paced = run_rounds(work, targets, args, "paced ", pace) if pace else ({}, False)
-            failed = failed_saturating or failed_paced
-        finally:
-            for target in targets:
-                stop(target["process"])
+        runs, paced, pace, failed = workers_mode(work, work / "ttp", ttp, fingerprint, args)
         print()
         print(f"medians of {args.repetitions} interleaved repetition(s), saturating load:")
         report(counts, runs)
@@ -457,13 +470,8 @@ def main(argv: list[str]) -> int:
                   f"sessions/s ({args.paced:.0%} of {counts[0]} worker(s)' saturating rate), below what either "
                   f"reaches flat out, the same work for each; what differs is what splitting it over processes adds:")
             report(counts, paced)
-        alone, together = corun_cpu()
         print()
-        print(f"the machine's own contention: the same CPU-bound work (ECDSA signatures and dict churn) took "
-              f"{alone * 1e3:.0f} ms of CPU in one process alone and {together * 1e3:.0f} ms in each of "
-              f"{os.cpu_count() or 1} at once, {together / alone:.2f}x: the cores slow each other down when both are busy "
-              f"(shared caches, memory bandwidth, a virtual machine's host), which a busier machine pays on every "
-              f"process, server and load generator alike", flush=True)
+        print(corun_line(*corun_cpu()), flush=True)
         return 1 if failed else 0
     finally:
         for process in reversed(processes):
@@ -472,6 +480,14 @@ def main(argv: list[str]) -> int:
             print(f"work directory kept: {work}", file=sys.stderr)
         else:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def corun_line(alone: float, together: float) -> str:
+    return (f"the machine's own contention: the same CPU-bound work (ECDSA signatures and dict churn) took "
+            f"{alone * 1e3:.0f} ms of CPU in one process alone and {together * 1e3:.0f} ms in each of "
+            f"{os.cpu_count() or 1} at once, {together / alone:.2f}x: the cores slow each other down when both are "
+            f"busy (shared caches, memory bandwidth, a virtual machine's host), which a busier machine pays on every "
+            f"process, server and load generator alike")
 
 
 if __name__ == "__main__":
