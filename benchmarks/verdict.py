@@ -125,8 +125,12 @@ def done_means(figures: dict[str, Any], args: argparse.Namespace, elapsed: float
              len(shares) == 2 and min(shares.values()) >= 0.35)
         cpu = two["server_us"] / one["server_us"]
         reps = ", ".join(f"{a['server_us'] / b['server_us']:.2f}x" for a, b in zip(runs[2], runs[1]))
+        # The control: the load generators' work per session is the same beside one worker and two,
+        # so its ratio is what the machine's drift and contention did to every process meanwhile.
+        control = two["load_us"] / one["load_us"]
         line("--workers 2: server CPU/session vs one worker's", "<= 1.1x",
-             f"{cpu:.2f}x ({two['server_us']:.0f} vs {one['server_us']:.0f} us; per repetition {reps})", cpu <= 1.1)
+             f"{cpu:.2f}x ({two['server_us']:.0f} vs {one['server_us']:.0f} us; per repetition {reps}); the "
+             f"control, the load generators' unchanged work, {control:.2f}x", cpu <= 1.1)
         share_of_bound, rate = two["rate"] / two["bound"], two["rate"] / one["rate"]
         line("--workers 2: sessions/s", ">= 0.85x the machine's bound and >= one worker's",
              f"{share_of_bound:.0%} of the bound ({two['rate']:.0f} of {two['bound']:.0f}/s); {rate:.2f}x one worker's",
