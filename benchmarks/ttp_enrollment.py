@@ -247,7 +247,9 @@ def main(argv: list[str]) -> int:
         port = free_port()
         ttp = f"tcp:host=127.0.0.1:port={port}"
         ttp_process = spawn([*TWISTD, "-n", "--pidfile", "", "--logfile", str(work / "ttp.log"), "tlsotp-ttp",
-                             "--data-dir", str(work / "ttp"), "--listen", f"tcp:{port}:interface=127.0.0.1"],
+                             "--data-dir", str(work / "ttp"), "--listen", f"tcp:{port}:interface=127.0.0.1",
+                             # One load process on one address: the per-address limit must not refuse it.
+                             "--max-connections", "2048", "--max-per-address", "2048"],
                             work / "ttp.out")
         wait_listening(ttp_process, port, "the TTP")
         # One warm-up batch (imports, the first CRL, SQLite's page cache), not counted.
