@@ -512,6 +512,9 @@ def print_otp_store(results: list[tuple[int, float, float, float, float, float, 
           f"slice {slices}); the bound beside it, a bare INSERT + UPDATE by rowid of one row in the same "
           f"files: {last[7] / first[7]:.2f}x ({first[7]:.0f} -> {last[7]:.0f} us): what the B-trees' growth "
           f"costs any store with these indexes on this machine", flush=True)
+    own_first, own_last = first[2] - first[7], last[2] - last[7]
+    print(f"the store's own part, issue+confirm less that bound: {own_first:.0f} us at {first[0]:,} rows, "
+          f"{own_last:.0f} us at {last[0]:,} ({own_last / own_first:.2f}x)", flush=True)
 
 
 def cross_worker_test() -> bool:

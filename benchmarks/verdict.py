@@ -101,7 +101,8 @@ def done_means(figures: dict[str, Any], args: argparse.Namespace, elapsed: float
         ratio = last[2] / first[2]
         line(f"OTP issue time, {first[0]:,} to {last[0]:,} rows", f"flat: <= {OTP_FLAT_RATIO:.2f}x",
              f"{ratio:.2f}x ({first[2]:.0f} -> {last[2]:.0f} us CPU); bound: a bare INSERT + UPDATE in the same files "
-             f"{last[7] / first[7]:.2f}x", ratio <= OTP_FLAT_RATIO)
+             f"{last[7] / first[7]:.2f}x; the store's own part, less that bound, "
+             f"{(last[2] - last[7]) / (first[2] - first[7]):.2f}x", ratio <= OTP_FLAT_RATIO)
     else:
         line("OTP issue time, 10k to 1M rows", f"flat: <= {OTP_FLAT_RATIO:.2f}x", "-", None)
     ttp: list[tuple[str, float]] = figures.get("ttp", [])
