@@ -77,6 +77,7 @@ from typing import Any, Sequence
 import psutil
 
 from benchmarks.daemon_vs_tls import SELF, TWISTD, free_port, load, percentile, spawn, stop, tlsotp, wait_listening
+from benchmarks.verdict import done_means, median, per_repetition
 from tlsotp.otp.store import CACHE_SIZE_KIB
 from tlsotp.services.otp_authority import DATABASE_FILE
 
@@ -692,8 +693,6 @@ def main(argv: list[str]) -> int:
             figures["cross_worker_test"] = cross_worker_test()
             failed = failed or not figures["cross_worker_test"]
         elapsed = time.perf_counter() - started
-        from benchmarks.verdict import done_means
-
         lines = done_means(figures, args, elapsed, failed)
         print()
         print("Issue 12's Done means, from this run (what was asked, what this run printed, and the bound the "
@@ -895,7 +894,11 @@ def run_workers_mode(work: Path, ttp_dir: Path, ttp: str, fingerprint: str, args
 
 
 def median_of(rows: list[dict[str, Any]], key_type: str, kind: str, level: int, field: str = "cpu_us") -> float:
-    return statistics.median(r[field] for r in rows if r["key"] == key_type and r["kind"] == kind and r["level"] == level)
+    """``benchmarks.verdict.median`` for a configuration that was run: none is an error here."""
+    value = median(rows, key_type, kind, level, field)
+    if value is None:
+        raise statistics.StatisticsError(f"no run of {kind} ({key_type}) at {level} concurrent")
+    return value
 
 
 def render_soak(points: list[tuple[int, int, int]], key_type: str, fill: int, warmup: int = 0) -> str:
@@ -940,11 +943,7 @@ def render(rows: list[dict[str, Any]], levels: dict[str, list[int]], extras: dic
                 table.append((KEY_TYPES[key_type][1], str(level), label[kind], f"{values['cpu_us']:.0f}", f"{values['rate']:.1f}",
                               f"{values['p50']:.1f}", f"{values['p99']:.1f}", f"{values['load_cpu_us']:.0f}"))
             mine, theirs = median_of(rows, key_type, "tlsotp", level), median_of(rows, key_type, "tls", level)
-            def one(kind: str, rep: int, key_type: str = key_type, level: int = level) -> float:
-                return float(next(r["cpu_us"] for r in rows
-                                  if (r["key"], r["kind"], r["rep"], r["level"]) == (key_type, kind, rep, level)))
-
-            per_rep = [one("tlsotp", rep) / one("tls", rep) for rep in range(1, args.repetitions + 1)]
+            per_rep = per_repetition(rows, key_type, level)
             ratios.append(f"- {KEY_TYPES[key_type][1]}, {level} concurrent: server CPU per session tlsotp/TLS "
                           f"{mine / theirs:.2f}x (medians; per repetition {', '.join(f'{r:.2f}x' for r in per_rep)}), "
                           f"tlsotp/floor {mine / floors[key_type]:.2f}x, TLS/floor {theirs / floors[key_type]:.2f}x; "

@@ -57,8 +57,7 @@ def done_means(figures: dict[str, Any], args: argparse.Namespace, elapsed: float
     reps = ", ".join(f"{r:.2f}x" for r in per_repetition(rows, "ec-p256", 50))
     line("server CPU/session, EC P-256, 50 concurrent, vs Twisted TLS 1.3 mTLS", "<= 1.0x (median of 3)",
          f"{ec50:.2f}x (per repetition {reps})" if ec50 else "-", ec50 <= 1.0 if ec50 else None)
-    mine = median(rows, "ec-p256", "tlsotp", 50)
-    theirs = median(rows, "ec-p256", "tls", 50)
+    mine, theirs = median(rows, "ec-p256", "tlsotp", 50), median(rows, "ec-p256", "tls", 50)
     if mine is not None and theirs is not None and "ec-p256" in floors:
         floor = floors["ec-p256"]
         line("the same vs the suite's crypto floor", "<= 2.0x",
