@@ -896,7 +896,8 @@ def run_daemons(args: argparse.Namespace, key_types: list[str], work: Path, star
         if "workers" not in args.skip:
             for process in processes[1:]:  # only the TTP goes on: a quiet machine for the workers
                 stop(process)
-            figures["workers"], lost = run_workers_mode(work / "workers", work / "ttp", ttp, fingerprint, args)
+            figures["workers"], figures["lock_waits"], lost = run_workers_mode(
+                work / "workers", work / "ttp", ttp, fingerprint, args)
             failed = failed or lost
         return failed
     finally:
@@ -905,9 +906,10 @@ def run_daemons(args: argparse.Namespace, key_types: list[str], work: Path, star
 
 
 def run_workers_mode(work: Path, ttp_dir: Path, ttp: str, fingerprint: str, args: argparse.Namespace
-                     ) -> tuple[dict[int, list[dict[str, Any]]], bool]:
+                     ) -> tuple[dict[int, list[dict[str, Any]]], dict[int, tuple[int, int, float]], bool]:
     """``benchmarks.workers``' saturating rounds (no paced ones) for ``--workers-scan``, printed
-    with its medians; the runs per worker count and whether any session failed."""
+    with its medians; the runs per worker count, the OTP store's lock waits per worker count
+    (``benchmarks.workers.lock_waits_in``) and whether any session failed."""
     import os
 
     from benchmarks.workers import report, workers_mode
@@ -918,11 +920,11 @@ def run_workers_mode(work: Path, ttp_dir: Path, ttp: str, fingerprint: str, args
     options = argparse.Namespace(workers=args.workers_scan, sessions=args.workers_sessions,
                                  repetitions=args.repetitions, concurrency=50, load_processes=os.cpu_count() or 1,
                                  paced=0.0)
-    runs, _, _, failed = workers_mode(work, ttp_dir, ttp, fingerprint, options)
+    runs, _, _, failed, waits = workers_mode(work, ttp_dir, ttp, fingerprint, options)
     print()
     print(f"medians of {args.repetitions} interleaved repetition(s), saturating load:")
     report([int(n) for n in args.workers_scan.split(",")], runs)
-    return runs, failed
+    return runs, waits, failed
 
 
 def median_of(rows: list[dict[str, Any]], key_type: str, kind: str, level: int, field: str = "cpu_us") -> float:

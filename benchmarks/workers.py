@@ -56,6 +56,8 @@ SELF = [sys.executable, str(Path(__file__).resolve())]
 #: What the server logs once per session served (the transaction itself is never logged).
 ISSUED = re.compile(r"^.*issued an OTP to .*$", re.M)
 WORKER = re.compile(r"worker (\d+) \(pid \d+\): ")
+LOCK_WAITS = re.compile(r"OTP store .*: (?P<waited>\d+) of (?P<transactions>\d+) group transactions waited over "
+                        r"[\d.]+ ms for the write lock \((?P<ms>\d+) ms in all\)")
 SWITCHES = re.compile(r"^(?:non)?voluntary_ctxt_switches:\s+(\d+)$", re.M)
 CHEAPER = ("load generator: the server's chain is verified once, then trusted by its DER; ECDHE key shares "
            "are made before the clock starts; every session is a full, fresh handshake for the server")
@@ -401,12 +403,36 @@ def render(row: dict[str, Any]) -> str:
             f"{row['rate'] / row['bound']:.0%}; served: {shares}")
 
 
+def lock_waits_in(log: str) -> tuple[int, int, float]:
+    """(group transactions that waited for the write lock, all group transactions, ms waited),
+    summed over the "OTP store ...: N of M group transactions waited" lines each OTP store
+    (each worker's, the supervisor's) logs when it closes."""
+    waited = transactions = 0
+    ms = 0.0
+    for found in LOCK_WAITS.finditer(log):
+        waited += int(found["waited"])
+        transactions += int(found["transactions"])
+        ms += float(found["ms"])
+    return waited, transactions, ms
+
+
+def lock_waits_line(workers: int, waits: tuple[int, int, float]) -> str:
+    waited, transactions, ms = waits
+    return (f"--workers {workers}: {waited} of {transactions} OTP group transactions "
+            f"({waited / max(transactions, 1):.1%}) waited over 1 ms for the write lock, {ms:.0f} ms in all, "
+            f"over the whole run of this server (with one process alone on the file, what shows is Python's "
+            f"own lock handed back late)")
+
+
 def workers_mode(work: Path, ttp_dir: Path, ttp: str, fingerprint: str, args: argparse.Namespace
-                 ) -> tuple[dict[int, list[dict[str, Any]]], dict[int, list[dict[str, Any]]], float, bool]:
+                 ) -> tuple[dict[int, list[dict[str, Any]]], dict[int, list[dict[str, Any]]], float, bool,
+                            dict[int, tuple[int, int, float]]]:
     """The whole measurement against a running TTP (``ttp_dir`` its data dir, for tokens): a
     client enrolled into ``work``, a server per worker count of ``args.workers``, the saturating
     rounds, then (``args.paced``) the paced ones. Returns (saturating runs, paced runs, the
-    pace in sessions/s or 0, whether any session failed). ``benchmarks.server`` runs it too."""
+    pace in sessions/s or 0, whether any session failed, and per worker count the OTP store's
+    lock waits over that server's whole run, read from its log once it stopped; printed here).
+    ``benchmarks.server`` runs it too."""
     counts = [int(n) for n in args.workers.split(",")]
     client_token = tlsotp("ttp", "token", "--data-dir", str(ttp_dir), "--name", "alice.example",
                           "--role", "client").strip().splitlines()[-1]
@@ -428,7 +454,11 @@ def workers_mode(work: Path, ttp_dir: Path, ttp: str, fingerprint: str, args: ar
     finally:
         for target in targets:
             stop(target["process"])
-    return runs, paced, pace, failed_saturating or failed_paced
+    waits = {target["workers"]: lock_waits_in(whole_log(target["log"])) for target in targets}
+    print()
+    for n, found in waits.items():
+        print(lock_waits_line(n, found), flush=True)
+    return runs, paced, pace, failed_saturating or failed_paced, waits
 
 
 def main(argv: list[str]) -> int:
@@ -460,7 +490,7 @@ def main(argv: list[str]) -> int:
                                 "--data-dir", str(work / "ttp"), "--listen", f"tcp:{ttp_port}:interface=127.0.0.1"],
                                work / "ttp.out"))
         wait_listening(processes[-1], ttp_port, "the TTP")
-        runs, paced, pace, failed = workers_mode(work, work / "ttp", ttp, fingerprint, args)
+        runs, paced, pace, failed, _ = workers_mode(work, work / "ttp", ttp, fingerprint, args)
         print()
         print(f"medians of {args.repetitions} interleaved repetition(s), saturating load:")
         report(counts, runs)

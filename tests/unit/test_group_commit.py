@@ -5,6 +5,7 @@ is rolled back alone."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from twisted.trial import unittest
 
 from tests.test_ttp_fixtures import reactor
 from tlsotp.database_checks import Cause, DatabaseUnusable
-from tlsotp.services.sqlite_worker import SQLiteGroupWorker, WorkerNotRunning, commit_group, open_sqlite
+from tlsotp.services.sqlite_worker import LockWaits, SQLiteGroupWorker, WorkerNotRunning, commit_group, open_sqlite
 
 
 def configure(connection: sqlite3.Connection) -> None:
@@ -135,3 +136,43 @@ class WholeGroupRolledBackTests(unittest.SynchronousTestCase):
         self.assertEqual(connection.execute("SELECT count(*) FROM t").fetchone()[0], 0)
         connection.execute("PRAGMA max_page_count = 1073741823")
         self.assertEqual(commit_group(connection, path, [(insert, (3,), {})]), [(True, 3)])
+
+
+class LockWaitTests(unittest.TestCase):
+    """``LockWaits``: every group transaction is counted, and one that had to wait for another
+    connection's write lock (another process, for the daemon) is counted as a wait."""
+
+    def setUp(self) -> None:
+        self.path = Path(self.mktemp()).resolve()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.connection = open_sqlite(self.path, configure)
+        self.addCleanup(self.connection.close)
+
+    def test_every_group_transaction_is_counted(self) -> None:
+        # (Whether one alone counts as a wait is timing: a busy machine may pause any thread
+        # for a millisecond. The figure is read in benchmarks, beside one process alone.)
+        waits = LockWaits()
+        for n in range(5):
+            commit_group(self.connection, self.path, [(insert, (n,), {})], waits)
+        self.assertEqual(waits.transactions, 5)
+
+    def test_a_lock_held_by_another_connection_is_a_wait_and_is_said(self) -> None:
+        holder = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.addCleanup(holder.close)
+        holder.execute("BEGIN IMMEDIATE")
+        release = threading.Timer(0.05, holder.execute, ("COMMIT",))
+        release.start()
+        self.addCleanup(release.join)
+        waits = LockWaits()
+        outcomes = commit_group(self.connection, self.path, [(insert, (1,), {})], waits)
+        self.assertEqual(outcomes, [(True, 1)])
+        self.assertEqual((waits.transactions, waits.waited), (1, 1))
+        self.assertGreaterEqual(waits.waited_seconds, 0.04)
+        self.assertRegex(waits.summary(), r"^1 of 1 group transactions waited over 1 ms for the write lock \(\d+ ms in all\)$")
+
+    async def test_the_worker_counts_its_groups(self) -> None:
+        worker = SQLiteGroupWorker(reactor, self.path, lambda: open_sqlite(self.path, configure), "test-db")
+        worker.startService()
+        await gatherResults([worker.transact(insert, n) for n in range(10, 13)])
+        await worker.stopService()
+        self.assertEqual(worker.lock_waits.transactions, worker.groups)

@@ -20,6 +20,7 @@ from typing import Callable, TypeVar
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorFromThreads
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from tlsotp import database_checks
@@ -30,6 +31,8 @@ from tlsotp.otp.messages import otp_message
 from tlsotp.services.sqlite_worker import SQLiteGroupWorker, open_sqlite
 
 R = TypeVar("R")
+
+log = Logger(namespace="tlsotp.services.otp_authority")
 
 DATABASE_FILE = "otp.sqlite3"
 PEPPER_FILE = "otp-pepper.bin"
@@ -138,5 +141,13 @@ class OTPAuthority(OTPRules):
         self.worker.stop_now()
 
     def close(self) -> "Deferred[None]":
-        """Stop the worker: queued calls finish, then the connection closes."""
-        return self.worker.stopService()
+        """Stop the worker: queued calls finish, then the connection closes; one log line says
+        how often its transactions waited for another process's write lock (``LockWaits``)."""
+        was_running = self.worker.running
+
+        def said(result: None) -> None:
+            if was_running:
+                log.info("OTP store {path}: {lock_waits}", path=str(self.path), lock_waits=self.worker.lock_waits.summary())
+            return result
+
+        return self.worker.stopService().addCallback(said)

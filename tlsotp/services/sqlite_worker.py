@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from queue import SimpleQueue
 from typing import Any, Callable, Concatenate, Generic, ParamSpec, TypeVar
@@ -182,17 +184,52 @@ def sqlite_transaction(
 MAX_GROUP = 256
 
 
+#: A BEGIN IMMEDIATE that took longer than this waited for the write lock: SQLite's busy handler
+#: sleeps at least 1 ms before it tries again, and taking a free lock takes microseconds.
+LOCK_WAIT_SECONDS = 0.001
+
+
+@dataclass
+class LockWaits:
+    """How often a group transaction had to wait for the database's write lock, which only
+    another process (a second bank worker, a ``tlsotp`` command) holds: the cross-process
+    contention an operator of ``--workers`` wants to see. Updated on the worker thread; read
+    after it has ended, or as a snapshot. A wait can also be the thread getting Python's lock
+    back after BEGIN returned; one process alone on the file shows how often that happens."""
+
+    transactions: int = 0
+    waited: int = 0
+    waited_seconds: float = 0.0
+
+    def record(self, seconds: float) -> None:
+        self.transactions += 1
+        if seconds > LOCK_WAIT_SECONDS:
+            self.waited += 1
+            self.waited_seconds += seconds
+
+    def summary(self) -> str:
+        return (f"{self.waited} of {self.transactions} group transactions waited over "
+                f"{LOCK_WAIT_SECONDS * 1e3:g} ms for the write lock ({self.waited_seconds * 1e3:.0f} ms in all)")
+
+
 def commit_group(
-    connection: sqlite3.Connection, path: Path, calls: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]]
+    connection: sqlite3.Connection,
+    path: Path,
+    calls: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]],
+    lock_waits: LockWaits | None = None,
 ) -> list[tuple[bool, Any]]:
     """Run each ``fn(cursor, *args, **kwargs)`` in its own SAVEPOINT of one transaction, then
     commit once; returns ``(ok, value or exception)`` per call, in order. A call that raises is
     rolled back alone; if the transaction itself fails (BEGIN, a rollback, the COMMIT), or SQLite
     rolls it back on its own under a call (a full disk), every call fails with that (a
-    ``DatabaseUnusable`` saying which file and what to do), and none runs after it."""
+    ``DatabaseUnusable`` saying which file and what to do), and none runs after it. With
+    ``lock_waits``, how long the BEGIN waited is recorded there."""
     outcomes: list[tuple[bool, Any]] = []
     try:
+        began = time.perf_counter()
         connection.execute("BEGIN IMMEDIATE")
+        if lock_waits is not None:
+            lock_waits.record(time.perf_counter() - began)
         try:
             cursor = connection.cursor()
             for fn, args, kwargs in calls:
@@ -321,9 +358,11 @@ class SQLiteGroupWorker(GroupWorker[sqlite3.Connection, _Call]):
         open_resource: Callable[[], sqlite3.Connection],
         thread_name: str = "database",
     ) -> None:
+        self.lock_waits = LockWaits()
+        lock_waits = self.lock_waits
         super().__init__(
             reactor, open_resource, sqlite3.Connection.close,
-            lambda connection, calls: commit_group(connection, path, calls), thread_name, MAX_GROUP,
+            lambda connection, calls: commit_group(connection, path, calls, lock_waits), thread_name, MAX_GROUP,
         )
         self.path = path
 
