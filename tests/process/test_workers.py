@@ -68,7 +68,10 @@ def kill_workers(server: Daemon) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-class WorkersTests(unittest.TestCase):
+class WorkersHarness(unittest.TestCase):
+    """A TTP, a ``--workers`` server and an enrolled client, for the tests here and in
+    tests/process/test_workers_postgres.py (no test of its own)."""
+
     async def start(self, *extra: str, workers: int = 2) -> tuple[Daemon, str, ClientSettings]:
         base = Path(self.mktemp()).resolve()
         ttp_dir = base / "ttp"
@@ -121,8 +124,8 @@ class WorkersTests(unittest.TestCase):
         await self.eventually(lambda: len(CONFIRMED.findall(server.log)) >= n, f"{n} confirmations in the log")
         return CONFIRMED.findall(server.log)
 
-    async def test_twenty_parallel_confirmations_of_one_code_over_two_workers_accept_exactly_one(self) -> None:
-        server, endpoint, settings = await self.start()
+    async def check_twenty_parallel_confirmations_accept_exactly_one(self, server: Daemon, endpoint: str,
+                                                                     settings: ClientSettings) -> None:
         # Confirmations arrive in rounds until both workers have taken part (the kernel, not the
         # test, chooses which worker accepts); each round is 20 at once for a fresh code. A burst
         # on an idle pair often goes to one worker alone: the one awake first accepts all 20
@@ -143,8 +146,8 @@ class WorkersTests(unittest.TestCase):
             self.fail(f"one worker served every confirmation of {ROUNDS} rounds:\n{server.log}")
         self.assertNotIn("Traceback", server.log)
 
-    async def test_wrong_guesses_spread_over_workers_lock_the_transaction_after_max_attempts(self) -> None:
-        server, endpoint, settings = await self.start("--max-attempts", "3")
+    async def check_wrong_guesses_lock_after_three(self, server: Daemon, endpoint: str,
+                                                   settings: ClientSettings) -> None:
         transaction = "Rs 900 to mallory"
         code = await self.issue(endpoint, settings, transaction)
         wrong = str((int(code) + 1) % 10**len(code)).zfill(len(code))
@@ -157,6 +160,15 @@ class WorkersTests(unittest.TestCase):
         self.assertIn("access_denied", str(refused.exception))
         logged = await self.confirmations_logged(server, 9)
         self.assertEqual(len(logged), 9, server.log)
+
+
+class WorkersTests(WorkersHarness):
+
+    async def test_twenty_parallel_confirmations_of_one_code_over_two_workers_accept_exactly_one(self) -> None:
+        await self.check_twenty_parallel_confirmations_accept_exactly_one(*await self.start())
+
+    async def test_wrong_guesses_spread_over_workers_lock_the_transaction_after_max_attempts(self) -> None:
+        await self.check_wrong_guesses_lock_after_three(*await self.start("--max-attempts", "3"))
 
     async def test_a_killed_worker_is_restarted_and_sessions_go_on(self) -> None:
         server, endpoint, settings = await self.start()

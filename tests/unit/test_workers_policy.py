@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tlsotp.commands import server_daemon
 from tlsotp.database_checks import DatabaseUnusable
+from tlsotp.database_url import PostgresTarget
 from tlsotp.otp import store
 from tlsotp.otp.messages import ConfirmStatus
 from tlsotp.services.bank_service import BankServerService, BankServerSettings, build_service
@@ -29,6 +30,7 @@ from tlsotp.services.workers import (
     RestartPolicy,
     WorkerConfig,
     WorkerLogWriter,
+    WorkerSecrets,
     WorkerSupervisor,
     decode_record,
 )
@@ -87,6 +89,29 @@ class WorkerConfigTests(SynchronousTestCase):
         self.assertEqual(again.otp_policy, settings.otp_policy)
         self.assertEqual(again.allowed_clients, ("a.example", "b.example"))
         self.assertTrue(again.log_transactions)  # was dropped: workers never logged the text
+
+    def test_a_database_reaches_the_worker_and_its_password_stays_off_the_command_line(self) -> None:
+        settings = BankServerSettings(
+            data_dir=Path("/srv/bank"), name="bank.example", workers=2,
+            database=PostgresTarget("postgresql://bank@db.example/otp", "s3cret pass"),
+            otp_pepper_file=Path("/etc/tlsotp/pepper.bin"),
+        )
+        config = WorkerConfig.from_settings(settings, index=1, family=2)
+        argument = config.to_json()
+        self.assertNotIn("s3cret", argument)
+        again = WorkerConfig.from_json(argument)
+        self.assertEqual(again, config)
+        self.assertEqual(again.otp_pepper_file, Path("/etc/tlsotp/pepper.bin"))
+        line = WorkerSecrets.from_settings(settings).to_line()
+        self.assertTrue(line.endswith(b"\n"))
+        self.assertEqual(line.count(b"\n"), 1)
+        secrets = WorkerSecrets.from_line(line)
+        self.assertEqual(again.database(secrets), settings.database)
+        # Without a database: no URL, no password, and the data dir's SQLite file.
+        plain = WorkerConfig.from_json(WorkerConfig.from_settings(
+            BankServerSettings(data_dir=Path("/srv/bank"), name="bank.example", workers=2), index=1, family=2).to_json())
+        self.assertIsNone(plain.database(WorkerSecrets.from_line(b"")))
+        self.assertIsNone(plain.otp_pepper_file)
 
     def test_workers_is_at_least_one(self) -> None:
         with self.assertRaises(ValueError):

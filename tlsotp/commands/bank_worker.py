@@ -3,7 +3,8 @@
     python -m tlsotp.commands.bank_worker CONFIG_JSON     (the listening socket on fd 3)
 
 Not for operators: the supervisor (``tlsotp.services.workers.WorkerSupervisor``) runs it with
-the socket it listens on as file descriptor 3 and its settings as one JSON argument, reads its
+the socket it listens on as file descriptor 3, its settings as one JSON argument and its secrets
+(``WorkerSecrets``: a database password) as one JSON line on stdin, reads its
 log events as lines on stdout, sends SIGHUP to make it reload the certificate and CRL from
 the data dir, and SIGTERM to stop it (it then drains like the daemon). It also stops when the
 supervisor dies (``PR_SET_PDEATHSIG``). Exit status 1: it could not start (one critical line).
@@ -19,7 +20,14 @@ from typing import Any
 from twisted.logger import Logger, globalLogBeginner
 
 from tlsotp.services.shutdown import describe_startup_error, stop_with_status
-from tlsotp.services.workers import BankWorker, WorkerConfig, WorkerLogWriter, set_parent_death_signal
+from tlsotp.services.workers import (
+    MAX_SECRETS_LINE,
+    BankWorker,
+    WorkerConfig,
+    WorkerLogWriter,
+    WorkerSecrets,
+    set_parent_death_signal,
+)
 
 #: argv that runs one worker (the supervisor appends its JSON settings).
 COMMAND = (sys.executable, "-m", "tlsotp.commands.bank_worker")
@@ -33,6 +41,8 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     config = WorkerConfig.from_json(argv[0])
+    # First, before anything can block: the supervisor writes one line and closes our stdin.
+    secrets = WorkerSecrets.from_line(sys.stdin.buffer.readline(MAX_SECRETS_LINE))
     set_parent_death_signal(signal.SIGTERM)
     if os.getppid() != config.supervisor_pid:
         return 1  # the supervisor died before we asked to follow it
@@ -41,7 +51,7 @@ def main(argv: list[str]) -> int:
     reactor: Any = global_reactor  # the running one provides IReactorThreads besides the rest
     output = WorkerLogWriter(sys.stdout, reactor)
     globalLogBeginner.beginLoggingTo([output], redirectStandardIO=False)
-    worker = BankWorker(config, reactor)
+    worker = BankWorker(config, reactor, secrets=secrets)
     status = [0]
 
     def failed(failure: Any) -> None:

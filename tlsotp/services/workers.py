@@ -55,6 +55,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer  # type: ignore[import-untyped, unused-ignore]
 
 from tlsotp.alerts import AlertError
+from tlsotp.database_url import PostgresTarget
 from tlsotp.handshake import Suite, suites_for_key
 from tlsotp.handshake.suites import suite_for_code
 from tlsotp.pki.credentials import Credentials, load_credentials
@@ -64,9 +65,12 @@ from tlsotp.services.bank_server import OTPServerFactory, ServerIdentity
 from tlsotp.services.bank_service import CRL_FILE, BankServerService, BankServerSettings
 from tlsotp.services.credentials import StartupError
 from tlsotp.services.daemon_services import ConnectionDrain
-from tlsotp.services.otp_authority import OTPAuthority, OTPPolicy
+from tlsotp.services.otp_authority import OTPPolicy
+from tlsotp.services.otp_backends import OTPStore, open_otp_store
 
-__all__ = ["BankWorker", "RestartPolicy", "Restarter", "WorkerConfig", "WorkerLogWriter", "WorkerSupervisor"]
+__all__ = [
+    "BankWorker", "RestartPolicy", "Restarter", "WorkerConfig", "WorkerLogWriter", "WorkerSecrets", "WorkerSupervisor",
+]
 
 log = Logger(namespace="tlsotp.services.workers")
 
@@ -146,10 +150,16 @@ class WorkerConfig:
     drain_timeout: float
     #: ``--log-transactions``: the worker's grant and confirmation lines carry the text.
     log_transactions: bool = False
+    #: ``--database``: the PostgreSQL database's URL (no password: that comes on stdin, see
+    #: ``WorkerSecrets``), and ``--otp-pepper-file``; None: the data dir's SQLite file.
+    database_url: str | None = None
+    otp_pepper_file: Path | None = None
 
     @classmethod
     def from_settings(cls, settings: BankServerSettings, index: int, family: int) -> WorkerConfig:
         return cls(
+            database_url=None if settings.database is None else settings.database.url,
+            otp_pepper_file=settings.otp_pepper_file,
             index=index, supervisor_pid=os.getpid(), family=family, data_dir=settings.data_dir,
             name=settings.name, suites=tuple(suite.code for suite in settings.suites),
             otp_digits=settings.otp_policy.digits, otp_ttl=settings.otp_policy.ttl_seconds,
@@ -163,12 +173,15 @@ class WorkerConfig:
     def to_json(self) -> str:
         fields = dict(self.__dict__)
         fields["data_dir"] = str(self.data_dir)
+        fields["otp_pepper_file"] = None if self.otp_pepper_file is None else str(self.otp_pepper_file)
         return json.dumps(fields)
 
     @classmethod
     def from_json(cls, text: str) -> WorkerConfig:
         fields = json.loads(text)
         fields["data_dir"] = Path(fields["data_dir"])
+        if fields.get("otp_pepper_file") is not None:
+            fields["otp_pepper_file"] = Path(fields["otp_pepper_file"])
         fields["suites"] = tuple(fields["suites"])
         if fields["allowed_clients"] is not None:
             fields["allowed_clients"] = tuple(fields["allowed_clients"])
@@ -182,6 +195,38 @@ class WorkerConfig:
     @property
     def otp_policy(self) -> OTPPolicy:
         return OTPPolicy(self.otp_digits, self.otp_ttl, self.max_attempts)
+
+    def database(self, secrets: WorkerSecrets) -> PostgresTarget | None:
+        return None if self.database_url is None else PostgresTarget(self.database_url, secrets.database_password)
+
+
+#: The longest line of secrets a worker reads from its stdin.
+MAX_SECRETS_LINE = 64 * 1024
+
+
+@dataclass(frozen=True)
+class WorkerSecrets:
+    """What a worker needs that must not be on its command line (``ps`` shows that to every user)
+    nor in its environment: the supervisor writes it as one JSON line to the worker's stdin,
+    then closes it. Today only ``--database-password-file``'s password, read by the supervisor."""
+
+    database_password: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: BankServerSettings) -> WorkerSecrets:
+        return cls(None if settings.database is None else settings.database.password)
+
+    def to_line(self) -> bytes:
+        return json.dumps({"database_password": self.database_password}).encode("utf-8") + b"\n"
+
+    @classmethod
+    def from_line(cls, line: bytes) -> WorkerSecrets:
+        """The secrets the supervisor wrote (none at all if it wrote nothing: EOF)."""
+        if not line.strip():
+            return cls()
+        fields = json.loads(line)
+        password = fields.get("database_password")
+        return cls(password if isinstance(password, str) else None)
 
 
 # -- a worker's log records -------------------------------------------------------------------
@@ -277,7 +322,9 @@ class WorkerProcess(ProcessProtocol):
 
     def connectionMade(self) -> None:
         self.pid = int(cast(Any, self.transport).pid)
-        cast(Any, self.transport).closeStdin()
+        transport = cast(Any, self.transport)
+        transport.writeToChild(0, WorkerSecrets.from_settings(self.supervisor.settings).to_line())
+        transport.closeStdin()
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         buffered = self.buffers.get(childFD, b"") + data
@@ -461,13 +508,16 @@ def worker_environment() -> dict[str, str]:
 class BankWorker(service.Service):
     """One worker process's service: serves sessions on the inherited socket."""
 
-    def __init__(self, config: WorkerConfig, reactor: Any, listen_fd: int = LISTEN_FD) -> None:
+    def __init__(
+        self, config: WorkerConfig, reactor: Any, listen_fd: int = LISTEN_FD, secrets: WorkerSecrets = WorkerSecrets()
+    ) -> None:
         self.config = config
         self.reactor = reactor
         self.listen_fd = listen_fd
+        self.secrets = secrets
         self.factory: OTPServerFactory | None = None
         self.connections: ConnectionDrain | None = None
-        self.authority: OTPAuthority | None = None
+        self.authority: OTPStore | None = None
         self.port: IListeningPort | None = None
         self.ready: Deferred[None] = Deferred()
 
@@ -493,7 +543,10 @@ class BankWorker(service.Service):
         usable = suites_for_key(credentials.chain[0].public_key(), c.suite_list)
         if not usable:
             raise StartupError("none of the configured suites can be authenticated by this key")
-        self.authority = OTPAuthority(self.reactor, c.data_dir, c.otp_policy)
+        # The supervisor made (or migrated) the database and the pepper before starting any worker.
+        self.authority = open_otp_store(
+            self.reactor, c.data_dir, c.otp_policy, c.database(self.secrets), c.otp_pepper_file
+        )
         await self.authority.open()
         self.connections = ConnectionDrain(self.reactor)
         self.factory = OTPServerFactory(
