@@ -112,6 +112,8 @@ class WorkerConfigTests(SynchronousTestCase):
             BankServerSettings(data_dir=Path("/srv/bank"), name="bank.example", workers=2), index=1, family=2).to_json())
         self.assertIsNone(plain.database(WorkerSecrets.from_line(b"")))
         self.assertIsNone(plain.otp_pepper_file)
+        for junk in (b"not json\n", b"[1, 2]\n", b'{"database_password": 5}\n', b"\xff\n"):
+            self.assertEqual(WorkerSecrets.from_line(junk), WorkerSecrets(), junk)
 
     def test_workers_is_at_least_one(self) -> None:
         with self.assertRaises(ValueError):

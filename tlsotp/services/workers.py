@@ -222,10 +222,11 @@ class WorkerSecrets:
     @classmethod
     def from_line(cls, line: bytes) -> WorkerSecrets:
         """The secrets the supervisor wrote (none at all if it wrote nothing: EOF)."""
-        if not line.strip():
-            return cls()
-        fields = json.loads(line)
-        password = fields.get("database_password")
+        try:
+            fields = json.loads(line) if line.strip() else {}
+        except ValueError:  # not ours (a worker started by hand): as if nothing was written
+            fields = {}
+        password = fields.get("database_password") if isinstance(fields, dict) else None
         return cls(password if isinstance(password, str) else None)
 
 
