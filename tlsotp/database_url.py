@@ -9,7 +9,7 @@ one in the URL is refused, and it comes from ``--database-password-file`` or fro
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -29,7 +29,8 @@ class PostgresTarget:
     """A PostgreSQL database to connect to; ``password`` only ever comes from a file."""
 
     url: str
-    password: str | None = None
+    #: Never in a repr: settings holding a target may end up in a log line or a traceback.
+    password: str | None = field(default=None, repr=False)
 
     def conninfo(self) -> str:
         """The libpq connection string: the URL, and the password when one was read (psycopg,

@@ -99,6 +99,8 @@ class WorkerConfigTests(SynchronousTestCase):
         config = WorkerConfig.from_settings(settings, index=1, family=2)
         argument = config.to_json()
         self.assertNotIn("s3cret", argument)
+        self.assertNotIn("s3cret", repr(settings))  # a settings object in a log line or traceback
+        self.assertNotIn("s3cret", repr(WorkerSecrets.from_settings(settings)))
         again = WorkerConfig.from_json(argument)
         self.assertEqual(again, config)
         self.assertEqual(again.otp_pepper_file, Path("/etc/tlsotp/pepper.bin"))

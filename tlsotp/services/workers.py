@@ -210,7 +210,7 @@ class WorkerSecrets:
     nor in its environment: the supervisor writes it as one JSON line to the worker's stdin,
     then closes it. Today only ``--database-password-file``'s password, read by the supervisor."""
 
-    database_password: str | None = None
+    database_password: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_settings(cls, settings: BankServerSettings) -> WorkerSecrets:
