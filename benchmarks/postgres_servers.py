@@ -62,11 +62,7 @@ def main(argv: list[str]) -> int:
     processes: list[Any] = []
     cluster = PostgresCluster(binaries)
     try:
-        # Not cluster.start(): the tests' server runs with fsync=off, this one syncs its WAL
-        # as production does (SQLite's file is synchronous=FULL).
-        options = f"-k {cluster.socket_dir} -p {cluster.port} -c listen_addresses='' -c max_connections=200"
-        cluster._run("pg_ctl", "-D", str(cluster.data), "-l", str(cluster.log), "-o", options, "-w", "-t", "30", "start")
-        cluster.running = True
+        cluster.start(fsync=True)  # the tests' server runs with fsync=off; this one syncs its WAL
         url = cluster.create_database("bench")
         init = base.tlsotp("ttp", "init", "--data-dir", str(work / "ttp"))
         match = re.search(r"sha256:[0-9a-f]{64}", init)

@@ -2,7 +2,7 @@
 
     pip install -e '.[bench]'
     python -m benchmarks.workers [--workers 1,2] [--sessions 3000] [--repetitions 3] [--concurrency 50]
-                                 [--load-processes CORES] [--paced 0.6]
+                                 [--load-processes CORES] [--paced 0.6] [--postgres]
 
 Starts a TTP and, for each N of ``--workers`` (a scan: ``--workers 1,2,4,8``), a freshly
 enrolled ``twistd -n tlsotp-server --workers N`` (EC P-256, default suites), all of them at
@@ -22,7 +22,12 @@ per second and neither saturates. Last, the machine's own contention: a fixed pi
 CPU-bound work timed in one process alone and in one process per core at once. Each row also
 gives the server's context switches per session (a sleep and a wake-up each), and each ratio to
 one worker a control: the load generators' unchanged work per session, whose own ratio is what
-the machine adds to every process.
+the machine adds to every process. After the servers stop, each one's OTP store lock waits (the
+"OTP store ...: N of M group transactions waited" lines of its log, summed).
+
+With ``--postgres`` the servers keep their OTPs in a PostgreSQL server started for the run
+(``tests/postgres_cluster.py``, fsync on; one database per server), and the CPU of its
+postmaster and backends during each run is counted as the server's (and printed apart).
 
 The load generator cuts its own cost, never the server's: it verifies the server's certificate
 chain (path, CRL) once and then accepts that same chain by its DER, and it makes its ECDHE key
@@ -44,7 +49,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -192,8 +197,10 @@ def served_by(log: str) -> dict[str, int]:
 
 
 def start_server(work: Path, ttp_dir: Path, ttp: str, fingerprint: str, workers: int,
-                 args: argparse.Namespace) -> dict[str, Any]:
-    """A freshly enrolled ``twistd -n tlsotp-server --workers N``, listening and warmed up."""
+                 args: argparse.Namespace, extra: Sequence[str] = (), postgres_pid: int | None = None
+                 ) -> dict[str, Any]:
+    """A freshly enrolled ``twistd -n tlsotp-server --workers N`` (``extra``: more of its
+    options), listening and warmed up; ``postgres_pid``: the postmaster whose CPU is the server's too."""
     name = "bank.example"
     token = tlsotp("ttp", "token", "--data-dir", str(ttp_dir), "--name", name, "--role", "server").strip().splitlines()[-1]
     port = free_port()
@@ -203,9 +210,10 @@ def start_server(work: Path, ttp_dir: Path, ttp: str, fingerprint: str, workers:
         "--data-dir", str(work / f"server-{workers}"), "--name", name,
         "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=1024", "--ttp", ttp,
         "--ca-fingerprint", fingerprint, "--token", token, "--key-type", "ec-p256",
-        "--max-connections", "1024", "--max-per-address", "1024", "--workers", str(workers),
+        "--max-connections", "1024", "--max-per-address", "1024", "--workers", str(workers), *extra,
     ], work / f"server-{workers}.out")
-    target = {"workers": workers, "process": server, "port": port, "log": log_path, "name": name}
+    target = {"workers": workers, "process": server, "port": port, "log": log_path, "name": name,
+              "postgres_pid": postgres_pid}
     try:
         wait_listening(server, port, f"the server with {workers} worker(s)")
         poll_for(lambda: "listening on" in log_path.read_text(), 60)
@@ -222,9 +230,14 @@ def run_one(work: Path, target: dict[str, Any], args: argparse.Namespace, tag: s
     that many sessions/s in all; 0: as fast as the load generators go)."""
     server, port, log_path, name, workers = target["process"], target["port"], target["log"], target["name"], target["workers"]
     log_before = len(whole_log(log_path))
+    postgres = target.get("postgres_pid")
+    postgres_before = tree_cpu(postgres)[0] if postgres else 0.0
     cpu_before, own_before, switches_before = tree_cpu(server.pid)
     result = drive(work, port, name, args.concurrency, args.sessions, args.load_processes, f"w{workers}-{tag}", rate)
     cpu_after, own_after, switches_after = tree_cpu(server.pid)
+    # PostgreSQL's backends do the store's work: the server's CPU, counted with it.
+    postgres_s = tree_cpu(postgres)[0] - postgres_before if postgres else 0.0
+    cpu_after += postgres_s
     done = result["done"]
     poll_for(lambda: sum(served_by(whole_log(log_path)[log_before:]).values()) >= done, 30)
     shares = served_by(whole_log(log_path)[log_before:])
@@ -237,6 +250,7 @@ def run_one(work: Path, target: dict[str, Any], args: argparse.Namespace, tag: s
         "rate": done / result["elapsed"], "server_us": server_us,
         "supervisor_us": (own_after - own_before) / max(done, 1) * 1e6 if workers > 1 else float("nan"),
         "load_us": load_us, "bound": bound, "cores": cores,
+        "postgres_us": postgres_s / max(done, 1) * 1e6 if postgres else float("nan"),
         "switches": (switches_after - switches_before) / max(done, 1) if switches_before >= 0 else float("nan"),
         "shares": {k: v / max(1, sum(shares.values())) for k, v in sorted(shares.items())},
     }
@@ -275,6 +289,7 @@ def median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
     row = dict(rows[0])
     for key in ("rate", "server_us", "supervisor_us", "load_us", "bound", "switches"):
         row[key] = statistics.median(r[key] for r in rows)
+    row["postgres_us"] = statistics.median(r.get("postgres_us", float("nan")) for r in rows)
     row["sessions"], row["failed"] = sum(r["sessions"] for r in rows), sum(r["failed"] for r in rows)
     pooled: dict[str, float] = {}
     for r in rows:
@@ -396,6 +411,8 @@ def poll_for(condition: Any, seconds: float) -> None:
 def render(row: dict[str, Any]) -> str:
     shares = ", ".join(f"{'worker ' + k if k != '-' else 'one process'} {v:.0%}" for k, v in row["shares"].items())
     supervisor = f" (supervisor {row['supervisor_us']:.0f})" if row["workers"] > 1 else ""
+    if row.get("postgres_us", float("nan")) == row.get("postgres_us"):  # not nan: PostgreSQL's share
+        supervisor += f" (PostgreSQL {row['postgres_us']:.0f})"
     return (f"--workers {row['workers']}: {row['sessions']} sessions, {row['rate']:.1f} sessions/s; server CPU "
             f"{row['server_us']:.0f} us/session{supervisor}, {row['switches']:.1f} context switches/session; "
             f"load generator CPU {row['load_us']:.0f} us/session; "
@@ -418,6 +435,8 @@ def lock_waits_in(log: str) -> tuple[int, int, float]:
 
 def lock_waits_line(workers: int, waits: tuple[int, int, float]) -> str:
     waited, transactions, ms = waits
+    if not transactions:
+        return f"--workers {workers}: no SQLite OTP store logged its transactions (with --postgres, none has one)"
     return (f"--workers {workers}: {waited} of {transactions} OTP group transactions "
             f"({waited / max(transactions, 1):.1%}) waited over 1 ms for the write lock, {ms:.0f} ms in all, "
             f"over the whole run of this server (with one process alone on the file, what shows is Python's "
@@ -444,9 +463,25 @@ def workers_mode(work: Path, ttp_dir: Path, ttp: str, fingerprint: str, args: ar
           flush=True)
     print(CHEAPER, flush=True)
     targets = []
+    cluster = None
     try:
+        if getattr(args, "postgres", False):
+            from tests.postgres_cluster import PostgresCluster, find_binaries
+
+            binaries = find_binaries()
+            if binaries is None:
+                raise SystemExit("--postgres: no PostgreSQL server binaries on PATH or in /usr/lib/postgresql/*/bin")
+            cluster = PostgresCluster(binaries)
+            cluster.start(fsync=True)
+            postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
+            print(f"OTP store: PostgreSQL {binaries} (fsync on), one database per server; its CPU (the "
+                  f"postmaster and its backends) is counted in the server's", flush=True)
         for n in counts:
-            targets.append(start_server(work, ttp_dir, ttp, fingerprint, n, args))
+            if cluster is None:
+                targets.append(start_server(work, ttp_dir, ttp, fingerprint, n, args))
+            else:
+                targets.append(start_server(work, ttp_dir, ttp, fingerprint, n, args,
+                                            ("--database", cluster.create_database(f"workers{n}")), postmaster))
         runs, failed_saturating = run_rounds(work, targets, args, "", 0.0)
         pace = args.paced * statistics.median(r["rate"] for r in runs[counts[0]]) if args.paced else 0.0
         # The same rate for every worker count.
@@ -454,6 +489,8 @@ def workers_mode(work: Path, ttp_dir: Path, ttp: str, fingerprint: str, args: ar
     finally:
         for target in targets:
             stop(target["process"])
+        if cluster is not None:
+            cluster.destroy()
     waits = {target["workers"]: lock_waits_in(whole_log(target["log"])) for target in targets}
     print()
     for n, found in waits.items():
@@ -472,6 +509,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="where the data dirs go (default: the system's temporary directory); a tmpfs "
                              "such as /dev/shm takes the OTP store's fsync out of the measurement")
+    parser.add_argument("--postgres", action="store_true",
+                        help="keep the OTPs in a PostgreSQL server started for the run (its binaries on the "
+                             "machine; fsync on) instead of each server's SQLite file; its CPU counts as the server's")
     parser.add_argument("--paced", type=float, default=0.6,
                         help="then run every worker count again at this fraction of one worker's saturating "
                              "rate, the same rate for all (0: skip)")

@@ -83,8 +83,11 @@ class PostgresCluster:
             log = self.log.read_text() if self.log.exists() else ""
             raise ClusterError(f"{tool} {' '.join(args[:1])} failed ({done.returncode}): {done.stderr.strip()} {log[-2000:]}")
 
-    def start(self) -> None:
-        options = f"-k {self.socket_dir} -p {self.port} -c listen_addresses='' -c fsync=off -c max_connections=200"
+    def start(self, *, fsync: bool = False) -> None:
+        """Start it; without ``fsync`` (the tests' case) it never syncs its WAL: fast, and a
+        test's data need not survive the machine. A benchmark syncs, as a real server does."""
+        durability = "" if fsync else " -c fsync=off"
+        options = f"-k {self.socket_dir} -p {self.port} -c listen_addresses=''{durability} -c max_connections=200"
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "30", "start")
         self.running = True
 
