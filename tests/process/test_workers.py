@@ -264,6 +264,48 @@ class WorkersTests(WorkersHarness):
         self.assertNotIn("Traceback", server.log)
 
 
+class WorkersMetricsTests(WorkersHarness):
+    """``--workers 2 --metrics``: one ``/metrics`` and ``/health``, the supervisor's, counting the
+    sessions every worker served (their events reach it with their log lines)."""
+
+    async def test_metrics_count_the_sessions_of_every_worker(self) -> None:
+        from tests.process.test_metrics_daemons import get, metrics_port_of, scrape, value
+
+        server, endpoint, settings = await self.start("--metrics", "tcp:0:interface=127.0.0.1")
+        port = await metrics_port_of(server)
+        issued = 0
+        for round_ in range(1, ROUNDS + 1):  # until both workers served (the kernel chooses)
+            for i in range(6):
+                await self.issue(endpoint, settings, f"metrics round {round_} payment {i}")
+                issued += 1
+            await self.eventually(lambda: len(ISSUED.findall(server.log)) >= issued, f"{issued} OTPs in the log")
+            if {worker for worker in ISSUED.findall(server.log)} == {"1", "2"}:
+                break
+        else:
+            self.fail(f"one worker served every session of {ROUNDS} rounds:\n{server.log}")
+        code = await self.issue(endpoint, settings, "then confirmed")
+        issued += 1
+        self.assertEqual(await self.confirm_all(endpoint, settings, "then confirmed", [code]), ["accepted"])
+
+        async def counted() -> dict[tuple[str, frozenset[tuple[str, str]]], float] | None:
+            samples = await scrape(port)
+            done = value(samples, "tlsotp_sessions_total", outcome="confirmed", alert="none") == 1
+            return samples if done and value(samples, "tlsotp_otps_issued_total") == issued else None
+
+        from tests.process.test_metrics_daemons import eventually as eventually_async
+
+        samples = await eventually_async(counted, f"{issued} OTPs and one confirmation in /metrics")
+        self.assertEqual(value(samples, "tlsotp_sessions_total", outcome="issued", alert="none"), issued)
+        self.assertEqual(value(samples, "tlsotp_otp_confirmations_total", status="accepted"), 1)
+        self.assertEqual(value(samples, "tlsotp_handshake_seconds_count"), issued + 1)
+        self.assertEqual(value(samples, "tlsotp_session_seconds_count"), issued + 1)
+        self.assertEqual(value(samples, "tlsotp_open_connections"), 0)
+        self.assertGreater(value(samples, "tlsotp_certificate_not_after_timestamp_seconds"), time.time())
+        status, body = await get(port, "/health")
+        self.assertEqual(status, 200, body)
+        self.assertNotIn("Traceback", server.log)
+
+
 class SupervisorStartupTests(unittest.TestCase):
     """The supervisor as an embedder builds it, in this process, with real worker processes."""
 

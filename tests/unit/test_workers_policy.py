@@ -7,10 +7,13 @@ No subprocess here (the unit tier forbids them): the real workers are in tests/p
 from __future__ import annotations
 
 import io
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any, Callable
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel
 from twisted.python import usage
@@ -29,9 +32,11 @@ from tlsotp.services.workers import (
     Restarter,
     RestartPolicy,
     WorkerConfig,
+    WorkerEventsRelay,
     WorkerLogWriter,
     WorkerSecrets,
     WorkerSupervisor,
+    decode_events,
     decode_record,
 )
 
@@ -260,3 +265,69 @@ class CrossProcessDecisionTests(SynchronousTestCase):
 
 def cast_cursor(cursor: Interleaving) -> sqlite3.Cursor:
     return cursor  # type: ignore[return-value]
+
+
+class WorkerEventsRelayTests(SynchronousTestCase):
+    """A worker's sessions' events under ``--metrics`` reach the supervisor as one line per batch
+    of its log writer, which ``decode_events`` reads back into the ``BankEvents`` calls."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.out = io.StringIO()
+        self.writer = WorkerLogWriter(self.out, self.clock, delay=0.05)
+        self.relay = WorkerEventsRelay(self.writer)
+        self.open = 0
+        self.relay.open_connections = lambda: self.open
+
+    def lines(self) -> list[str]:
+        return [line for line in self.out.getvalue().splitlines() if line]
+
+    def test_a_sessions_events_leave_together_and_read_back_as_the_same_calls(self) -> None:
+        self.open = 2
+        self.relay.handshake_done(0.004)
+        self.relay.otp_issued()
+        self.relay.session_ended("issued", "none", 0.01)
+        self.relay.confirmation("accepted")
+        self.relay.otp_refused("locked")
+        self.assertEqual(self.lines(), [])  # batched, as info lines are
+        self.clock.advance(0.05)
+        [line] = self.lines()
+        calls, open_now = decode_events(line) or ([], -1)
+        self.assertEqual(calls, [
+            ("handshake_done", (0.004,)), ("otp_issued", ()), ("session_ended", ("issued", "none", 0.01)),
+            ("confirmation", ("accepted",)), ("otp_refused", ("locked",)),
+        ])
+        self.assertEqual(open_now, 2)
+        self.assertIsNone(decode_record(line))  # never taken for a log record, nor the reverse
+        self.clock.advance(10)
+        self.assertEqual(len(self.lines()), 1)  # nothing new: nothing sent
+
+    def test_an_open_connection_count_that_changed_alone_is_sent_on_the_tick(self) -> None:
+        self.relay.tick()
+        self.clock.advance(1)
+        self.assertEqual(self.lines(), [])
+        self.open = 3
+        self.relay.tick()
+        self.clock.advance(0.05)
+        [line] = self.lines()
+        self.assertEqual(decode_events(line), ([], 3))
+
+    def test_what_is_not_a_relay_line_is_none(self) -> None:
+        for line in ('{"events": [["x"]], "open": 0}', '{"events": [["h"]], "open": 0}',
+                     '{"events": [["h", "1"]], "open": 0}', '{"events": [["h", -1]], "open": 0}',
+                     '{"events": [["r", "' + "a" * 65 + '"]], "open": 0}', '{"events": [], "open": -1}',
+                     '{"events": {}, "open": 0}', '{"open": 0}', '["info", "x", 0, "text", false]', "{", "[]"):
+            self.assertIsNone(decode_events(line), line)
+
+    @given(st.text(max_size=200) | st.builds(json.dumps, st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(["events", "open", "x"]), inner,
+                                                                    max_size=3),
+        max_leaves=12)))
+    def test_any_line_decodes_or_is_none_and_never_raises(self, line: str) -> None:
+        decoded = decode_events(line)
+        if decoded is not None:
+            calls, open_now = decoded
+            self.assertGreaterEqual(open_now, 0)
+            for method, _ in calls:
+                self.assertIn(method, {"handshake_done", "session_ended", "otp_issued", "otp_refused", "confirmation"})

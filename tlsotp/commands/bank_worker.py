@@ -24,6 +24,7 @@ from tlsotp.services.workers import (
     MAX_SECRETS_LINE,
     BankWorker,
     WorkerConfig,
+    WorkerEventsRelay,
     WorkerLogWriter,
     WorkerSecrets,
     set_parent_death_signal,
@@ -51,7 +52,8 @@ def main(argv: list[str]) -> int:
     reactor: Any = global_reactor  # the running one provides IReactorThreads besides the rest
     output = WorkerLogWriter(sys.stdout, reactor)
     globalLogBeginner.beginLoggingTo([output], redirectStandardIO=False)
-    worker = BankWorker(config, reactor, secrets=secrets)
+    events = WorkerEventsRelay(output) if config.metrics else None
+    worker = BankWorker(config, reactor, secrets=secrets, events=events)
     status = [0]
 
     def failed(failure: Any) -> None:

@@ -125,9 +125,6 @@ class Options(PartyOptions):
             self["otp-policy"] = OTPPolicy(self["otp-digits"], self["otp-ttl"], self["max-attempts"])
         except ValueError as exc:
             raise usage.UsageError(str(exc)) from None
-        if self["workers"] > 1 and self["metrics"] is not None:
-            # Not yet: each worker would count only its own sessions (docs/workers.rst).
-            raise usage.UsageError("--workers above 1 does not work with --metrics yet")
         if self["database"] is None:
             for option in ("database-password-file", "otp-pepper-file"):
                 if self[option] is not None:

@@ -64,12 +64,14 @@ from tlsotp.pki.verify import check_crl_signature
 from tlsotp.services.bank_server import OTPServerFactory, ServerIdentity
 from tlsotp.services.bank_service import CRL_FILE, BankServerService, BankServerSettings
 from tlsotp.services.credentials import StartupError
-from tlsotp.services.daemon_services import ConnectionDrain
+from tlsotp.services.daemon_services import ConnectionDrain, PeriodicTask
+from tlsotp.services.events import BankEvents
 from tlsotp.services.otp_authority import OTPPolicy
 from tlsotp.services.otp_backends import OTPStore, open_otp_store
 
 __all__ = [
-    "BankWorker", "RestartPolicy", "Restarter", "WorkerConfig", "WorkerLogWriter", "WorkerSecrets", "WorkerSupervisor",
+    "BankWorker", "RestartPolicy", "Restarter", "WorkerConfig", "WorkerEventsRelay", "WorkerLogWriter", "WorkerSecrets",
+    "WorkerSupervisor",
 ]
 
 log = Logger(namespace="tlsotp.services.workers")
@@ -82,6 +84,8 @@ STOP_GRACE = 10.0
 MAX_LINE = 256 * 1024
 #: Field set on the worker's "serving" event: the supervisor's sign that the worker accepts.
 READY_FIELD = "tlsotp_worker_ready"
+#: Seconds between a worker's checks that its open-connection count changed (``--metrics``).
+OPEN_CONNECTIONS_TICK = 1.0
 
 FAMILIES = {IPv4Address: socket.AF_INET, IPv6Address: socket.AF_INET6, UNIXAddress: socket.AF_UNIX}
 
@@ -154,10 +158,13 @@ class WorkerConfig:
     #: ``WorkerSecrets``), and ``--otp-pepper-file``; None: the data dir's SQLite file.
     database_url: str | None = None
     otp_pepper_file: Path | None = None
+    #: ``--metrics``: the worker sends its sessions' events to the supervisor (``WorkerEventsRelay``).
+    metrics: bool = False
 
     @classmethod
     def from_settings(cls, settings: BankServerSettings, index: int, family: int) -> WorkerConfig:
         return cls(
+            metrics=settings.metrics is not None,
             database_url=None if settings.database is None else settings.database.url,
             otp_pepper_file=settings.otp_pepper_file,
             index=index, supervisor_pid=os.getpid(), family=family, data_dir=settings.data_dir,
@@ -274,6 +281,8 @@ class WorkerLogWriter:
         self.batch = batch
         self.pending: list[str] = []
         self.scheduled: IDelayedCall | None = None
+        #: Called at each flush for one more line to send with the batch (or None): the metrics relay.
+        self.sources: list[Callable[[], str | None]] = []
 
     def __call__(self, event: dict[str, Any]) -> None:
         self.pending.append(encode_record(event))
@@ -281,7 +290,12 @@ class WorkerLogWriter:
         urgent = event.get(READY_FIELD) or level in (LogLevel.warn, LogLevel.error, LogLevel.critical)
         if urgent or len(self.pending) >= self.batch:
             self.flush()
-        elif self.scheduled is None:
+        else:
+            self.soon()
+
+    def soon(self) -> None:
+        """Flush within ``delay`` seconds (a source has something to send)."""
+        if self.scheduled is None:
             self.scheduled = self.clock.callLater(self.delay, self.flush)
 
     def flush(self) -> None:
@@ -289,10 +303,107 @@ class WorkerLogWriter:
             if self.scheduled.active():
                 self.scheduled.cancel()
             self.scheduled = None
+        for source in self.sources:
+            line = source()
+            if line is not None:
+                self.pending.append(line)
         if self.pending:
             text, self.pending = "".join(self.pending), []
             self.out.write(text)
             self.out.flush()
+
+
+# -- a worker's metrics events ----------------------------------------------------------------
+
+#: The events a worker relays, by the one-letter kind its line uses, with their arguments' types.
+EVENT_KINDS: dict[str, tuple[str, tuple[type, ...]]] = {
+    "h": ("handshake_done", (float,)),
+    "s": ("session_ended", (str, str, float)),
+    "i": ("otp_issued", ()),
+    "r": ("otp_refused", (str,)),
+    "c": ("confirmation", (str,)),
+}
+#: Longest label value a relayed event may carry (an outcome, alert, reason or status name).
+MAX_LABEL = 64
+#: Events in one line at most (each under 100 bytes): more go out at once, in a line of their own.
+MAX_EVENTS_LINE = 1000
+
+
+class WorkerEventsRelay(BankEvents):
+    """A worker's ``BankEvents`` under ``--metrics``: its sessions' events, sent to the supervisor
+    with the log writer's next batch (one JSON object line: ``{"events": [...], "open": N}``),
+    which counts them in the one ``/metrics`` the supervisor serves. A worker keeps no registry
+    of its own; ``open`` is its connections open now, for the ``tlsotp_open_connections`` gauge
+    (sent with each batch, and by ``tick`` when it changed without an event)."""
+
+    def __init__(self, writer: WorkerLogWriter) -> None:
+        self.writer = writer
+        self.open_connections: Callable[[], int] = lambda: 0
+        self.pending: list[list[Any]] = []
+        self.open_sent = 0
+        writer.sources.append(self.drain)
+
+    def _add(self, event: list[Any]) -> None:
+        self.pending.append(event)
+        if len(self.pending) >= MAX_EVENTS_LINE:
+            self.writer.flush()  # a line stays far below what the supervisor reads of one (MAX_LINE)
+        else:
+            self.writer.soon()
+
+    def handshake_done(self, seconds: float) -> None:
+        self._add(["h", seconds])
+
+    def session_ended(self, outcome: str, alert: str, seconds: float) -> None:
+        self._add(["s", outcome, alert, seconds])
+
+    def otp_issued(self) -> None:
+        self._add(["i"])
+
+    def otp_refused(self, reason: str) -> None:
+        self._add(["r", reason])
+
+    def confirmation(self, status: str) -> None:
+        self._add(["c", status])
+
+    def tick(self) -> None:
+        """Periodically: an open-connection count that changed with no event goes out too."""
+        if self.open_connections() != self.open_sent:
+            self.writer.soon()
+
+    def drain(self) -> str | None:
+        open_now = self.open_connections()
+        if not self.pending and open_now == self.open_sent:
+            return None
+        events, self.pending, self.open_sent = self.pending, [], open_now
+        return json.dumps({"events": events, "open": open_now}) + "\n"
+
+
+def decode_events(line: str) -> tuple[list[tuple[str, tuple[Any, ...]]], int] | None:
+    """The (``BankEvents`` method name, arguments) of each event of a ``WorkerEventsRelay``
+    line, and its open-connection count; None if ``line`` is not one."""
+    try:
+        record = json.loads(line)
+        events, open_now = record["events"], record["open"]
+    except (ValueError, TypeError, KeyError):
+        return None
+    if type(open_now) is not int or open_now < 0 or not isinstance(events, list):
+        return None
+    calls = []
+    for event in events:
+        if not isinstance(event, list) or not event or event[0] not in EVENT_KINDS:
+            return None
+        method, types = EVENT_KINDS[event[0]]
+        arguments = tuple(event[1:])
+        if len(arguments) != len(types):
+            return None
+        for value, kind in zip(arguments, types):
+            if kind is float:
+                if type(value) not in (int, float) or not 0 <= value < 1e9:
+                    return None
+            elif not isinstance(value, str) or len(value) > MAX_LABEL:
+                return None
+        calls.append((method, tuple(float(v) if k is float else v for v, k in zip(arguments, types))))
+    return calls, open_now
 
 
 # -- the supervisor ---------------------------------------------------------------------------
@@ -309,6 +420,8 @@ class WorkerSlot:
     generation: int = 0
     ready: bool = False
     first_ready: Deferred[None] = field(default_factory=Deferred)
+    #: Its connections open now, as it last said (``--metrics``).
+    open_connections: int = 0
 
 
 class WorkerProcess(ProcessProtocol):
@@ -337,6 +450,11 @@ class WorkerProcess(ProcessProtocol):
     def line_received(self, fd: int, line: str) -> None:
         if not line.strip():
             return
+        if fd == 1 and line.startswith("{"):  # a WorkerEventsRelay line (log records are lists)
+            events = decode_events(line)
+            if events is not None:
+                self.supervisor.worker_events(self.slot, *events)
+                return
         record = decode_record(line) if fd == 1 else None
         if record is None:  # stderr, or not one of our records: shown as it is
             log.warn("worker {tlsotp_worker} (pid {tlsotp_worker_pid}): {line}",
@@ -441,10 +559,25 @@ class WorkerSupervisor(BankServerService):
         if not slot.first_ready.called:
             slot.first_ready.callback(None)
 
+    def worker_events(self, slot: WorkerSlot, calls: list[tuple[str, tuple[Any, ...]]], open_now: int) -> None:
+        """A worker's sessions' events (``--metrics``): counted by this process's ``BankMetrics``
+        (the events of its own factory, which serves no session), whose open-connection gauge
+        is then every worker's sum."""
+        if self.factory is None:
+            return
+        events = self.factory.events
+        for method, arguments in calls:
+            getattr(events, method)(*arguments)
+        slot.open_connections = open_now
+        self.factory.open_connections = sum(s.open_connections for s in self.slots)
+
     def worker_ended(self, slot: WorkerSlot, process: WorkerProcess, how: str) -> None:
         if slot.process is not process:
             return
         slot.process, slot.ready = None, False
+        slot.open_connections = 0  # its connections died with it
+        if self.factory is not None:
+            self.factory.open_connections = sum(s.open_connections for s in self.slots)
         if self.stopping_workers:
             return
         if not slot.first_ready.called:  # never served during start-up: the whole start fails
@@ -466,10 +599,11 @@ class WorkerSupervisor(BankServerService):
                 slot.process.signal("HUP")
 
     def use_crl(self, crl: x509.CertificateRevocationList) -> None:
+        super().use_crl(crl)  # its own factory serves nothing, but /metrics and /health read it
         self.reload_workers()
 
     def use_credentials(self, credentials: Credentials) -> None:
-        self.credentials = credentials
+        super().use_credentials(credentials)
         self.reload_workers()
 
     async def drain(self) -> None:
@@ -510,12 +644,15 @@ class BankWorker(service.Service):
     """One worker process's service: serves sessions on the inherited socket."""
 
     def __init__(
-        self, config: WorkerConfig, reactor: Any, listen_fd: int = LISTEN_FD, secrets: WorkerSecrets = WorkerSecrets()
+        self, config: WorkerConfig, reactor: Any, listen_fd: int = LISTEN_FD, secrets: WorkerSecrets = WorkerSecrets(),
+        events: WorkerEventsRelay | None = None,
     ) -> None:
         self.config = config
         self.reactor = reactor
         self.listen_fd = listen_fd
         self.secrets = secrets
+        self.events = events
+        self.ticks: PeriodicTask | None = None
         self.factory: OTPServerFactory | None = None
         self.connections: ConnectionDrain | None = None
         self.authority: OTPStore | None = None
@@ -562,7 +699,18 @@ class BankWorker(service.Service):
             max_connections=c.max_connections,
             max_per_address=c.max_per_address,
             connections=self.connections,
+            events=self.events,
         )
+        if self.events is not None:
+            factory = self.factory
+            self.events.open_connections = lambda: factory.open_connections
+            relay = self.events
+
+            async def tick() -> None:
+                relay.tick()
+
+            self.ticks = PeriodicTask(OPEN_CONNECTIONS_TICK, tick, clock=self.reactor, skip_first=True)
+            self.ticks.startService()
         # adoptStreamPort duplicates the descriptor: close the inherited one.
         self.port = self.reactor.adoptStreamPort(self.listen_fd, c.family, self.factory)
         # One accept per wake-up, not Twisted's default of up to 100: every worker is woken on the
@@ -594,6 +742,8 @@ class BankWorker(service.Service):
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
+        if self.ticks is not None:
+            await self.ticks.stopService()
         try:
             # Closes this process's descriptor only: Twisted never shuts down an adopted socket,
             # so a worker stopped alone leaves it to the others. (The supervisor's own port is
