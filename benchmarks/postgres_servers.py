@@ -26,11 +26,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: the repo importable
 
-import daemon_vs_tls as base  # noqa: E402  (the sibling benchmark: its daemons helpers and load generator)
-
+from benchmarks import daemon_vs_tls as base  # noqa: E402  (the sibling benchmark: its daemons helpers and load generator)
 from tests.postgres_cluster import PostgresCluster, find_binaries  # noqa: E402
 
 

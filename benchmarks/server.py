@@ -647,7 +647,7 @@ def plot_cpu(path: Path, bars: list[tuple[str, float, float, float]], title: str
     return f"plot written: {path}"
 
 
-def rst_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+def rst_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(c) for c in column) for column in zip(header, *rows)]
     rule = "  ".join("=" * w for w in widths)
     lines = [rule, "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip(), rule]

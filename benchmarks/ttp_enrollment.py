@@ -40,6 +40,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from benchmarks.daemon_vs_tls import REPO, TWISTD, env, free_port, spawn, stop, tlsotp, wait_listening
 from benchmarks.server import signing_floor_us
@@ -126,13 +127,15 @@ def durable_commit_us(rounds: int = 200, gap: float = 0.0) -> float:
 def echo_server_main(hop: bool) -> None:
     """A bare Twisted server: one netstring in, one 1100-byte reply out, close (the TCP bound);
     with ``hop``, the reply is made on a one-thread pool first, as the TTP's worker does."""
-    from twisted.internet import protocol, reactor
+    from twisted.internet import protocol
+    from twisted.internet import reactor as global_reactor
     from twisted.internet.threads import deferToThreadPool
     from twisted.python.threadpool import ThreadPool
 
+    reactor: Any = global_reactor  # the running one provides every reactor interface
     pool = ThreadPool(minthreads=1, maxthreads=1)
     pool.start()
-    reactor.addSystemEventTrigger("during", "shutdown", pool.stop)  # type: ignore[attr-defined]
+    reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
 
     def reply() -> bytes:
         return b"1100:" + b"r" * 1100 + b","
@@ -150,9 +153,9 @@ def echo_server_main(hop: bool) -> None:
 
     factory = protocol.Factory.forProtocol(Once)
     factory.noisy = False
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
     print(port.getHost().port, flush=True)
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
 
 
 def tcp_bound_us(count: int, *, hop: bool, gap: float = 0.0) -> float:
@@ -262,6 +265,7 @@ def main(argv: list[str]) -> int:
                 tokens = mint(work / "ttp", "c", args.enrollments)
                 profiler = None
                 if args.profile is not None and (level, repetition) == last:
+                    assert py_spy is not None  # found above, or the run stopped there
                     args.profile.mkdir(parents=True, exist_ok=True)
                     profiler = subprocess.Popen(
                         [py_spy, "record", *(["--gil"] if args.gil else []), "--pid", str(ttp_process.pid),
