@@ -453,7 +453,7 @@ class WorkerProcess(ProcessProtocol):
         if fd == 1 and line.startswith("{"):  # a WorkerEventsRelay line (log records are lists)
             events = decode_events(line)
             if events is not None:
-                self.supervisor.worker_events(self.slot, *events)
+                self.supervisor.worker_events(self.slot, *events, current=self.slot.process is self)
                 return
         record = decode_record(line) if fd == 1 else None
         if record is None:  # stderr, or not one of our records: shown as it is
@@ -559,17 +559,21 @@ class WorkerSupervisor(BankServerService):
         if not slot.first_ready.called:
             slot.first_ready.callback(None)
 
-    def worker_events(self, slot: WorkerSlot, calls: list[tuple[str, tuple[Any, ...]]], open_now: int) -> None:
+    def worker_events(
+        self, slot: WorkerSlot, calls: list[tuple[str, tuple[Any, ...]]], open_now: int, *, current: bool = True
+    ) -> None:
         """A worker's sessions' events (``--metrics``): counted by this process's ``BankMetrics``
         (the events of its own factory, which serves no session), whose open-connection gauge
-        is then every worker's sum."""
+        is then every worker's sum. The last lines of a worker already replaced in its slot
+        (``current`` false) are counted too, but its connection count is no longer the slot's."""
         if self.factory is None:
             return
         events = self.factory.events
         for method, arguments in calls:
             getattr(events, method)(*arguments)
-        slot.open_connections = open_now
-        self.factory.open_connections = sum(s.open_connections for s in self.slots)
+        if current:
+            slot.open_connections = open_now
+            self.factory.open_connections = sum(s.open_connections for s in self.slots)
 
     def worker_ended(self, slot: WorkerSlot, process: WorkerProcess, how: str) -> None:
         if slot.process is not process:
