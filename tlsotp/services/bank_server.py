@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass
-from typing import Any, Callable, Collection, Sequence
+from typing import Any, Callable, Collection, Protocol, Sequence
 
 from cryptography import x509
 from twisted.internet.defer import Deferred
@@ -52,8 +52,47 @@ class ServerIdentity:
     root: x509.Certificate
 
 
+class SessionOptions(Protocol):
+    """The session settings a bank server's factory is made from: the daemon's
+    ``BankServerSettings`` or a worker's ``WorkerConfig`` (``OTPServerFactory.from_options``)."""
+
+    @property
+    def allowed_clients(self) -> Collection[str] | None: ...
+    @property
+    def timeout(self) -> float: ...
+    @property
+    def first_message_timeout(self) -> float | None: ...
+    @property
+    def log_transactions(self) -> bool: ...
+    @property
+    def max_connections(self) -> int: ...
+    @property
+    def max_per_address(self) -> int: ...
+
+
 class OTPServerFactory(SlottedFactory["OTPServerProtocol"]):
     noisy = False  # one line per session is logged by the protocol instead
+
+    @classmethod
+    def from_options(
+        cls,
+        identity: ServerIdentity,
+        authority: OTPStore,
+        suites: Sequence[Suite],
+        crl: x509.CertificateRevocationList,
+        options: SessionOptions,
+        *,
+        events: BankEvents | None,
+        connections: ConnectionTracker,
+    ) -> OTPServerFactory:
+        """The factory the daemon and each of its workers serve with: one place, so that a
+        setting reaches both."""
+        return cls(
+            identity, authority, suites=suites, allowed_clients=options.allowed_clients, crl=crl,
+            timeout_seconds=options.timeout, first_message_timeout=options.first_message_timeout,
+            log_transactions=options.log_transactions, max_connections=options.max_connections,
+            max_per_address=options.max_per_address, events=events, connections=connections,
+        )
 
     def __init__(
         self,

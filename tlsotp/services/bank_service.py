@@ -296,19 +296,9 @@ class BankServerService(service.MultiService):
             )
         self.credentials = credentials
         self.connections = ConnectionDrain(self.reactor)
-        self.factory = OTPServerFactory(
-            ServerIdentity(credentials.key, credentials.chain, credentials.root),
-            self.authority,
-            suites=usable,
-            allowed_clients=s.allowed_clients,
-            crl=crl,
-            timeout_seconds=s.timeout,
-            first_message_timeout=s.first_message_timeout,
-            log_transactions=s.log_transactions,
-            max_connections=s.max_connections,
-            max_per_address=s.max_per_address,
-            events=events,
-            connections=self.connections,
+        self.factory = OTPServerFactory.from_options(
+            ServerIdentity(credentials.key, credentials.chain, credentials.root), self.authority, usable, crl, s,
+            events=events, connections=self.connections,
         )
         try:
             endpoint = listen_endpoint(self.reactor, s.listen)

@@ -691,19 +691,9 @@ class BankWorker(service.Service):
         )
         await self.authority.open()
         self.connections = ConnectionDrain(self.reactor)
-        self.factory = OTPServerFactory(
-            ServerIdentity(credentials.key, credentials.chain, credentials.root),
-            self.authority,
-            suites=usable,
-            allowed_clients=c.allowed_clients,
-            crl=crl,
-            timeout_seconds=c.timeout,
-            first_message_timeout=c.first_message_timeout,
-            log_transactions=c.log_transactions,
-            max_connections=c.max_connections,
-            max_per_address=c.max_per_address,
-            connections=self.connections,
-            events=self.events,
+        self.factory = OTPServerFactory.from_options(
+            ServerIdentity(credentials.key, credentials.chain, credentials.root), self.authority, usable, crl, c,
+            events=self.events, connections=self.connections,
         )
         if self.events is not None:
             factory = self.factory
