@@ -92,8 +92,8 @@ class Options(PartyOptions):
          "Every server of one database needs a copy of the same file.", Path],
         ["workers", None, 1,
          "Worker processes serving sessions on the one listening socket (1: this process serves them). "
-         "With more, this process only enrolls, refreshes the CRL, renews and restarts workers; "
-         "--max-connections and --max-per-address are then per worker.", positive_int],
+         "With more, this process only enrolls, refreshes the CRL, renews, prunes, serves --metrics for all "
+         "and restarts workers; --max-connections and --max-per-address are then per worker.", positive_int],
         ["otp-retention", None, DEFAULT_OTP_RETENTION,
          "How long an OTP's record is kept past its expiry before a background prune deletes it "
          "(records the lockout rule still reads are kept): 1d, 12h (a bare number is seconds).", seconds],
