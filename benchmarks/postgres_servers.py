@@ -34,7 +34,7 @@ from tests.postgres_cluster import PostgresCluster, find_binaries  # noqa: E402
 
 def postgres_cpu(cluster: PostgresCluster) -> float:
     """utime + stime of the postmaster and every process it forked (the backends, the writers)."""
-    postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
+    postmaster = cluster.postmaster_pid()
     total = base.cpu_seconds(postmaster)
     for entry in os.listdir("/proc"):
         if entry.isdigit():

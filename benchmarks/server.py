@@ -123,29 +123,13 @@ def idle_rss_per_connection(pid: int, port: int, count: int) -> float:
     return (after - before) / count
 
 
-def listen_queue(port: int) -> int | None:
-    """Connections waiting in the accept queue of the socket listening on ``port`` (Linux: the
-    rx_queue field /proc/net/tcp gives a listening socket is its accept backlog), or None if
-    no such socket is listed."""
-    suffix = f":{port:04X}"
-    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(path) as table:
-                next(table)
-                for line in table:
-                    fields = line.split()
-                    if fields[3] == "0A" and fields[1].endswith(suffix):
-                        return int(fields[4].split(":")[1], 16)
-        except OSError:
-            continue
-    return None
-
-
 def burst_ms(port: int, count: int) -> float:
     """Milliseconds from ``count`` connects started at once until the server has accepted every
     one: each connect completed (a backlog overflow shows as a 1 s SYN retransmit) and then the
-    listening socket's accept queue empty, read from /proc/net/tcp (so the daemon's own
-    accept() calls are in it, not only the kernel's handshakes). Prints both times."""
+    listening socket's accept queue empty (``tests.processes.listen_backlog``, from /proc/net/tcp),
+    so the daemon's own accept() calls are in it, not only the kernel's handshakes. Prints both times."""
+    from tests.processes import listen_backlog
+
     selector = selectors.DefaultSelector()
     sockets = []
     start = time.perf_counter()
@@ -162,10 +146,10 @@ def burst_ms(port: int, count: int) -> float:
             selector.unregister(key.fileobj)
             pending -= 1
     connected = time.perf_counter()
-    queued = listen_queue(port)
+    queued = listen_backlog(port)
     while queued and time.perf_counter() < deadline:
         time.sleep(0.0005)
-        queued = listen_queue(port)
+        queued = listen_backlog(port)
     accepted = time.perf_counter()
     for s in sockets:
         s.close()

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shutil
@@ -250,7 +251,7 @@ def run_one(work: Path, target: dict[str, Any], args: argparse.Namespace, tag: s
         "rate": done / result["elapsed"], "server_us": server_us,
         "supervisor_us": (own_after - own_before) / max(done, 1) * 1e6 if workers > 1 else float("nan"),
         "load_us": load_us, "bound": bound, "cores": cores,
-        "postgres_us": postgres_s / max(done, 1) * 1e6 if postgres else float("nan"),
+        "postgres_us": postgres_s / max(done, 1) * 1e6 if postgres else math.nan,
         "switches": (switches_after - switches_before) / max(done, 1) if switches_before >= 0 else float("nan"),
         "shares": {k: v / max(1, sum(shares.values())) for k, v in sorted(shares.items())},
     }
@@ -289,7 +290,7 @@ def median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
     row = dict(rows[0])
     for key in ("rate", "server_us", "supervisor_us", "load_us", "bound", "switches"):
         row[key] = statistics.median(r[key] for r in rows)
-    row["postgres_us"] = statistics.median(r.get("postgres_us", float("nan")) for r in rows)
+    row["postgres_us"] = statistics.median(r.get("postgres_us", math.nan) for r in rows)
     row["sessions"], row["failed"] = sum(r["sessions"] for r in rows), sum(r["failed"] for r in rows)
     pooled: dict[str, float] = {}
     for r in rows:
@@ -411,7 +412,7 @@ def poll_for(condition: Any, seconds: float) -> None:
 def render(row: dict[str, Any]) -> str:
     shares = ", ".join(f"{'worker ' + k if k != '-' else 'one process'} {v:.0%}" for k, v in row["shares"].items())
     supervisor = f" (supervisor {row['supervisor_us']:.0f})" if row["workers"] > 1 else ""
-    if row.get("postgres_us", float("nan")) == row.get("postgres_us"):  # not nan: PostgreSQL's share
+    if not math.isnan(row.get("postgres_us", math.nan)):  # --postgres: PostgreSQL's share
         supervisor += f" (PostgreSQL {row['postgres_us']:.0f})"
     return (f"--workers {row['workers']}: {row['sessions']} sessions, {row['rate']:.1f} sessions/s; server CPU "
             f"{row['server_us']:.0f} us/session{supervisor}, {row['switches']:.1f} context switches/session; "
@@ -438,7 +439,7 @@ def lock_waits_line(workers: int, waits: tuple[int, int, float]) -> str:
     if not transactions:
         return f"--workers {workers}: no SQLite OTP store logged its transactions (with --postgres, none has one)"
     return (f"--workers {workers}: {waited} of {transactions} OTP group transactions "
-            f"({waited / max(transactions, 1):.1%}) waited over 1 ms for the write lock, {ms:.0f} ms in all, "
+            f"({waited / transactions:.1%}) waited over 1 ms for the write lock, {ms:.0f} ms in all, "
             f"over the whole run of this server (with one process alone on the file, what shows is Python's "
             f"own lock handed back late)")
 
@@ -473,7 +474,7 @@ def workers_mode(work: Path, ttp_dir: Path, ttp: str, fingerprint: str, args: ar
                 raise SystemExit("--postgres: no PostgreSQL server binaries on PATH or in /usr/lib/postgresql/*/bin")
             cluster = PostgresCluster(binaries)
             cluster.start(fsync=True)
-            postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
+            postmaster = cluster.postmaster_pid()
             print(f"OTP store: PostgreSQL {binaries} (fsync on), one database per server; its CPU (the "
                   f"postmaster and its backends) is counted in the server's", flush=True)
         for n in counts:

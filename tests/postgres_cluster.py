@@ -102,6 +102,10 @@ class PostgresCluster:
         finally:
             shutil.rmtree(self.base, ignore_errors=True)
 
+    def postmaster_pid(self) -> int:
+        """The running server's main process (the first line of its ``postmaster.pid``)."""
+        return int((self.data / "postmaster.pid").read_text().split()[0])
+
     def url(self, database: str = "postgres") -> str:
         """A libpq URL for ``database`` over the unix socket (no password: ``-A trust``)."""
         return f"postgresql://{SUPERUSER}@/{database}?host={self.socket_dir}&port={self.port}"

@@ -98,6 +98,18 @@ def metrics_port(log: str) -> int | None:
     return int(match.group("port")) if match else None
 
 
+def listen_backlog(port: int) -> int | None:
+    """How many connections wait in the accept queue of the IPv4 loopback socket listening on
+    ``port`` (Linux: the listening socket's rx_queue in /proc/net/tcp), or None if none listens.
+    The process tests and ``benchmarks.server``'s burst both read it here."""
+    local = f"0100007F:{port:04X}"
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == local and fields[3] == "0A":  # 0A: LISTEN
+            return int(fields[4].split(":")[1], 16)
+    return None
+
+
 def poll(condition: Callable[[], object], seconds: float, interval: float = 0.05) -> bool:
     """Call ``condition`` until it returns a true value or ``seconds`` pass; whether it did."""
     deadline = time.monotonic() + seconds

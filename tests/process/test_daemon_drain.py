@@ -26,7 +26,7 @@ from twisted.protocols.portforward import ProxyFactory
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from tests.processes import TLSOTP, TWISTD, subprocess_env
+from tests.processes import TLSOTP, TWISTD, listen_backlog, subprocess_env
 from tests.test_ttp_fixtures import mint_token, reactor
 from tests.unit.test_daemon_services import refused
 from tlsotp.pki.credentials import RootPin
@@ -114,14 +114,11 @@ def start_ttp(testcase: unittest.TestCase, ttp_dir: Path) -> tuple[str, str]:
 
 
 def accept_backlog(port: int) -> int:
-    """How many connections wait in the accept queue of the IPv4 loopback socket listening on
-    ``port`` (Linux: the listening socket's rx_queue in /proc/net/tcp)."""
-    local = f"0100007F:{port:04X}"
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[1] == local and fields[3] == "0A":  # 0A: LISTEN
-            return int(fields[4].split(":")[1], 16)
-    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
+    """``tests.processes.listen_backlog``, failing the test when nothing listens on ``port``."""
+    backlog = listen_backlog(port)
+    if backlog is None:
+        raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
+    return backlog
 
 
 async def until_accepted(port: int) -> None:

@@ -95,3 +95,20 @@ class DoneMeansTests(unittest.TestCase):
         self.assertEqual(got["TTP enrollment CPU vs its signing floor"], "reached")
         got = verdicts(figures(ttp=[("50 sequential", float("nan"))]))  # --enrollments 0
         self.assertEqual(got["TTP enrollment CPU vs its signing floor"], "not measured")
+
+
+class LockWaitLinesTests(unittest.TestCase):
+    """benchmarks.workers reads the lock-wait line each OTP store logs as it closes: the
+    benchmark's pattern and the store's wording must not drift apart (a line it no longer
+    matches would read as "no SQLite store")."""
+
+    def test_the_stores_own_line_is_summed(self) -> None:
+        from benchmarks.workers import lock_waits_in
+        from tlsotp.services.sqlite_worker import LockWaits
+
+        waits = LockWaits()
+        for seconds in (0.0001, 0.005, 0.0002, 0.020):
+            waits.record(seconds)
+        log = (f"2026-12-04T20:00:00+0000 [worker 1] worker 1 (pid 7): OTP store /d/otp.sqlite3: {waits.summary()}\n"
+               f"2026-12-04T20:00:01+0000 [-] OTP store /d/otp.sqlite3: {LockWaits().summary()}\n")
+        self.assertEqual(lock_waits_in(log), (2, 4, 25.0))

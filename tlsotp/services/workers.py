@@ -393,16 +393,19 @@ def decode_events(line: str) -> tuple[list[tuple[str, tuple[Any, ...]]], int] | 
         if not isinstance(event, list) or not event or event[0] not in EVENT_KINDS:
             return None
         method, types = EVENT_KINDS[event[0]]
-        arguments = tuple(event[1:])
-        if len(arguments) != len(types):
+        if len(event) - 1 != len(types):
             return None
-        for value, kind in zip(arguments, types):
+        arguments: list[Any] = []
+        for value, kind in zip(event[1:], types):
             if kind is float:
                 if type(value) not in (int, float) or not 0 <= value < 1e9:
                     return None
+                arguments.append(float(value))
             elif not isinstance(value, str) or len(value) > MAX_LABEL:
                 return None
-        calls.append((method, tuple(float(v) if k is float else v for v, k in zip(arguments, types))))
+            else:
+                arguments.append(value)
+        calls.append((method, tuple(arguments)))
     return calls, open_now
 
 
@@ -560,7 +563,7 @@ class WorkerSupervisor(BankServerService):
             slot.first_ready.callback(None)
 
     def worker_events(
-        self, slot: WorkerSlot, calls: list[tuple[str, tuple[Any, ...]]], open_now: int, *, current: bool = True
+        self, slot: WorkerSlot, calls: list[tuple[str, tuple[Any, ...]]], open_now: int, *, current: bool
     ) -> None:
         """A worker's sessions' events (``--metrics``): counted by this process's ``BankMetrics``
         (the events of its own factory, which serves no session), whose open-connection gauge
@@ -573,15 +576,19 @@ class WorkerSupervisor(BankServerService):
             getattr(events, method)(*arguments)
         if current:
             slot.open_connections = open_now
-            self.factory.open_connections = sum(s.open_connections for s in self.slots)
+            self._count_open_connections()
+
+    def _count_open_connections(self) -> None:
+        """The supervisor's factory (serving nothing) shows every worker's last count, summed."""
+        if self.factory is not None:
+            self.factory.open_connections = sum(slot.open_connections for slot in self.slots)
 
     def worker_ended(self, slot: WorkerSlot, process: WorkerProcess, how: str) -> None:
         if slot.process is not process:
             return
         slot.process, slot.ready = None, False
         slot.open_connections = 0  # its connections died with it
-        if self.factory is not None:
-            self.factory.open_connections = sum(s.open_connections for s in self.slots)
+        self._count_open_connections()
         if self.stopping_workers:
             return
         if not slot.first_ready.called:  # never served during start-up: the whole start fails
