@@ -79,6 +79,7 @@ import psutil
 
 from benchmarks.daemon_vs_tls import SELF, TWISTD, free_port, load, percentile, spawn, stop, tlsotp, wait_listening
 from benchmarks.verdict import done_means, median, per_repetition
+from benchmarks.workers import tree_cpu as workers_tree_cpu
 from tlsotp.otp.store import CACHE_SIZE_KIB
 from tlsotp.services.otp_authority import DATABASE_FILE
 
@@ -93,16 +94,9 @@ COLUMNS = ("concurrent", "server", "server CPU us/session", "sessions/s", "p50 m
 
 
 def tree_cpu(pid: int) -> float:
-    """User + system CPU seconds of a process and all its live descendants."""
-    root = psutil.Process(pid)
-    total = 0.0
-    for process in [root, *root.children(recursive=True)]:
-        try:
-            times = process.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
-    return total
+    """User + system CPU seconds of a process and all its live descendants (the one count the
+    workers mode uses too: ``benchmarks.workers.tree_cpu``)."""
+    return workers_tree_cpu(pid)[0]
 
 
 def tree_rss(pid: int) -> int:
@@ -880,7 +874,7 @@ def run_daemons(args: argparse.Namespace, key_types: list[str], work: Path, star
         if "workers" not in args.skip:
             for process in processes[1:]:  # only the TTP goes on: a quiet machine for the workers
                 stop(process)
-            figures["workers"], figures["lock_waits"], lost = run_workers_mode(
+            figures["workers"], figures["lock_waits"], figures["corun"], lost = run_workers_mode(
                 work / "workers", work / "ttp", ttp, fingerprint, args)
             failed = failed or lost
         return failed
@@ -890,13 +884,16 @@ def run_daemons(args: argparse.Namespace, key_types: list[str], work: Path, star
 
 
 def run_workers_mode(work: Path, ttp_dir: Path, ttp: str, fingerprint: str, args: argparse.Namespace
-                     ) -> tuple[dict[int, list[dict[str, Any]]], dict[int, tuple[int, int, float]], bool]:
+                     ) -> tuple[dict[int, list[dict[str, Any]]], dict[int, tuple[int, int, float]],
+                                tuple[float, float], bool]:
     """``benchmarks.workers``' saturating rounds (no paced ones) for ``--workers-scan``, printed
-    with its medians; the runs per worker count, the OTP store's lock waits per worker count
-    (``benchmarks.workers.lock_waits_in``) and whether any session failed."""
+    with its medians, then its co-run probe (the machine's own contention, with nothing shared);
+    the runs per worker count, the OTP store's lock waits per worker count
+    (``benchmarks.workers.lock_waits_in``), the probe's CPU alone and beside a copy per core, and
+    whether any session failed."""
     import os
 
-    from benchmarks.workers import report, workers_mode
+    from benchmarks.workers import corun_cpu, corun_line, report, workers_mode
 
     work.mkdir()
     print()
@@ -908,7 +905,9 @@ def run_workers_mode(work: Path, ttp_dir: Path, ttp: str, fingerprint: str, args
     print()
     print(f"medians of {args.repetitions} interleaved repetition(s), saturating load:")
     report([int(n) for n in args.workers_scan.split(",")], runs)
-    return runs, waits, failed
+    corun = corun_cpu()
+    print(corun_line(*corun), flush=True)
+    return runs, waits, corun, failed
 
 
 def median_of(rows: list[dict[str, Any]], key_type: str, kind: str, level: int, field: str = "cpu_us") -> float:

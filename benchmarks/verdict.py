@@ -109,9 +109,10 @@ def done_means(figures: dict[str, Any], args: argparse.Namespace, elapsed: float
     measured_ttp = [(label, cpu) for label, cpu in ttp if cpu == cpu]  # nan: --enrollments 0
     if measured_ttp and ttp_floor:
         best = min(cpu for _, cpu in measured_ttp)
+        bound = f"; bound: floor + a bare Twisted server = {(ttp_floor + bare) / ttp_floor:.2f}x" if bare else ""
         line("TTP enrollment CPU vs its signing floor", "<= 2x",
              "; ".join(f"{label} {cpu / ttp_floor:.2f}x" for label, cpu in measured_ttp)
-             + f" (floor {ttp_floor:.0f} us)", best / ttp_floor <= 2.0)
+             + f" (floor {ttp_floor:.0f} us){bound}", best / ttp_floor <= 2.0)
     else:
         line("TTP enrollment CPU vs its signing floor", "<= 2x", "-", None)
     runs: dict[int, list[dict[str, Any]]] | None = figures.get("workers")
@@ -128,9 +129,15 @@ def done_means(figures: dict[str, Any], args: argparse.Namespace, elapsed: float
         # The control: the load generators' work per session is the same beside one worker and two,
         # so its ratio is what the machine's drift and contention did to every process meanwhile.
         control = two["load_us"] / one["load_us"]
+        # Beside it, what the machine charges with nothing shared: the same CPU-bound work in one
+        # process per core at once against one alone (``benchmarks.workers.corun_cpu``).
+        corun = figures.get("corun")
+        probe = f"; the machine alone (the same work in 2 processes at once) {corun[1] / corun[0]:.2f}x" if corun else ""
+        without = (two["server_us"] - two["supervisor_us"]) / one["server_us"]
         line("--workers 2: server CPU/session vs one worker's", "<= 1.1x",
-             f"{cpu:.2f}x ({two['server_us']:.0f} vs {one['server_us']:.0f} us; per repetition {reps}); the "
-             f"control, the load generators' unchanged work, {control:.2f}x", cpu <= 1.1)
+             f"{cpu:.2f}x ({two['server_us']:.0f} vs {one['server_us']:.0f} us; per repetition {reps}; "
+             f"{without:.2f}x without the supervisor's {two['supervisor_us']:.0f} us); the control, the load "
+             f"generators' unchanged work, {control:.2f}x{probe}", cpu <= 1.1)
         waits: dict[int, tuple[int, int, float]] = figures.get("lock_waits", {})
         if 1 in waits and 2 in waits:
             # The issue's "no lock waits": one process alone on the file is the reading's own floor

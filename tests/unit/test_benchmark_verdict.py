@@ -96,6 +96,20 @@ class DoneMeansTests(unittest.TestCase):
         got = verdicts(figures(ttp=[("50 sequential", float("nan"))]))  # --enrollments 0
         self.assertEqual(got["TTP enrollment CPU vs its signing floor"], "not measured")
 
+    def test_unreached_lines_print_the_bound_the_machine_sets_beside_them(self) -> None:
+        args = argparse.Namespace(bare_tcp_us=100.0, soak_warmup=20_000)
+        run = figures(corun=(0.100, 0.109), workers={
+            1: [workers_run(1, 1000, 800, 1000, {"-": 1.0})] * 3,
+            2: [dict(workers_run(2, 1150, 900, 1000, {"1": 0.5, "2": 0.5}), supervisor_us=60.0)] * 3})
+        printed = {what: text for what, _, text, _ in done_means(run, args, 200.0, False)}
+        # The TTP's floor is 200 us: + a 100 us bare Twisted server = 1.50x.
+        self.assertIn("bound: floor + a bare Twisted server = 1.50x",
+                      printed["TTP enrollment CPU vs its signing floor"])
+        workers_cpu = printed["--workers 2: server CPU/session vs one worker's"]
+        self.assertIn("1.15x (1150 vs 1000 us", workers_cpu)
+        self.assertIn("1.09x without the supervisor's 60 us", workers_cpu)
+        self.assertIn("the machine alone (the same work in 2 processes at once) 1.09x", workers_cpu)
+
 
 class LockWaitLinesTests(unittest.TestCase):
     """benchmarks.workers reads the lock-wait line each OTP store logs as it closes: the
