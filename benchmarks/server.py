@@ -4,7 +4,7 @@
     python -m benchmarks.server [--concurrency 1,50,200] [--key-type ec-p256,rsa-2048] [--rsa-concurrency 50]
                                 [--suite NAME] [--sessions 1000] [--repetitions 3] [--soak 10000] [--plot FILE]
                                 [--workers N] [--workers-scan 1,2] [--workers-sessions 3000]
-                                [--skip workers,otp-store,cross-worker-test] [--quick]
+                                [--skip workers,otp-store,cross-worker-test,refresh-test] [--quick]
     python -m benchmarks.server --otp-store [--otp-store-rows 10000,100000,1000000]
 
 Starts a TTP and, per ``--key-type`` (certificates of that type for server and client, from the
@@ -44,10 +44,11 @@ matplotlib is installed.
 Then, in the same run, unless ``--skip`` names them: the workers mode (``benchmarks.workers``'
 saturating rounds for ``--workers-scan``, interleaved, ``--workers-sessions`` sessions each, with
 only the TTP left running), the OTP store benchmark below at ``--otp-store-rows``, and the
-suite's cross-worker single-use test (``CROSS_WORKER_TEST``, run by trial). Last, issue 12's
-"Done means" line by line (``benchmarks.verdict``): asked, printed, reached or not. Exits 1 if
-any session, enrollment, soak chunk or workers-mode session failed, or the cross-worker test did
-(a figure not reached does not change the exit status).
+suite's cross-worker single-use test (``CROSS_WORKER_TEST``) and its test that CRL refreshes and
+renewals run once, in the supervisor, with ``--workers 2`` (``REFRESH_TEST``), each run by trial.
+Last, issue 12's "Done means" line by line (``benchmarks.verdict``): asked, printed, reached or
+not. Exits 1 if any session, enrollment, soak chunk or workers-mode session failed, or either
+test did (a figure not reached does not change the exit status).
 
 ``--otp-store`` runs only the store benchmark: ``tlsotp.otp.store`` issue + confirm on a real
 SQLite file (``configure_connection``) filled to each of ``--otp-store-rows`` rows (1M rows: about
@@ -86,10 +87,14 @@ from tlsotp.services.otp_authority import DATABASE_FILE
 IDLE_CONNECTIONS = 500
 BURST = 500
 #: The parts of the whole run after the daemons' tables that ``--skip`` can leave out.
-SECTIONS = ("workers", "otp-store", "cross-worker-test")
+SECTIONS = ("workers", "otp-store", "cross-worker-test", "refresh-test")
 #: The cross-worker single-use test (issue 12's Done means), run by the whole run as it is in the suite.
 CROSS_WORKER_TEST = ("tests.process.test_workers.WorkersTests."
                      "test_twenty_parallel_confirmations_of_one_code_over_two_workers_accept_exactly_one")
+#: "No duplicated refreshes" with --workers 2: the suite's test that the CRL refresh and the
+#: certificate renewal run once, in the supervisor, and reach every worker.
+REFRESH_TEST = ("tests.process.test_workers.WorkersTests."
+                "test_crl_refresh_and_renewal_run_once_in_the_supervisor_and_reach_every_worker")
 COLUMNS = ("concurrent", "server", "server CPU us/session", "sessions/s", "p50 ms", "p99 ms", "load gen CPU us/session")
 
 
@@ -528,15 +533,16 @@ def print_otp_store(results: list[tuple[int, float, float, float, float, float, 
           f"{own_last:.0f} us at {last[0]:,} ({own_last / own_first:.2f}x)", flush=True)
 
 
-def cross_worker_test() -> bool:
-    """Run the suite's cross-worker single-use test (two real workers, 20 parallel confirmations
-    of one code, exactly one accepted) as trial runs it; whether it passed."""
+def suite_test(what: str, test: str) -> bool:
+    """Run one of the suite's tests (``CROSS_WORKER_TEST``: two real workers, 20 parallel
+    confirmations of one code, exactly one accepted; ``REFRESH_TEST``) as trial runs it; whether
+    it passed."""
     import subprocess
 
     from benchmarks.daemon_vs_tls import REPO, env
 
-    print(f"cross-worker single-use test: python -m twisted.trial {CROSS_WORKER_TEST}", flush=True)
-    result = subprocess.run([sys.executable, "-m", "twisted.trial", CROSS_WORKER_TEST], cwd=REPO, env=env(),
+    print(f"{what}: python -m twisted.trial {test}", flush=True)
+    result = subprocess.run([sys.executable, "-m", "twisted.trial", test], cwd=REPO, env=env(),
                             capture_output=True, text=True, timeout=300)
     print("\n".join(result.stdout.strip().splitlines()[-3:]), flush=True)
     if result.returncode != 0:
@@ -700,8 +706,12 @@ def main(argv: list[str]) -> int:
             print_otp_store(figures["otp_store"], operations, slices)
         if "cross-worker-test" not in args.skip:
             print()
-            figures["cross_worker_test"] = cross_worker_test()
+            figures["cross_worker_test"] = suite_test("cross-worker single-use test", CROSS_WORKER_TEST)
             failed = failed or not figures["cross_worker_test"]
+        if "refresh-test" not in args.skip:
+            print()
+            figures["refresh_test"] = suite_test("refreshes with --workers 2", REFRESH_TEST)
+            failed = failed or not figures["refresh_test"]
         elapsed = time.perf_counter() - started
         lines = done_means(figures, args, elapsed, failed)
         print()

@@ -155,6 +155,9 @@ def done_means(figures: dict[str, Any], args: argparse.Namespace, elapsed: float
     test = figures.get("cross_worker_test")
     line("cross-worker single use: 20 parallel confirmations over 2 workers", "exactly one accepted",
          "-" if test is None else "passed" if test else "failed", test)
+    test = figures.get("refresh_test")
+    line("--workers 2: no duplicated refreshes", "CRL refresh and renewal once each, in the supervisor",
+         "-" if test is None else "the suite's test passed" if test else "the suite's test failed", test)
     line("the benchmark itself", "< 10 min; non-zero exit if a configuration fails",
          f"{elapsed:.0f} s; exit status {1 if failed else 0}", elapsed < 600)
     return lines

@@ -41,6 +41,7 @@ def figures(**changes: Any) -> dict[str, Any]:
                     2: [workers_run(2, 1050, 900, 1000, {"1": 0.5, "2": 0.5})] * 3},
         "lock_waits": {1: (3, 1000, 5.0), 2: (2, 1000, 4.0)},
         "cross_worker_test": True,
+        "refresh_test": True,
     }
     base.update(changes)
     return base
@@ -56,7 +57,7 @@ class DoneMeansTests(unittest.TestCase):
         got = verdicts(figures())
         # 950 us against a 500 us floor is 1.9x: within 2.0x too.
         self.assertEqual(set(got.values()), {"reached"}, got)
-        self.assertEqual(len(got), 15)
+        self.assertEqual(len(got), 16)
 
     def test_each_threshold_is_crossed_on_the_right_side(self) -> None:
         over = verdicts(figures(
@@ -71,6 +72,7 @@ class DoneMeansTests(unittest.TestCase):
                      2: [workers_run(2, 1150, 790, 1000, {"1": 0.7, "2": 0.3})] * 3},
             lock_waits={1: (3, 1000, 5.0), 2: (270, 1000, 900.0)},
             cross_worker_test=False,
+            refresh_test=False,
         ), elapsed=700.0)
         self.assertEqual(set(over.values()), {"NOT reached"}, over)
 
