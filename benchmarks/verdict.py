@@ -6,7 +6,7 @@ left out (``--skip``, a concurrency level not run) says so instead of guessing. 
 says "flat", this table reads it as: memory grows by less than 1% of the server's RSS over
 the measured soak, and an issue+confirm at the largest OTP store costs at most 1.10x what it
 costs at the smallest. The verdict never changes the exit status, which says only whether every
-configuration ran to completion and the cross-worker test passed.
+configuration ran to completion and the suite tests it runs (cross-worker, refresh) passed.
 """
 
 from __future__ import annotations
