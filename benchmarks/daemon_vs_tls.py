@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import re
+import selectors
 import shutil
 import socket
 import statistics
@@ -67,6 +68,46 @@ def cpu_seconds(pid: int) -> float:
     """utime + stime of one process (fields 14 and 15 of /proc/PID/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def burst_ms(port: int, count: int) -> float:
+    """Milliseconds from ``count`` connects started at once until the server has accepted every
+    one: each connect completed (a backlog overflow shows as a 1 s SYN retransmit) and then the
+    listening socket's accept queue empty (``tests.processes.listen_backlog``, from /proc/net/tcp),
+    so the daemon's own accept() calls are in it, not only the kernel's handshakes. Prints both times."""
+    from tests.processes import listen_backlog
+
+    selector = selectors.DefaultSelector()
+    sockets = []
+    start = time.perf_counter()
+    for _ in range(count):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", port))
+        selector.register(s, selectors.EVENT_WRITE)
+        sockets.append(s)
+    pending = count
+    deadline = start + 30
+    while pending and time.perf_counter() < deadline:
+        for key, _ in selector.select(timeout=1):
+            selector.unregister(key.fileobj)
+            pending -= 1
+    connected = time.perf_counter()
+    queued = listen_backlog(port)
+    while queued and time.perf_counter() < deadline:
+        time.sleep(0.0005)
+        queued = listen_backlog(port)
+    accepted = time.perf_counter()
+    for s in sockets:
+        s.close()
+    selector.close()
+    if pending or queued or queued is None:
+        why = "no listening socket found in /proc/net/tcp" if queued is None else "not all accepted within 30 s"
+        print(f"burst of {count} connects on port {port}: {why}", file=sys.stderr)
+        return float("inf")
+    print(f"burst of {count} connects on port {port}: all connected at {(connected - start) * 1e3:.1f} ms, "
+          f"the accept queue empty (all accepted by the server) at {(accepted - start) * 1e3:.1f} ms", flush=True)
+    return (accepted - start) * 1e3
 
 
 def wait_listening(process: subprocess.Popen[bytes], port: int, what: str, seconds: float = 60) -> None:

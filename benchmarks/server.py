@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import selectors
 import shutil
 import socket
 import sqlite3
@@ -78,8 +77,9 @@ from typing import Any, Sequence
 
 import psutil
 
-from benchmarks.daemon_vs_tls import SELF, TWISTD, free_port, load, percentile, spawn, stop, tlsotp, wait_listening
+from benchmarks.daemon_vs_tls import SELF, TWISTD, burst_ms, free_port, load, percentile, spawn, stop, tlsotp, wait_listening
 from benchmarks.verdict import done_means, median, per_repetition
+from benchmarks.workers import WorkersOutcome
 from benchmarks.workers import tree_cpu as workers_tree_cpu
 from tlsotp.otp.store import CACHE_SIZE_KIB
 from tlsotp.services.otp_authority import DATABASE_FILE
@@ -120,46 +120,6 @@ def idle_rss_per_connection(pid: int, port: int, count: int) -> float:
         for s in sockets:
             s.close()
     return (after - before) / count
-
-
-def burst_ms(port: int, count: int) -> float:
-    """Milliseconds from ``count`` connects started at once until the server has accepted every
-    one: each connect completed (a backlog overflow shows as a 1 s SYN retransmit) and then the
-    listening socket's accept queue empty (``tests.processes.listen_backlog``, from /proc/net/tcp),
-    so the daemon's own accept() calls are in it, not only the kernel's handshakes. Prints both times."""
-    from tests.processes import listen_backlog
-
-    selector = selectors.DefaultSelector()
-    sockets = []
-    start = time.perf_counter()
-    for _ in range(count):
-        s = socket.socket()
-        s.setblocking(False)
-        s.connect_ex(("127.0.0.1", port))
-        selector.register(s, selectors.EVENT_WRITE)
-        sockets.append(s)
-    pending = count
-    deadline = start + 30
-    while pending and time.perf_counter() < deadline:
-        for key, _ in selector.select(timeout=1):
-            selector.unregister(key.fileobj)
-            pending -= 1
-    connected = time.perf_counter()
-    queued = listen_backlog(port)
-    while queued and time.perf_counter() < deadline:
-        time.sleep(0.0005)
-        queued = listen_backlog(port)
-    accepted = time.perf_counter()
-    for s in sockets:
-        s.close()
-    selector.close()
-    if pending or queued or queued is None:
-        why = "no listening socket found in /proc/net/tcp" if queued is None else "not all accepted within 30 s"
-        print(f"burst of {count} connects on port {port}: {why}", file=sys.stderr)
-        return float("inf")
-    print(f"burst of {count} connects on port {port}: all connected at {(connected - start) * 1e3:.1f} ms, "
-          f"the accept queue empty (all accepted by the server) at {(accepted - start) * 1e3:.1f} ms", flush=True)
-    return (accepted - start) * 1e3
 
 
 #: What each ``--key-type`` of the run means: the tlsotp suite its client offers (None: every
@@ -884,9 +844,9 @@ def run_daemons(args: argparse.Namespace, key_types: list[str], work: Path, star
         if "workers" not in args.skip:
             for process in processes[1:]:  # only the TTP goes on: a quiet machine for the workers
                 stop(process)
-            figures["workers"], figures["lock_waits"], figures["corun"], lost = run_workers_mode(
-                work / "workers", work / "ttp", ttp, fingerprint, args)
-            failed = failed or lost
+            outcome, figures["corun"] = run_workers_mode(work / "workers", work / "ttp", ttp, fingerprint, args)
+            figures.update(workers=outcome.runs, lock_waits=outcome.lock_waits, worker_bursts=outcome.bursts)
+            failed = failed or outcome.failed
         return failed
     finally:
         for process in reversed(processes):
@@ -894,13 +854,11 @@ def run_daemons(args: argparse.Namespace, key_types: list[str], work: Path, star
 
 
 def run_workers_mode(work: Path, ttp_dir: Path, ttp: str, fingerprint: str, args: argparse.Namespace
-                     ) -> tuple[dict[int, list[dict[str, Any]]], dict[int, tuple[int, int, float]],
-                                tuple[float, float], bool]:
-    """``benchmarks.workers``' saturating rounds (no paced ones) for ``--workers-scan``, printed
-    with its medians, then its co-run probe (the machine's own contention, with nothing shared);
-    the runs per worker count, the OTP store's lock waits per worker count
-    (``benchmarks.workers.lock_waits_in``), the probe's CPU alone and beside a copy per core, and
-    whether any session failed."""
+                     ) -> tuple[WorkersOutcome, tuple[float, float]]:
+    """``benchmarks.workers``' burst and saturating rounds (no paced ones) for
+    ``--workers-scan``, printed with its medians, then its co-run probe (the machine's own
+    contention, with nothing shared): what it measured, and the probe's CPU alone and beside a
+    copy per core."""
     import os
 
     from benchmarks.workers import corun_cpu, corun_line, report, workers_mode
@@ -911,13 +869,13 @@ def run_workers_mode(work: Path, ttp_dir: Path, ttp: str, fingerprint: str, args
     options = argparse.Namespace(workers=args.workers_scan, sessions=args.workers_sessions,
                                  repetitions=args.repetitions, concurrency=50, load_processes=os.cpu_count() or 1,
                                  paced=0.0)
-    runs, _, _, failed, waits = workers_mode(work, ttp_dir, ttp, fingerprint, options)
+    outcome = workers_mode(work, ttp_dir, ttp, fingerprint, options)
     print()
     print(f"medians of {args.repetitions} interleaved repetition(s), saturating load:")
-    report([int(n) for n in args.workers_scan.split(",")], runs)
+    report([int(n) for n in args.workers_scan.split(",")], outcome.runs)
     corun = corun_cpu()
     print(corun_line(*corun), flush=True)
-    return runs, waits, corun, failed
+    return outcome, corun
 
 
 def median_of(rows: list[dict[str, Any]], key_type: str, kind: str, level: int, field: str = "cpu_us") -> float:

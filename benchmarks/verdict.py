@@ -76,10 +76,12 @@ def done_means(figures: dict[str, Any], args: argparse.Namespace, elapsed: float
     extras: dict[tuple[str, str], tuple[float, float]] = figures.get("extras", {})
     mine_extras = {key: value for (key, kind), value in extras.items() if kind == "tlsotp"}
     if mine_extras:
-        worst_burst = max(ms for _, ms in mine_extras.values())
+        # The daemons' bursts, and the workers mode's (one listening socket shared by the workers).
+        bursts = [(key, ms) for key, (_, ms) in mine_extras.items()]
+        bursts += [(f"--workers {n}", ms) for n, ms in figures.get("worker_bursts", {}).items()]
         worst_idle = max(rss for rss, _ in mine_extras.values())
         line("500 connects in a burst, all accepted", "within 100 ms",
-             "; ".join(f"{key} {ms:.0f} ms" for key, (_, ms) in mine_extras.items()), worst_burst <= 100)
+             "; ".join(f"{key} {ms:.0f} ms" for key, ms in bursts), max(ms for _, ms in bursts) <= 100)
         line("RSS per idle connection (500 open)", "<= 8 KB",
              "; ".join(f"{key} {rss / 1024:.1f} KiB" for key, (rss, _) in mine_extras.items()), worst_idle <= IDLE_BYTES)
     points: list[tuple[int, int, int]] = figures.get("points", [])

@@ -49,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -56,7 +57,17 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 if __package__ in (None, ""):  # run as a script (python benchmarks/workers.py): the checkout is not on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.daemon_vs_tls import REPO, TWISTD, env, free_port, spawn, stop, tlsotp, wait_listening  # noqa: E402
+from benchmarks.daemon_vs_tls import (  # noqa: E402
+    REPO,
+    TWISTD,
+    burst_ms,
+    env,
+    free_port,
+    spawn,
+    stop,
+    tlsotp,
+    wait_listening,
+)
 
 SELF = [sys.executable, str(Path(__file__).resolve())]
 #: What the server logs once per session served (the transaction itself is never logged).
@@ -444,14 +455,29 @@ def lock_waits_line(workers: int, waits: tuple[int, int, float]) -> str:
             f"own lock handed back late)")
 
 
+#: Connects in the burst each server takes before its measured runs (as ``benchmarks.server``'s).
+BURST = 500
+
+
+@dataclass
+class WorkersOutcome:
+    """What ``workers_mode`` measured, per worker count."""
+
+    runs: dict[int, list[dict[str, Any]]]  # the saturating rounds
+    paced: dict[int, list[dict[str, Any]]]  # the paced ones (empty without --paced)
+    pace: float  # their rate in sessions/s, or 0
+    failed: bool  # whether any session failed
+    lock_waits: dict[int, tuple[int, int, float]]  # the OTP store's, over the server's whole run
+    bursts: dict[int, float]  # ms until a burst of BURST connects was all accepted
+
+
 def workers_mode(work: Path, ttp_dir: Path, ttp: str, fingerprint: str, args: argparse.Namespace
-                 ) -> tuple[dict[int, list[dict[str, Any]]], dict[int, list[dict[str, Any]]], float, bool,
-                            dict[int, tuple[int, int, float]]]:
+                 ) -> WorkersOutcome:
     """The whole measurement against a running TTP (``ttp_dir`` its data dir, for tokens): a
-    client enrolled into ``work``, a server per worker count of ``args.workers``, the saturating
-    rounds, then (``args.paced``) the paced ones. Returns (saturating runs, paced runs, the
-    pace in sessions/s or 0, whether any session failed, and per worker count the OTP store's
-    lock waits over that server's whole run, read from its log once it stopped; printed here).
+    client enrolled into ``work``, a server per worker count of ``args.workers``, a burst of
+    ``BURST`` connects at each (timed until all were accepted; the shared listening socket's
+    one accept queue), the saturating rounds, then (``args.paced``) the paced ones. The lock
+    waits are read from each server's log once it stopped; all printed here.
     ``benchmarks.server`` runs it too."""
     counts = [int(n) for n in args.workers.split(",")]
     client_token = tlsotp("ttp", "token", "--data-dir", str(ttp_dir), "--name", "alice.example",
@@ -483,6 +509,11 @@ def workers_mode(work: Path, ttp_dir: Path, ttp: str, fingerprint: str, args: ar
             else:
                 targets.append(start_server(work, ttp_dir, ttp, fingerprint, n, args,
                                             ("--database", cluster.create_database(f"workers{n}")), postmaster))
+        bursts: dict[int, float] = {}
+        for target in targets:
+            print(f"--workers {target['workers']}: ", end="", flush=True)
+            bursts[target["workers"]] = burst_ms(target["port"], BURST)
+        time.sleep(1.0)  # the servers see the burst's connections close before anything is measured
         runs, failed_saturating = run_rounds(work, targets, args, "", 0.0)
         pace = args.paced * statistics.median(r["rate"] for r in runs[counts[0]]) if args.paced else 0.0
         # The same rate for every worker count.
@@ -496,7 +527,7 @@ def workers_mode(work: Path, ttp_dir: Path, ttp: str, fingerprint: str, args: ar
     print()
     for n, found in waits.items():
         print(lock_waits_line(n, found), flush=True)
-    return runs, paced, pace, failed_saturating or failed_paced, waits
+    return WorkersOutcome(runs, paced, pace, failed_saturating or failed_paced, waits, bursts)
 
 
 def main(argv: list[str]) -> int:
@@ -531,7 +562,8 @@ def main(argv: list[str]) -> int:
                                 "--data-dir", str(work / "ttp"), "--listen", f"tcp:{ttp_port}:interface=127.0.0.1"],
                                work / "ttp.out"))
         wait_listening(processes[-1], ttp_port, "the TTP")
-        runs, paced, pace, failed, _ = workers_mode(work, work / "ttp", ttp, fingerprint, args)
+        outcome = workers_mode(work, work / "ttp", ttp, fingerprint, args)
+        runs, paced, pace = outcome.runs, outcome.paced, outcome.pace
         print()
         print(f"medians of {args.repetitions} interleaved repetition(s), saturating load:")
         report(counts, runs)
@@ -543,7 +575,7 @@ def main(argv: list[str]) -> int:
             report(counts, paced)
         print()
         print(corun_line(*corun_cpu()), flush=True)
-        return 1 if failed else 0
+        return 1 if outcome.failed else 0
     finally:
         for process in reversed(processes):
             stop(process)

@@ -112,6 +112,14 @@ class DoneMeansTests(unittest.TestCase):
         self.assertIn("1.09x without the supervisor's 60 us", workers_cpu)
         self.assertIn("the machine alone (the same work in 2 processes at once) 1.09x", workers_cpu)
 
+    def test_a_burst_the_workers_mode_took_too_long_fails_the_burst_line(self) -> None:
+        line = "500 connects in a burst, all accepted"
+        self.assertEqual(verdicts(figures(worker_bursts={1: 30.0, 2: 60.0}))[line], "reached")
+        self.assertEqual(verdicts(figures(worker_bursts={1: 30.0, 2: 150.0}))[line], "NOT reached")
+        args = argparse.Namespace(bare_tcp_us=100.0, soak_warmup=20_000)
+        printed = {what: text for what, _, text, _ in done_means(figures(worker_bursts={2: 60.0}), args, 200.0, False)}
+        self.assertEqual(printed[line], "ec-p256 20 ms; --workers 2 60 ms")
+
 
 class LockWaitLinesTests(unittest.TestCase):
     """benchmarks.workers reads the lock-wait line each OTP store logs as it closes: the
