@@ -77,7 +77,7 @@ from typing import Any, Sequence
 
 import psutil
 
-from benchmarks.daemon_vs_tls import SELF, TWISTD, burst_ms, free_port, load, percentile, spawn, stop, tlsotp, wait_listening
+from benchmarks.daemon_vs_tls import BURST, SELF, TWISTD, burst_ms, free_port, load, percentile, spawn, stop, tlsotp, wait_listening
 from benchmarks.verdict import done_means, median, per_repetition
 from benchmarks.workers import WorkersOutcome
 from benchmarks.workers import tree_cpu as workers_tree_cpu
@@ -85,7 +85,6 @@ from tlsotp.otp.store import CACHE_SIZE_KIB
 from tlsotp.services.otp_authority import DATABASE_FILE
 
 IDLE_CONNECTIONS = 500
-BURST = 500
 #: The parts of the whole run after the daemons' tables that ``--skip`` can leave out.
 SECTIONS = ("workers", "otp-store", "cross-worker-test", "refresh-test")
 #: The cross-worker single-use test (issue 12's Done means), run by the whole run as it is in the suite.

@@ -58,6 +58,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 if __package__ in (None, ""):  # run as a script (python benchmarks/workers.py): the checkout is not on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.daemon_vs_tls import (  # noqa: E402
+    BURST,
     REPO,
     TWISTD,
     burst_ms,
@@ -453,10 +454,6 @@ def lock_waits_line(workers: int, waits: tuple[int, int, float]) -> str:
             f"({waited / transactions:.1%}) waited over 1 ms for the write lock, {ms:.0f} ms in all, "
             f"over the whole run of this server (with one process alone on the file, what shows is Python's "
             f"own lock handed back late)")
-
-
-#: Connects in the burst each server takes before its measured runs (as ``benchmarks.server``'s).
-BURST = 500
 
 
 @dataclass
