@@ -76,12 +76,16 @@ def done_means(figures: dict[str, Any], args: argparse.Namespace, elapsed: float
     extras: dict[tuple[str, str], tuple[float, float]] = figures.get("extras", {})
     mine_extras = {key: value for (key, kind), value in extras.items() if kind == "tlsotp"}
     if mine_extras:
-        # The daemons' bursts, and the workers mode's (one listening socket shared by the workers).
-        bursts = [(key, ms) for key, (_, ms) in mine_extras.items()]
-        bursts += [(f"--workers {n}", ms) for n, ms in figures.get("worker_bursts", {}).items()]
+        # The daemons' bursts (each after the idle-connection test's 500 connections), and the
+        # workers mode's second burst (one listening socket shared by the workers), its first
+        # beside it: the first 500 connections a fresh process takes also grow its heap.
+        bursts = [(key, ms, "") for key, (_, ms) in mine_extras.items()]
+        worker_bursts: dict[int, tuple[float, float]] = figures.get("worker_bursts", {})
+        bursts += [(f"--workers {n}", second, f" (first after start {first:.0f} ms)")
+                   for n, (first, second) in worker_bursts.items()]
         worst_idle = max(rss for rss, _ in mine_extras.values())
         line("500 connects in a burst, all accepted", "within 100 ms",
-             "; ".join(f"{key} {ms:.0f} ms" for key, ms in bursts), max(ms for _, ms in bursts) <= 100)
+             "; ".join(f"{key} {ms:.0f} ms{note}" for key, ms, note in bursts), max(ms for _, ms, _ in bursts) <= 100)
         line("RSS per idle connection (500 open)", "<= 8 KB",
              "; ".join(f"{key} {rss / 1024:.1f} KiB" for key, (rss, _) in mine_extras.items()), worst_idle <= IDLE_BYTES)
     points: list[tuple[int, int, int]] = figures.get("points", [])
