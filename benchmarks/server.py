@@ -77,9 +77,23 @@ from typing import Any, Sequence
 
 import psutil
 
-from benchmarks.daemon_vs_tls import BURST, SELF, TWISTD, burst_ms, free_port, load, percentile, spawn, stop, tlsotp, wait_listening
+from benchmarks.daemon_vs_tls import (
+    BURST,
+    REPO,
+    SELF,
+    TWISTD,
+    burst_ms,
+    env,
+    free_port,
+    load,
+    percentile,
+    spawn,
+    stop,
+    tlsotp,
+    wait_listening,
+)
 from benchmarks.verdict import done_means, median, per_repetition
-from benchmarks.workers import WorkersOutcome
+from benchmarks.workers import WorkersOutcome, corun_cpu, corun_line, report, workers_mode
 from benchmarks.workers import tree_cpu as workers_tree_cpu
 from tlsotp.otp.store import CACHE_SIZE_KIB
 from tlsotp.services.otp_authority import DATABASE_FILE
@@ -498,8 +512,6 @@ def suite_test(what: str, test: str) -> bool:
     it passed."""
     import subprocess
 
-    from benchmarks.daemon_vs_tls import REPO, env
-
     print(f"{what}: python -m twisted.trial {test}", flush=True)
     result = subprocess.run([sys.executable, "-m", "twisted.trial", test], cwd=REPO, env=env(),
                             capture_output=True, text=True, timeout=300)
@@ -859,8 +871,6 @@ def run_workers_mode(work: Path, ttp_dir: Path, ttp: str, fingerprint: str, args
     contention, with nothing shared): what it measured, and the probe's CPU alone and beside a
     copy per core."""
     import os
-
-    from benchmarks.workers import corun_cpu, corun_line, report, workers_mode
 
     work.mkdir()
     print()
